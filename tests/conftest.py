@@ -1,0 +1,48 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+WORDS = (
+    "the a movie film was is good bad great awful fun boring plot actor story very not and but it this "
+    "of to in love hate funny dull ride best worst scene"
+).split()
+
+
+def tiny_config(layers=2, hidden=24, heads=4, ffn=48, vocab=None, **kw):
+    return BertConfig(
+        vocab_size=vocab or (5 + len(WORDS)),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+        **kw,
+    )
+
+
+@pytest.fixture
+def tiny_tokenizer(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    # BertTokenizerFast(vocab_file=...) silently builds a 5-token tokenizer in transformers 5: use `vocab=`.
+    tok = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+    assert tok.convert_tokens_to_ids("movie") == 5 + WORDS.index("movie")
+    return tok
+
+
+@pytest.fixture
+def make_bert():
+    def make(kind="seq", seed=0, **kw):
+        torch.manual_seed(seed)
+        cfg = tiny_config(**kw)
+        cls = {"seq": BertForSequenceClassification, "base": BertModel, "mlm": BertForMaskedLM}[kind]
+        return cls(cfg).eval()
+
+    return make
