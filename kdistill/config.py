@@ -155,7 +155,7 @@ class EvaluateParams(_Section):
 class TrackingParams(_Section):
     mlflow_uri: str = "sqlite:///mlflow.db"  # relative sqlite paths resolve against the project root
     experiment_prefix: str = "kdistill"
-    register: bool = True
+    register_models: bool = True
 
 
 class ScheduleParams(_Section):

@@ -1,0 +1,62 @@
+"""Checks that need more than the schema: the teacher's shape and the data on disk. Run before any long work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Params, ParamsError
+from .glue import DataError, check_split_available
+from .layer_map import LayerMapError, check_heads, resolve_layer_map
+
+
+def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, teacher_hidden: int) -> None:
+    tb = p.general_distill.tinybert
+    try:
+        resolve_layer_map(tb.layer_map, tb.student.layers, teacher_layers)
+    except LayerMapError as exc:
+        raise ParamsError(f"params.yaml: key 'general_distill.tinybert.layer_map': {exc}") from None
+    if tb.weights.get("attn", 0) > 0 or p.task_distill.tinybert.weights.get("attn", 0) > 0:
+        try:
+            check_heads(tb.student.heads, teacher_heads)
+        except LayerMapError as exc:
+            raise ParamsError(f"params.yaml: key 'general_distill.tinybert.student.heads': {exc}") from None
+    init = p.general_distill.distilbert.init_layers
+    if isinstance(init, list):
+        bad = [i for i in init if not 0 <= i < teacher_layers]
+        if bad:
+            raise ParamsError(
+                f"params.yaml: key 'general_distill.distilbert.init_layers': {bad} are not teacher layers "
+                f"(0-based indices 0..{teacher_layers - 1})"
+            )
+
+
+def check_teacher(p: Params) -> None:
+    from .models import ModelSpecError, teacher_config
+
+    try:
+        cfg = teacher_config(p.base.teacher)
+    except (ModelSpecError, OSError) as exc:
+        raise ParamsError(f"params.yaml: key 'base.teacher': {exc}") from None
+    check_against_teacher(p, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size)
+
+
+def check_data(p: Params, root: str | Path = ".") -> None:
+    src = p.base.data_dir
+    local = Path(root) / src
+    if local.is_dir():
+        src = str(local)
+    elif "/" not in src or Path(src).exists() is False and src.startswith((".", "/")):
+        raise ParamsError(f"params.yaml: key 'base.data_dir': {local} is not a directory (expected a GLUE tsv root)")
+    for key, split in (("base.task", "train"), ("base.eval_split", p.base.eval_split)):
+        try:
+            check_split_available(src, p.base.task, split)
+        except DataError as exc:
+            raise ParamsError(f"params.yaml: key '{key}': {exc}") from None
+    corpus = Path(root) / p.prepare.corpus
+    if not corpus.is_file():
+        raise ParamsError(f"params.yaml: key 'prepare.corpus': {corpus} does not exist (paragraph-per-line text)")
+
+
+def check_all(p: Params, root: str | Path = ".") -> None:
+    check_data(p, root)
+    check_teacher(p)

@@ -1,0 +1,73 @@
+import pytest
+import yaml
+
+from kdistill.config import ParamsError, load_params, parse_params
+
+from .conftest import ROOT
+
+
+def test_project_params_file_is_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.base.task == "sst2"
+    assert p.general_distill.tinybert.student.hidden % p.general_distill.tinybert.student.heads == 0
+
+
+def test_unknown_key_names_it_and_the_nearest_valid_key():
+    with pytest.raises(ParamsError, match=r"unknown key 'teacher_finetune.optim.learning_rat'.*did you mean 'teacher_finetune.optim.lr'|unknown key 'teacher_finetune.optim.learning_rat'"):
+        parse_params({"teacher_finetune": {"optim": {"learning_rat": 1e-4}}})
+    with pytest.raises(ParamsError, match=r"unknown key 'base.teachr'; did you mean 'base.teacher'\?"):
+        parse_params({"base": {"teachr": "x"}})
+    with pytest.raises(ParamsError, match=r"unknown key 'augmnt'; did you mean 'augment'\?"):
+        parse_params({"augmnt": {}})
+
+
+def test_wrong_type_and_range_name_the_full_path():
+    with pytest.raises(ParamsError, match=r"key 'task_distill.distilbert.optim.batch_size': Input should be a valid integer"):
+        parse_params({"task_distill": {"distilbert": {"optim": {"batch_size": "many"}}}})
+    with pytest.raises(ParamsError, match=r"key 'augment.aug_p': Input should be less than or equal to 1"):
+        parse_params({"augment": {"aug_p": 1.5}})
+    with pytest.raises(ParamsError, match=r"key 'base.task': Input should be 'sst2', 'cola', 'mrpc', 'rte' or 'stsb'"):
+        parse_params({"base": {"task": "qqp"}})
+
+
+def test_heads_must_divide_hidden():
+    with pytest.raises(ParamsError, match=r"key 'general_distill.tinybert.student': heads \(5\) must divide hidden \(192\)"):
+        parse_params({"general_distill": {"tinybert": {"student": {"hidden": 192, "heads": 5}}}})
+
+
+def test_layer_map_must_fit_the_teacher():
+    p = parse_params({"general_distill": {"tinybert": {"student": {"layers": 4}}}})
+    from kdistill.validate import check_against_teacher
+
+    with pytest.raises(ParamsError, match=r"general_distill.tinybert.layer_map': .*multiple of the student depth"):
+        check_against_teacher(p, teacher_layers=6, teacher_heads=12, teacher_hidden=384)
+    p = parse_params({"general_distill": {"tinybert": {"student": {"layers": 3, "hidden": 192, "heads": 4}}}})
+    with pytest.raises(ParamsError, match=r"general_distill.tinybert.student.heads': .*student has 4 heads, the teacher 12"):
+        check_against_teacher(p, teacher_layers=6, teacher_heads=12, teacher_hidden=384)
+    p = parse_params({"general_distill": {"distilbert": {"init_layers": [0, 2, 9]}}})
+    with pytest.raises(ParamsError, match=r"general_distill.distilbert.init_layers': .*0..5"):
+        check_against_teacher(p, teacher_layers=6, teacher_heads=12, teacher_hidden=384)
+
+
+def test_missing_split_is_refused(tmp_path):
+    from kdistill.validate import check_data
+
+    p = parse_params({"base": {"eval_split": "test", "data_dir": str(ROOT / "data" / "glue")}})
+    with pytest.raises(ParamsError, match=r"base.eval_split': task 'sst2' has no 'test' split"):
+        check_data(p, ROOT)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("base: [unclosed\n")
+    with pytest.raises(ParamsError, match=rf"{bad}: not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="parameters file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_overrides_merge_deeply(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump({"base": {"seed": 1, "max_seq_len": 32}}))
+    p = load_params(f, overrides={"base": {"seed": 7}})
+    assert (p.base.seed, p.base.max_seq_len) == (7, 32)

@@ -1,0 +1,124 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from datasets import Dataset
+
+from kdistill.objectives import Prediction, Supervised, teacher_logits
+from kdistill.trainer import NonFiniteLossError, Trainer, TrainerConfig, epoch_batches, pad_collate
+
+from .conftest import ROOT
+
+
+def _run_worker(workdir, delay):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "tests.train_worker", str(workdir), str(delay)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    p = _run_worker(straight, 0.0)
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    p = _run_worker(killed, 0.3)
+    state = killed / "ckpt" / "state.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if state.exists():
+            step = torch.load(state, weights_only=False)["step"]
+            if step >= 4:  # 5 optimizer steps per epoch: step 4 is mid-epoch
+                break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (killed / "final.pt").exists()
+    ck = torch.load(state, weights_only=False)
+    assert 0 < ck["step"] < 15 and ck["next_batch"] % 10 != 0  # killed mid-epoch, mid-run
+    p = _run_worker(killed, 0.0)
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    a = torch.load(straight / "final.pt")
+    b = torch.load(killed / "final.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def _tiny_task(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(5, 30, (6,), generator=g).tolist() for _ in range(n)]
+    labels = [int(r[1] > 17) for r in rows]
+    return Dataset.from_dict({"input_ids": rows, "labels": labels, "row": list(range(n))})
+
+
+def test_nan_loss_stops_with_step_and_component(make_bert, tmp_path):
+    model = make_bert("seq")
+    ds = _tiny_task()
+
+    class Poisoned(Supervised):
+        calls = 0
+
+        def forward(self, batch):
+            Poisoned.calls += 1
+            out = super().forward(batch)
+            if Poisoned.calls == 3:
+                out["hard"] = out["hard"] * float("nan")
+            return out
+
+    cfg = TrainerConfig(batch_size=4, epochs=1, checkpoint_every=1)
+    tr = Trainer(Poisoned(model), ds, cfg, tmp_path / "ckpt", device=torch.device("cpu"))
+    with pytest.raises(NonFiniteLossError, match=r"step 3: loss component 'hard' is nan"):
+        tr.train()
+    assert torch.load(tmp_path / "ckpt" / "state.pt", weights_only=False)["step"] == 2  # last good checkpoint kept
+
+
+def test_training_learns_and_best_checkpoint_is_selected(make_bert, tmp_path):
+    model = make_bert("seq")
+    ds = _tiny_task(64)
+    evals = []
+
+    def eval_fn(obj):
+        with torch.no_grad():
+            b = pad_collate([ds[i] for i in range(len(ds))])
+            pred = obj.student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.argmax(-1)
+        acc = float((pred == b["labels"]).float().mean())
+        evals.append(acc)
+        return {"accuracy": acc}
+
+    cfg = TrainerConfig(lr=3e-3, batch_size=8, epochs=12, eval_every=4, checkpoint_every=100, warmup_ratio=0.0)
+    res = Trainer(Supervised(model), ds, cfg, tmp_path / "c", eval_fn=eval_fn, select_metric="accuracy",
+                  device=torch.device("cpu")).train()
+    assert res.best_metric == max(evals) and res.best_metric > 0.7
+    assert eval_fn(Supervised(model))["accuracy"] == res.best_metric  # best weights restored
+
+
+def test_teacher_stays_in_eval_and_gets_no_grad_and_cache_is_used(make_bert, tmp_path):
+    teacher, student = make_bert("seq", seed=1), make_bert("seq", seed=2)
+    ds = _tiny_task()
+    cache = teacher_logits(teacher, ds, pad_collate, batch_size=5)
+    with torch.no_grad():
+        b = pad_collate([ds[i] for i in range(3)])
+        direct = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    assert torch.allclose(cache[:3], direct, atol=1e-5)
+    obj = Prediction(student, teacher, {"pred": 1.0}, temperature=2.0, cached_logits=cache)
+    obj.train()
+    assert not teacher.training and student.training
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    Trainer(obj, ds, TrainerConfig(batch_size=8, epochs=2), tmp_path / "c", device=torch.device("cpu")).train()
+    assert calls == []  # cached: the teacher never ran during training
+    assert all(p.grad is None for p in teacher.parameters())
+    assert "teacher" not in " ".join(obj.state_dict())
+
+
+def test_epoch_batches_are_deterministic_grouped_and_complete():
+    lengths = [i % 17 + 1 for i in range(1000)]
+    a = epoch_batches(lengths, 32, seed=1, epoch=0)
+    assert a == epoch_batches(lengths, 32, seed=1, epoch=0)
+    assert a != epoch_batches(lengths, 32, seed=1, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(1000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a) / len(a)
+    assert spread < 3  # length grouping keeps padding small
