@@ -1,0 +1,58 @@
+"""Dev-set prediction and GLUE scoring for sequence-classification models."""
+
+from __future__ import annotations
+
+import torch
+
+from .glue import get_task
+from .metrics import task_metrics
+from .trainer import pad_collate
+
+
+@torch.no_grad()
+def predict(model, dataset, batch_size: int = 64) -> torch.Tensor:
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    out = None
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        rows = dataset[idx]
+        rows = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
+        b = pad_collate(rows)
+        logits = model(
+            input_ids=b["input_ids"].to(device),
+            attention_mask=b["attention_mask"].to(device),
+            token_type_ids=b["token_type_ids"].to(device),
+        ).logits.float().cpu()
+        if out is None:
+            out = torch.empty(len(dataset), logits.size(-1))
+        out[idx] = logits
+    return out
+
+
+def score(model, dataset, task: str) -> dict[str, float]:
+    """All GLUE metrics of `task` for a model on a tokenised split that has `labels`."""
+    logits = predict(model, dataset)
+    preds = logits.view(-1) if get_task(task).is_regression else logits.argmax(-1)
+    return task_metrics(task, preds.tolist(), dataset["labels"])
+
+
+def optim_to_trainer_config(optim, seed: int, desc: str):
+    from .trainer import TrainerConfig
+
+    return TrainerConfig(
+        lr=optim.lr,
+        batch_size=optim.batch_size,
+        grad_accum=optim.grad_accum,
+        epochs=optim.epochs,
+        max_steps=optim.max_steps,
+        warmup_ratio=optim.warmup_ratio,
+        weight_decay=optim.weight_decay,
+        max_grad_norm=optim.max_grad_norm,
+        bf16=optim.bf16,
+        eval_every=optim.eval_every,
+        checkpoint_every=optim.checkpoint_every,
+        seed=seed,
+        desc=desc,
+    )

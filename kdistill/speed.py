@@ -1,0 +1,53 @@
+"""CPU speed and size: latency percentiles after warm-up, throughput, parameters, analytic FLOPs, size on disk."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models import count_parameters
+
+
+@torch.no_grad()
+def latency_ms(model, batch: int, seq: int, warmup: int = 3, repeats: int = 20, vocab: int = 30522) -> dict[str, float]:
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, min(vocab, 20000), (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    for _ in range(warmup):
+        model(input_ids=ids, attention_mask=mask)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(input_ids=ids, attention_mask=mask)
+        times.append((time.perf_counter() - t0) * 1000)
+    t = np.array(times)
+    return {"p50": float(np.percentile(t, 50)), "p95": float(np.percentile(t, 95)),
+            "throughput": float(batch / (np.median(t) / 1000))}
+
+
+def flops_per_example(cfg, seq: int) -> int:
+    """Analytic forward FLOPs (2 per multiply-add) of a BERT encoder for one sequence of `seq` tokens."""
+    h, f, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    per_layer = 2 * seq * (4 * h * h + 2 * h * f) + 2 * 2 * seq * seq * h  # projections + FFN, then QK^T and AV
+    return int(L * per_layer + 2 * h * h)  # + pooler
+
+
+def size_mb(model_dir: str | Path) -> float:
+    return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")) / 2**20
+
+
+def model_profile(model, model_dir, batch_sizes, seq_lens, warmup, repeats) -> dict:
+    out = {"params": count_parameters(model), "params_no_embeddings": count_parameters(model, embeddings=False),
+           "size_mb": round(size_mb(model_dir), 2), "latency_ms": {}, "throughput": {}, "flops": {}}
+    for s in seq_lens:
+        out["flops"][f"seq{s}"] = flops_per_example(model.config, s)
+        for b in batch_sizes:
+            r = latency_ms(model, b, s, warmup, repeats, model.config.vocab_size)
+            out["latency_ms"][f"bs{b}_seq{s}_p50"] = round(r["p50"], 3)
+            out["latency_ms"][f"bs{b}_seq{s}_p95"] = round(r["p95"], 3)
+            out["throughput"][f"bs{b}_seq{s}"] = round(r["throughput"], 1)
+    return out

@@ -1,0 +1,167 @@
+"""Step 6, evaluate: dev metrics, CPU speed and size of teacher, students and baselines; report, plots, registry."""
+
+import csv
+import json
+from pathlib import Path
+
+import mlflow
+import torch
+from datasets import load_from_disk
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from kdistill.data import tokenize_task
+from kdistill.evaluation import score
+from kdistill.glue import get_task
+from kdistill.io import write_json_atomic, write_text_atomic
+from kdistill.speed import model_profile
+
+from .common import ROOT, setup, stage_run
+
+PUBLISHED = [  # reference rows: published, not measured here (see data/glue and README)
+    ("BERT-base (DistilBERT paper, dev)", {"sst2": 92.7, "cola": 56.3, "mrpc": 88.6, "rte": 69.3, "stsb": 89.0}, "110M", "1.0x"),
+    ("DistilBERT-6 (DistilBERT paper, dev)", {"sst2": 91.3, "cola": 51.3, "mrpc": 87.5, "rte": 59.9, "stsb": 86.9}, "66M", "1.6x"),
+    ("TinyBERT-4 (TinyBERT paper, test)", {"sst2": 92.6, "cola": 44.1, "mrpc": 86.4, "rte": 66.6, "stsb": 80.4}, "14.5M", "9.4x"),
+]
+
+
+def models(paths):
+    yield "teacher", paths.teacher
+    for r in ("tinybert", "distilbert"):
+        yield f"{r}", paths.student(r)
+        yield f"baseline-{r}", paths.baseline(r)
+
+
+def plot_losses(paths, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    for f in sorted((paths.reports / "losses").glob("*.csv")):
+        rows = list(csv.DictReader(open(f)))
+        if not rows:
+            continue
+        comps = [k for k in rows[0] if k not in ("step", "lr")]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for c in comps:
+            pts = [(int(r["step"]), float(r[c])) for r in rows if r.get(c) not in (None, "")]
+            ax.plot([s for s, _ in pts], [v for _, v in pts], label=c, lw=1)
+        ax.set_title(f"{f.stem}: loss components per step")
+        ax.set_xlabel("optimizer step")
+        ax.set_yscale("log")
+        ax.legend()
+        png = out_dir / f"losses_{f.stem}.png"
+        fig.tight_layout()
+        fig.savefig(png, dpi=90)
+        plt.close(fig)
+        made.append(png)
+    return made
+
+
+def plot_tradeoff(summary, out: Path, key: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in summary["models"].items():
+        ax.scatter(m["latency_ms"][key], m["score"], s=40)
+        ax.annotate(name, (m["latency_ms"][key], m["score"]), fontsize=8)
+    ax.set_xlabel(f"CPU latency {key} (ms)")
+    ax.set_ylabel(f"dev {summary['metric']}")
+    ax.set_title("quality vs speed")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def register(p, name, model_dir, metrics, metric_name, tok):
+    """Log with the transformers flavour, register as <task>-<recipe>; move `champion` only on improvement."""
+    from mlflow import MlflowClient
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    reg = f"{p.base.task}-{name}"
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tok}, name=name, task="text-classification",
+        registered_model_name=reg, input_example=["a good movie"],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "transformers"],
+    )
+    client = MlflowClient()
+    version = str(info.registered_model_version)
+    for k, v in metrics.items():
+        client.set_model_version_tag(reg, version, k, str(v))
+    try:
+        champ = client.get_model_version_by_alias(reg, "champion")
+        best = float(champ.tags.get(metric_name, "-inf"))
+    except Exception:  # noqa: BLE001 - no champion yet
+        best = float("-inf")
+    if metrics[metric_name] > best:
+        client.set_registered_model_alias(reg, "champion", version)
+        return version, True
+    return version, False
+
+
+def main() -> None:
+    p, paths = setup("evaluate")
+    spec = get_task(p.base.task)
+    e = p.evaluate
+    tok = AutoTokenizer.from_pretrained(paths.teacher)
+    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.task, p.base.max_seq_len)
+    rep = paths.reports
+    rep.mkdir(parents=True, exist_ok=True)
+    summary = {"task": p.base.task, "metric": spec.metric, "threads": torch.get_num_threads(), "models": {}}
+    with stage_run(p, "evaluate"):
+        for name, d in models(paths):
+            if not d.is_dir():
+                print(f"[evaluate] skipping {name}: {d} missing")
+                continue
+            model = AutoModelForSequenceClassification.from_pretrained(d).eval()
+            metrics = score(model, dev, p.base.task)
+            prof = model_profile(model, d, e.batch_sizes, e.seq_lens, e.warmup, e.repeats)
+            summary["models"][name] = {"task": p.base.task, "metric": spec.metric, "score": metrics[spec.metric],
+                                       "metrics": metrics, **prof}
+            print(f"[evaluate] {name}: {spec.metric} {metrics[spec.metric]:.4f}, params {prof['params']:,}")
+        t = summary["models"]["teacher"]
+        ref = f"bs1_seq{e.seq_lens[0]}_p50"
+        for name, m in summary["models"].items():
+            m["retention"] = m["score"] / t["score"] if t["score"] else None
+            m["speedup"] = t["latency_ms"][ref] / m["latency_ms"][ref]
+            m["flops_ratio"] = m["flops"][f"seq{e.seq_lens[0]}"] / t["flops"][f"seq{e.seq_lens[0]}"]
+            m["params_ratio"] = m["params"] / t["params"]
+            mlflow.log_metrics({f"{name}/score": m["score"], f"{name}/speedup": m["speedup"],
+                                f"{name}/retention": m["retention"] or 0.0, f"{name}/size_mb": m["size_mb"]})
+        write_json_atomic(rep / "summary.json", summary)
+        pngs = plot_losses(paths, rep)
+        plot_tradeoff(summary, rep / "score_vs_latency.png", ref)
+        pngs.append(rep / "score_vs_latency.png")
+        write_text_atomic(rep / "report.md", report_md(summary, ref, pngs, rep))
+        for f in [rep / "summary.json", rep / "report.md", *pngs]:
+            mlflow.log_artifact(str(f))
+        if p.tracking.register_models:
+            for name in ("tinybert", "distilbert"):
+                if name in summary["models"]:
+                    v, champ = register(p, name, paths.student(name), summary["models"][name]["metrics"], spec.metric, tok)
+                    print(f"[evaluate] registered {p.base.task}-{name} v{v}{' (champion)' if champ else ''}")
+    print(f"[evaluate] wrote {rep / 'summary.json'} and {rep / 'report.md'}")
+
+
+def report_md(summary, ref, pngs, rep) -> str:
+    task, metric = summary["task"], summary["metric"]
+    lines = [f"# Distillation report: {task}", "",
+             f"Dev {metric}; CPU latency at batch 1, {ref.split('_')[1]} tokens, p50, {summary['threads']} threads.", "",
+             "| model | score | retention | params | size MB | latency ms | speedup | FLOPs ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in summary["models"].items():
+        lines.append(f"| {name} | {m['score']:.4f} | {m['retention']:.1%} | {m['params'] / 1e6:.1f}M | {m['size_mb']:.1f} | "
+                     f"{m['latency_ms'][ref]:.2f} | {m['speedup']:.2f}x | {m['flops_ratio']:.3f} |")
+    lines += ["", "Published reference rows (not measured here):", "", "| model | score | params | speedup |", "|---|---|---|---|"]
+    for name, scores, params, speed in PUBLISHED:
+        lines.append(f"| {name} | {scores.get(task, float('nan'))} | {params} | {speed} |")
+    lines += ["", "## Plots", ""] + [f"![{png.stem}]({png.relative_to(rep)})" for png in pngs]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Step 5, task distillation from the fine-tuned teacher into the general students, on the augmented split.
+
+`python -m tasks.task_distill tinybert|distilbert|baseline-tinybert|baseline-distilbert`
+- tinybert: intermediate layers first (L_emb + L_hidn + L_attn), then the prediction layer (L_pred);
+- distilbert: soft labels from the teacher plus hard labels, alpha * L_ce + (1 - alpha) * L_hard;
+- baseline-*: the same general student trained on the same data without a teacher (the no-distillation control).
+"""
+
+import sys
+
+import mlflow
+from datasets import load_from_disk
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from kdistill.data import tokenize_task
+from kdistill.evaluation import optim_to_trainer_config, score
+from kdistill.glue import get_task
+from kdistill.io import write_json_atomic
+from kdistill.models import load_tokenizer, save_model_atomic
+from kdistill.objectives import Intermediate, Prediction, Supervised, teacher_logits
+from kdistill.trainer import Trainer, pad_collate
+
+from .common import LossLog, setup, stage_run
+
+RECIPES = ("tinybert", "distilbert", "baseline-tinybert", "baseline-distilbert")
+
+
+def main(which: str) -> None:
+    if which not in RECIPES:
+        raise SystemExit(f"usage: python -m tasks.task_distill {'|'.join(RECIPES)} (got {which!r})")
+    stage = f"task_distill@{which}" if not which.startswith("baseline") else f"baseline@{which.split('-')[1]}"
+    p, paths = setup(stage)
+    spec = get_task(p.base.task)
+    recipe = which.removeprefix("baseline-")
+    general = paths.general(recipe)
+    tok = load_tokenizer(str(paths.teacher))
+    train = tokenize_task(load_from_disk(str(paths.augmented / "train")), tok, p.base.task, p.base.max_seq_len)
+    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.task, p.base.max_seq_len)
+    student = AutoModelForSequenceClassification.from_pretrained(general, num_labels=spec.num_labels)
+    evaluate = lambda obj: score(obj.student, dev, p.base.task)  # noqa: E731
+    out = paths.baseline(recipe) if which.startswith("baseline") else paths.student(recipe)
+    fp = {"stage": stage, "task": p.base.task}
+    with stage_run(p, stage):
+        if which.startswith("baseline"):
+            log = LossLog(paths.reports_for(f"baseline_{recipe}"))
+            cfg = optim_to_trainer_config(p.task_distill.baseline, p.base.seed, f"baseline ({recipe})")
+            res = Trainer(Supervised(student), train, cfg, paths.work / f"baseline_{recipe}", eval_fn=evaluate,
+                          select_metric=spec.metric, callbacks=[log], fingerprint=fp).train()
+        else:
+            teacher = AutoModelForSequenceClassification.from_pretrained(paths.teacher)
+            log = LossLog(paths.reports_for(f"task_distill_{recipe}"))
+            if recipe == "tinybert":
+                t = p.task_distill.tinybert
+                g = p.general_distill.tinybert
+                inter = Intermediate(student, teacher, {k: v for k, v in t.weights.items() if k != "pred"}, g.layer_map,
+                                     g.attention, g.shared_projection, g.mask_padding)
+                proj = general / "projections.safetensors"
+                if proj.is_file():
+                    inter.projections.load_state_dict(load_file(str(proj)))
+                cfg = optim_to_trainer_config(t.intermediate, p.base.seed, "task distill (tinybert, intermediate)")
+                Trainer(inter, train, cfg, paths.work / "task_tinybert_inter", callbacks=[log],
+                        fingerprint={**fp, "phase": "intermediate"}).train()
+                cache = teacher_logits(teacher, train, pad_collate) if t.cache_teacher_outputs else None
+                obj = Prediction(student, teacher, {"pred": t.weights.get("pred", 1.0)}, t.temperature, "ce",
+                                 soft_name="pred", cached_logits=cache)
+                cfg = optim_to_trainer_config(t.prediction, p.base.seed, "task distill (tinybert, prediction)")
+                # prediction-phase steps continue the intermediate phase's step numbers in the loss log
+                offset = log.rows[-1]["step"] if log.rows else 0
+                log_pred = _Offset(log, offset)
+                res = Trainer(obj, train, cfg, paths.work / "task_tinybert_pred", eval_fn=evaluate,
+                              select_metric=spec.metric, callbacks=[log_pred], fingerprint={**fp, "phase": "prediction"}).train()
+            else:
+                d = p.task_distill.distilbert
+                cache = teacher_logits(teacher, train, pad_collate) if d.cache_teacher_outputs else None
+                obj = Prediction(student, teacher, {"ce": d.alpha_soft, "hard": 1 - d.alpha_soft}, d.temperature,
+                                 d.soft_loss, d.t2_scaling, soft_name="ce", cached_logits=cache)
+                cfg = optim_to_trainer_config(d.optim, p.base.seed, "task distill (distilbert)")
+                res = Trainer(obj, train, cfg, paths.work / "task_distilbert", eval_fn=evaluate,
+                              select_metric=spec.metric, callbacks=[log], fingerprint=fp).train()
+        log.write_csv()
+        metrics = score(student, dev, p.base.task)
+        mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
+        save_model_atomic(student, tok, out, extra={"recipe": recipe, "baseline": which.startswith("baseline"),
+                                                    "task": p.base.task, "dev": metrics, "teacher": p.base.teacher,
+                                                    "steps": res.steps, "best_step": res.best_step})
+        write_json_atomic(out / "metrics.json", metrics)
+    print(f"[{stage}] dev {metrics}")
+
+
+class _Offset:
+    def __init__(self, log, offset):
+        self.log, self.offset = log, offset
+
+    def on_step(self, step, components, total, lr):
+        self.log.on_step(step + self.offset, components, total, lr)
+
+    def on_eval(self, step, metrics):
+        self.log.on_eval(step + self.offset, metrics)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "")
