@@ -38,7 +38,8 @@ class Paths:
 
     @property
     def teacher_mlm(self) -> Path:
-        return self.root / "teacher_mlm"
+        """The teacher with an MLM head (fitted when it had none), saved beside the DistilBERT general student."""
+        return self.general("distilbert") / "teacher_mlm"
 
     def general(self, recipe: str) -> Path:
         return self.root / "general" / recipe

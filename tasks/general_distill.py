@@ -3,7 +3,7 @@
 - tinybert: a fresh student (any shape) learns the pre-trained teacher's embeddings, hidden states and attention
   scores (L_emb + L_hidn + L_attn).
 - distilbert: the teacher's every-other layers, trained with L_mlm + L_ce (soft MLM targets) + L_cos. The offline
-  teacher has no MLM head, so one is first fitted on its frozen encoder (saved as outputs/teacher_mlm).
+  teacher has no MLM head, so one is first fitted on its frozen encoder (saved in outputs/general/distilbert/teacher_mlm).
 """
 
 import sys
@@ -51,8 +51,7 @@ def teacher_with_mlm_head(p, paths, tok, corpus):
     info["heldout_masked_token_accuracy"] = acc
     mlflow.log_metric("teacher_mlm/heldout_masked_token_accuracy", acc)
     print(f"[general_distill] teacher MLM head ({info['head']}): held-out masked-token accuracy {acc:.3f}")
-    save_model_atomic(teacher, tok, paths.teacher_mlm, extra=info)
-    return teacher
+    return teacher, info
 
 
 def _checkpoint_keys(path):
@@ -87,7 +86,7 @@ def main(recipe: str) -> None:
             optim = g.optim
         else:
             g = p.general_distill.distilbert
-            teacher = teacher_with_mlm_head(p, paths, tok, corpus)
+            teacher, head_info = teacher_with_mlm_head(p, paths, tok, corpus)
             layers = every_other_layer(teacher.config.num_hidden_layers) if g.init_layers == "every_other" else g.init_layers
             student = distilbert_student(teacher, layers)
             special, mask_id = _special(tok)
@@ -102,6 +101,8 @@ def main(recipe: str) -> None:
         with atomic_dir(out) as tmp:
             student.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
+            if recipe == "distilbert":
+                save_model_atomic(teacher, tok, tmp / "teacher_mlm", extra=head_info)
             if recipe == "tinybert":
                 save_file({k: v.contiguous() for k, v in obj.projections.state_dict().items()}, str(tmp / "projections.safetensors"))
             write_json_atomic(tmp / "kdistill.json", {"recipe": recipe, "stage": "general", "steps": res.steps,
