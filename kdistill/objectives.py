@@ -199,16 +199,19 @@ class DistilBertGeneral(_WithTeacher):
         )
         inputs = {**_inputs(batch), "input_ids": masked.to(ids.device)}
         labels = labels.to(ids.device)
-        with torch.no_grad():
-            t = self.teacher(**inputs, output_hidden_states=True)
-        s = self.student(**inputs, output_hidden_states=True)
         sel = labels != -100
-        out = {"mlm": L.mlm_loss(s.logits, labels)}
+        # The vocabulary projection is the costliest layer: apply the MLM heads to masked positions only.
+        with torch.no_grad():
+            t_h = self.teacher.bert(**inputs).last_hidden_state
+            t_logits = self.teacher.cls(t_h[sel])
+        s_h = self.student.bert(**inputs).last_hidden_state
+        s_logits = self.student.cls(s_h[sel])
+        out = {"mlm": L.mlm_loss(s_logits, labels[sel]) if sel.any() else s_h.sum() * 0.0}
         if sel.any():
-            out["ce"] = L.soft_label_loss(s.logits[sel], t.logits[sel], self.temperature, "kl", t2_scaling=True)
+            out["ce"] = L.soft_label_loss(s_logits, t_logits, self.temperature, "kl", t2_scaling=True)
         else:
-            out["ce"] = s.logits.sum() * 0.0
-        out["cos"] = L.cosine_loss(s.hidden_states[-1], t.hidden_states[-1], batch["attention_mask"])
+            out["ce"] = s_h.sum() * 0.0
+        out["cos"] = L.cosine_loss(s_h, t_h, batch["attention_mask"])
         return out
 
 
@@ -235,7 +238,11 @@ class MlmHeadFit(nn.Module):
         masked, labels = L.mask_tokens(ids.cpu(), special.cpu(), self.mask_token_id, self.student.config.vocab_size, self.p)
         with torch.no_grad():
             h = self.student.bert(**{**_inputs(batch), "input_ids": masked.to(ids.device)}).last_hidden_state
-        return {"mlm": L.mlm_loss(self.student.cls(h), labels.to(ids.device))}
+        labels = labels.to(ids.device)
+        sel = labels != -100
+        if not sel.any():
+            return {"mlm": sum(p.sum() for p in self.student.cls.parameters()) * 0.0}
+        return {"mlm": L.mlm_loss(self.student.cls(h[sel]), labels[sel])}
 
 
 @torch.no_grad()
@@ -252,8 +259,9 @@ def masked_token_accuracy(mlm_model: nn.Module, dataset, collate, batch_size=32,
         ids = batch["input_ids"]
         special = torch.isin(ids, torch.tensor(special_ids)) | (batch["attention_mask"] == 0)
         masked, labels = L.mask_tokens(ids, special, mask_token_id, mlm_model.config.vocab_size, p, generator=g)
-        logits = mlm_model(input_ids=masked.to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        h = mlm_model.bert(input_ids=masked.to(device), attention_mask=batch["attention_mask"].to(device)).last_hidden_state
         sel = labels != -100
-        hit += int((logits.argmax(-1).cpu()[sel] == labels[sel]).sum())
+        pred = mlm_model.cls(h[sel.to(device)]).argmax(-1).cpu()
+        hit += int((pred == labels[sel]).sum())
         n += int(sel.sum())
     return hit / max(1, n)
