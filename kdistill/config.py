@@ -232,6 +232,11 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(raw, dict) and "extends" in raw:
+        # A profile may extend another params file (relative to itself) and override only what differs.
+        base_path = path.parent / str(raw.pop("extends"))
+        base = load_params(base_path).model_dump()
+        raw = deep_merge(base, raw)
     if overrides:
         raw = deep_merge(raw or {}, overrides)
     return parse_params(raw, str(path))

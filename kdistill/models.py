@@ -107,7 +107,9 @@ def count_parameters(model: torch.nn.Module, embeddings: bool = True) -> int:
     return sum(p.numel() for p in params.values())
 
 
-def save_model_atomic(model: PreTrainedModel, tokenizer, out_dir: str | Path, extra: dict | None = None) -> None:
+def save_model_atomic(
+    model: PreTrainedModel, tokenizer, out_dir: str | Path, extra: dict | None = None, files: dict[str, str] | None = None
+) -> None:
     """save_pretrained (safetensors) into a temporary sibling, then rename: never a half-written model."""
     from .io import atomic_dir
 
@@ -117,6 +119,8 @@ def save_model_atomic(model: PreTrainedModel, tokenizer, out_dir: str | Path, ex
             tokenizer.save_pretrained(tmp)
         if extra:
             (Path(tmp) / "kdistill.json").write_text(json.dumps(extra, indent=2))
+        for name, text in (files or {}).items():
+            (Path(tmp) / name).write_text(text)
 
 
 def encoder_of(model: PreTrainedModel) -> BertModel:

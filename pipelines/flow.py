@@ -1,8 +1,8 @@
 """The distillation pipeline as a Prefect flow: one task per DVC stage, run through DVC so DVC alone decides
 what is stale. One parent MLflow run per flow run; each stage's run nests under it (KDISTILL_PARENT_RUN_ID).
 
-`python -m pipelines.flow` (make pipeline) or `python -m pipelines.flow --profile smoke` (make smoke: the same
-steps on a few rows, run directly with the smoke params into outputs-smoke/, no DVC).
+`python -m pipelines.flow` (make pipeline) or `python -m pipelines.flow --profile NAME`: the same steps with
+profiles/NAME.yaml, run directly into outputs-NAME/ without DVC (make smoke: a few rows and tiny budgets).
 """
 
 from __future__ import annotations
@@ -52,13 +52,27 @@ def run_stage(stage: str, module_args: str, parent_run_id: str | None, use_dvc: 
         cmd = [sys.executable, "-m", f"tasks.{mod}", *args]
     t0 = time.time()
     log.info("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(parent_run_id, extra_env), text=True, capture_output=True)
+    # Stream the stage's output (progress bars included) to this terminal; keep the tail for the Prefect log.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(parent_run_id, extra_env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    tail: list[str] = []
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        tail = (tail + [line.rstrip()])[-15:]
+    rc = proc.wait()
     dt = time.time() - t0
-    tail = "\n".join(proc.stdout.splitlines()[-15:])
-    if proc.returncode:
-        raise RuntimeError(f"stage {stage} failed ({proc.returncode}):\n{tail}\n{proc.stderr[-3000:]}")
-    log.info("%s done in %.1fs\n%s", stage, dt, tail)
+    if rc:
+        raise RuntimeError(f"stage {stage} failed (exit {rc}):\n" + "\n".join(tail))
+    log.info("%s done in %.1fs\n%s", stage, dt, "\n".join(tail))
     return dt
+
+
+@task(cache_policy=None)
+def stale_stages() -> dict:
+    """`dvc status`: what DVC would re-run ({} when everything is up to date)."""
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "dvc"), "status", "--json"], cwd=ROOT, env=_env(None),
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out or "{}")
 
 
 @flow(name="kdistill-pipeline", log_prints=True)
@@ -68,19 +82,24 @@ def distill_pipeline(profile: str = "default") -> dict:
 
     import mlflow
 
-    smoke = profile == "smoke"
-    params_file = ROOT / ("profiles/smoke.yaml" if smoke else "params.yaml")
+    # "default": params.yaml through DVC. Any other profile: profiles/<name>.yaml, run directly into outputs-<name>/.
+    smoke = profile != "default"
+    params_file = ROOT / (f"profiles/{profile}.yaml" if smoke else "params.yaml")
     p = load_params(params_file)  # validate before anything runs
-    extra = {"KDISTILL_PARAMS": str(params_file), "KDISTILL_OUTPUTS": str(ROOT / "outputs-smoke")} if smoke else {}
+    out_root = ROOT / f"outputs-{profile}"
+    extra = {"KDISTILL_PARAMS": str(params_file), "KDISTILL_OUTPUTS": str(out_root)} if smoke else {}
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     mlflow.set_tracking_uri(tracking_uri(p))
     experiment(p)
     times = {}
+    if not smoke and not stale_stages():
+        print("dvc status: every stage is up to date; nothing to run")
+        return {}
     with mlflow.start_run(run_name=f"pipeline-{profile}") as parent:
         for stage, module_args in STAGES:
             times[stage] = run_stage(stage, module_args, parent.info.run_id, use_dvc=not smoke, extra_env=extra)
             mlflow.log_metric(f"stage_seconds/{stage.replace('@', '_')}", times[stage])
-        paths = Paths(ROOT / "outputs-smoke") if smoke else Paths(ROOT / "outputs")
+        paths = Paths(out_root) if smoke else Paths(ROOT / "outputs")
         report = paths.reports / "report.md"
         if report.is_file():
             md = report.read_text()
@@ -93,7 +112,8 @@ def distill_pipeline(profile: str = "default") -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--profile", choices=["default", "smoke"], default="default")
+    ap.add_argument("--profile", default="default",
+                    help="default (params.yaml via DVC) or the name of a file in profiles/ (run directly, no DVC)")
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

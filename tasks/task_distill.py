@@ -6,6 +6,7 @@
 - baseline-*: the same general student trained on the same data without a teacher (the no-distillation control).
 """
 
+import json
 import sys
 
 import mlflow
@@ -16,8 +17,9 @@ from transformers import AutoModelForSequenceClassification
 from kdistill.data import tokenize_task
 from kdistill.evaluation import optim_to_trainer_config, score
 from kdistill.glue import get_task
-from kdistill.io import write_json_atomic
-from kdistill.models import load_tokenizer, save_model_atomic
+from kdistill.model_card import model_card
+from kdistill.models import count_parameters, load_tokenizer, save_model_atomic
+from kdistill.speed import latency_ms
 from kdistill.objectives import Intermediate, Prediction, Supervised, teacher_logits
 from kdistill.trainer import Trainer, pad_collate
 
@@ -81,10 +83,16 @@ def main(which: str) -> None:
         log.write_csv()
         metrics = score(student, dev, p.base.task)
         mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
-        save_model_atomic(student, tok, out, extra={"recipe": recipe, "baseline": which.startswith("baseline"),
-                                                    "task": p.base.task, "dev": metrics, "teacher": p.base.teacher,
-                                                    "steps": res.steps, "best_step": res.best_step})
-        write_json_atomic(out / "metrics.json", metrics)
+        info = {"recipe": recipe, "baseline": which.startswith("baseline"), "task": p.base.task, "dev": metrics,
+                "teacher": p.base.teacher, "steps": res.steps, "best_step": res.best_step}
+        lat = latency_ms(student, 1, p.base.max_seq_len, warmup=3, repeats=20)
+        card = model_card(out.name if not which.startswith("baseline") else which, p.base.task, recipe, p.base.teacher,
+                          f"GLUE {p.base.task} train ({len(train)} rows incl. {p.augment.method} augmentation), "
+                          f"corpus {p.prepare.corpus} for general distillation",
+                          metrics, count_parameters(student), {f"bs1_seq{p.base.max_seq_len}": lat["p50"]},
+                          json.loads((paths.teacher / "metrics.json").read_text()), spec.metric,
+                          baseline=which.startswith("baseline"))
+        save_model_atomic(student, tok, out, extra=info, files={"README.md": card, "metrics.json": json.dumps(metrics, indent=2)})
     print(f"[{stage}] dev {metrics}")
 
 

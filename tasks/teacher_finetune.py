@@ -1,5 +1,7 @@
 """Step 3, teacher fine-tune: the pre-trained teacher trained on the task's train split (not the augmented one)."""
 
+import json
+
 import mlflow
 from datasets import load_from_disk
 from transformers import AutoModelForSequenceClassification
@@ -7,7 +9,6 @@ from transformers import AutoModelForSequenceClassification
 from kdistill.data import tokenize_task
 from kdistill.evaluation import optim_to_trainer_config, score
 from kdistill.glue import get_task
-from kdistill.io import write_json_atomic
 from kdistill.models import load_tokenizer, resolve_teacher, save_model_atomic
 from kdistill.objectives import Supervised
 from kdistill.trainer import Trainer
@@ -34,8 +35,8 @@ def main() -> None:
         metrics = score(model, dev, p.base.task)
         mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
         save_model_atomic(model, tok, paths.teacher, extra={"role": "teacher", "task": p.base.task, "dev": metrics,
-                                                            "steps": res.steps, "best_step": res.best_step})
-        write_json_atomic(paths.teacher / "metrics.json", metrics)
+                                                            "steps": res.steps, "best_step": res.best_step},
+                          files={"metrics.json": json.dumps(metrics, indent=2)})
     print(f"[teacher_finetune] dev {metrics}")
 
 

@@ -71,3 +71,13 @@ def test_overrides_merge_deeply(tmp_path):
     f.write_text(yaml.safe_dump({"base": {"seed": 1, "max_seq_len": 32}}))
     p = load_params(f, overrides={"base": {"seed": 7}})
     assert (p.base.seed, p.base.max_seq_len) == (7, 32)
+
+
+def test_profile_extends_a_params_file(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"base": {"seed": 3, "max_seq_len": 48}, "augment": {"copies": 4}}))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "base": {"task": "mrpc"}}))
+    p = load_params(tmp_path / "p.yaml")
+    assert (p.base.task, p.base.seed, p.base.max_seq_len, p.augment.copies) == ("mrpc", 3, 48, 4)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "base": {"tsk": "mrpc"}}))
+    with pytest.raises(ParamsError, match=r"bad.yaml: unknown key 'base.tsk'; did you mean 'base.task'\?"):
+        load_params(tmp_path / "bad.yaml")

@@ -1,0 +1,42 @@
+"""README.md model cards for distilled students: teacher, recipe, data, metrics, speed, how to load."""
+
+from __future__ import annotations
+
+
+def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metrics: dict, params: int,
+               latency: dict, teacher_metrics: dict | None, metric: str, baseline: bool = False) -> str:
+    kind = "no-distillation baseline" if baseline else f"{recipe}-style distilled student"
+    retention = ""
+    if teacher_metrics and teacher_metrics.get(metric):
+        retention = f" ({metrics[metric] / teacher_metrics[metric]:.1%} of the teacher's {teacher_metrics[metric]:.4f})"
+    lat = ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items())
+    how = (
+        "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+        f"model = AutoModelForSequenceClassification.from_pretrained(\"<this directory>\")\n"
+        f"tokenizer = AutoTokenizer.from_pretrained(\"<this directory>\")\n```\n"
+        f"From the MLflow registry: `mlflow.transformers.load_model(\"models:/{task}-{recipe}@champion\")`.\n"
+    )
+    metric_lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [knowledge-distillation, {recipe}, glue, {task}]
+---
+# {name}: {kind} for GLUE {task}
+
+- **Teacher**: `{teacher}` fine-tuned on {task}
+- **Recipe**: {recipe}{' (trained on the task without a teacher, same initialisation)' if baseline else ''}
+- **Data**: {data}
+- **Parameters**: {params:,}
+- **Dev {metric}**: {metrics[metric]:.4f}{retention}
+- **CPU latency** (p50, after warm-up, this machine): {lat}
+
+| metric | dev |
+|---|---|
+{metric_lines}
+
+## How to load
+
+{how}
+Built by kdistill (reproducible distillation pipeline); full comparison in `reports/report.md`.
+"""

@@ -1,0 +1,53 @@
+"""The hub profile's code paths (a teacher with its own MLM head, explicit DistilBERT layers, TinyBERT-4 shape
+on a 12-layer teacher), exercised on a tiny local model directory of the same format."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import yaml
+from transformers import BertForMaskedLM
+
+from kdistill.config import load_params
+from kdistill.layer_map import resolve_layer_map
+
+from .conftest import ROOT, tiny_config
+
+
+def test_hub_profile_is_valid_and_maps_12_to_4():
+    p = load_params(ROOT / "profiles" / "hub-bert-base.yaml")
+    s = p.general_distill.tinybert.student
+    assert (s.layers, s.hidden, s.heads, s.ffn) == (4, 312, 12, 1200)
+    assert resolve_layer_map(p.general_distill.tinybert.layer_map, 4, 12) == [3, 6, 9, 12]
+    assert p.general_distill.distilbert.init_layers == [0, 2, 4, 7, 9, 11]
+
+
+def test_teacher_with_own_mlm_head_is_used_not_refitted(tmp_path, tiny_tokenizer):
+    torch.manual_seed(0)
+    teacher = BertForMaskedLM(tiny_config(layers=12, hidden=24, heads=4, vocab=len(tiny_tokenizer)))
+    tdir = tmp_path / "teacher"
+    teacher.save_pretrained(tdir)
+    tiny_tokenizer.save_pretrained(tdir)
+    smoke = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
+    smoke["base"]["teacher"] = str(tdir)
+    smoke["general_distill"]["tinybert"]["student"] = {"layers": 4, "hidden": 16, "heads": 4, "ffn": 32}
+    smoke["general_distill"]["distilbert"]["init_layers"] = [0, 2, 4, 7, 9, 11]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(smoke))
+    out = tmp_path / "outputs"
+    env = {**os.environ, "KDISTILL_PARAMS": str(params), "KDISTILL_OUTPUTS": str(out), "HF_HUB_OFFLINE": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    for args in (["prepare"], ["general_distill", "distilbert"], ["general_distill", "tinybert"]):
+        proc = subprocess.run([sys.executable, "-m", f"tasks.{args[0]}", *args[1:]], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    head = json.loads((out / "general" / "distilbert" / "teacher_mlm" / "kdistill.json").read_text())
+    assert head["head"] == "pre-trained"
+    saved = BertForMaskedLM.from_pretrained(out / "general" / "distilbert" / "teacher_mlm")
+    assert torch.equal(saved.cls.predictions.transform.dense.weight, teacher.cls.predictions.transform.dense.weight)
+    student = BertForMaskedLM.from_pretrained(out / "general" / "distilbert")
+    assert student.config.num_hidden_layers == 6
+    tiny = json.loads((out / "general" / "tinybert" / "kdistill.json").read_text())
+    assert tiny["layer_map"] == [3, 6, 9, 12]
