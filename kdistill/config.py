@@ -88,6 +88,7 @@ class OptimParams(_Section):
 
 
 class TeacherFinetuneParams(_Section):
+    max_train_examples: int | None = Field(None, ge=1)  # the teacher's own subset of the train split (None: all)
     optim: OptimParams = OptimParams(lr=5e-5, epochs=2.0)
 
 

@@ -17,7 +17,8 @@ def tokenize_task(ds: Dataset, tokenizer, task: str, max_seq_len: int) -> Datase
         return out
 
     keep = {"input_ids", "token_type_ids", "labels"}
-    ds = ds.map(enc, batched=True, desc="tokenize")
+    # keep_in_memory: never write cache files next to the source dataset (it may be a DVC output)
+    ds = ds.map(enc, batched=True, desc="tokenize", keep_in_memory=True)
     ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
     return ds.add_column("row", list(range(len(ds))))
 

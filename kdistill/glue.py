@@ -52,6 +52,16 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 SPLITS = ("train", "dev", "test")
+READABLE = {"sst2": ("negative", "positive"), "cola": ("unacceptable", "acceptable"),
+            "mrpc": ("not_equivalent", "equivalent"), "rte": ("entailment", "not_entailment")}
+
+
+def label_names(spec: TaskSpec) -> dict:
+    """id2label/label2id for a model's config, so pipelines print 'positive' rather than 'LABEL_1'."""
+    names = READABLE.get(spec.name)
+    if not names:
+        return {}
+    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
 def get_task(name: str) -> TaskSpec:

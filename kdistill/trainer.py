@@ -58,6 +58,7 @@ class TrainResult:
     best_step: int | None
     evals: list[dict] = field(default_factory=list)
     resumed_from: int | None = None
+    history: list[dict] = field(default_factory=list)  # per step: step, loss, lr and every component
 
 
 def pad_collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -168,6 +169,7 @@ class Trainer:
                 "next_batch": next_batch,
                 "best": best,
                 "evals": self.evals,
+                "history": self.history,
             },
             tmp / "state.pt",
         )
@@ -223,6 +225,7 @@ class Trainer:
             self.opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))
         )
         self.evals: list[dict] = []
+        self.history: list[dict] = []
         best: dict = {}
         step, epoch, next_batch, resumed_from = 0, 0, 0, None
         state = self._load_checkpoint() if resume else None
@@ -237,6 +240,7 @@ class Trainer:
             _set_rng_state(state["rng"])
             step, epoch, next_batch = state["step"], state["epoch"], state["next_batch"]
             best, self.evals, resumed_from = state["best"], state["evals"], step
+            self.history = state.get("history", [])
             tqdm.write(f"[{cfg.desc}] resumed from step {step} (epoch {epoch}, batch {next_batch})")
 
         use_amp = cfg.bf16
@@ -269,6 +273,7 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 step += 1
                 values = {k: float(v.detach()) for k, v in comps.items()}
+                self.history.append({"step": step, "loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0], **values})
                 for cb in self.callbacks:
                     cb.on_step(step, values, float(loss.detach()), self.sched.get_last_lr()[0])
                 bar.update(1)
@@ -291,7 +296,9 @@ class Trainer:
             self._evaluate(step, best)
         if best.get("state") is not None:
             self.obj.load_state_dict(best["state"], strict=False)
-        return TrainResult(step, best.get("value"), best.get("step"), self.evals, resumed_from)
+        # The run is complete: its checkpoint has served (resuming is for interrupted runs only).
+        self.clear_checkpoint()
+        return TrainResult(step, best.get("value"), best.get("step"), self.evals, resumed_from, self.history)
 
     def clear_checkpoint(self) -> None:
         shutil.rmtree(self.ckpt_dir, ignore_errors=True)

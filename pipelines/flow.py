@@ -34,7 +34,7 @@ STAGES = [
 
 
 def _env(parent_run_id: str | None, extra: dict | None = None) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true", **os.environ}
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}"
     if parent_run_id:
         env["KDISTILL_PARENT_RUN_ID"] = parent_run_id

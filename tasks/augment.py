@@ -7,13 +7,13 @@ from tqdm.auto import tqdm
 
 from kdistill.io import atomic_dir, write_json_atomic
 
-from .common import setup
+from .common import first, setup
 
 
 def main() -> None:
     p, paths = setup("augment")
     a = p.augment
-    train = load_from_disk(str(paths.data / "train"))
+    train = first(load_from_disk(str(paths.data / "train")), p.base.max_train_examples)
     src = train.select(range(min(len(train), a.max_examples or len(train))))
     if a.method == "wordnet":
         from kdistill.augment import WordNetAugmenter

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import torch
 
 from kdistill.config import Params, load_params
@@ -69,6 +70,8 @@ def setup(stage: str) -> tuple[Params, Paths]:
     p = load_params(params_file)
     check_all(p, ROOT)
     torch.set_num_threads(p.base.threads)
+    # datasets writes cache files beside the data it maps; our inputs are DVC outputs that must stay untouched
+    datasets.disable_caching()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     paths = Paths(Path(os.environ.get("KDISTILL_OUTPUTS", ROOT / "outputs")))
     print(f"[{stage}] params {params_file}, outputs {paths.root}", flush=True)
@@ -81,40 +84,41 @@ def data_source(p: Params) -> str:
 
 
 def load_task_splits(p: Params):
-    train = load_split(data_source(p), p.base.task, "train")
-    if p.base.max_train_examples and len(train) > p.base.max_train_examples:
-        train = train.shuffle(seed=p.base.seed).select(range(p.base.max_train_examples))
-    return train, load_split(data_source(p), p.base.task, p.base.eval_split)
+    """The train split shuffled once with the seed (so any prefix is a random subset) and the eval split."""
+    train = load_split(data_source(p), p.base.task, "train").shuffle(seed=p.base.seed, keep_in_memory=True)
+    return train.flatten_indices(keep_in_memory=True), load_split(data_source(p), p.base.task, p.base.eval_split)
+
+
+def first(ds, n: int | None):
+    """The first n rows (all when n is None): a random subset, as prepare shuffled the split."""
+    return ds if n is None or n >= len(ds) else ds.select(range(n))
 
 
 class LossLog:
-    """Trainer callback: every loss component each step to MLflow (`loss/<name>`) and to a CSV for DVC plots."""
+    """Trainer callback: every loss component each step to MLflow (`loss/<name>`), batched to keep SQLite fast."""
 
-    def __init__(self, csv_path: Path, prefix: str = "", flush_every: int = 25):
-        self.csv_path = csv_path
+    def __init__(self, prefix: str = "", step_offset: int = 0, flush_every: int = 100):
         self.prefix = prefix
-        self.rows: list[dict] = []
+        self.offset = step_offset
         self.pending: list = []
         self.flush_every = flush_every
-        self._t0 = time.time()
 
     def on_step(self, step, components, total, lr):
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        row = {"step": step, "loss": total, "lr": lr, **components}
-        self.rows.append(row)
-        for k, v in row.items():
-            if k != "step":
-                name = f"loss/{self.prefix}{k}" if k not in ("loss", "lr") else f"{self.prefix}{k}"
-                self.pending.append(Metric(name, float(v), ts, step))
-        if len(self.pending) >= self.flush_every * 4:
+        step += self.offset
+        self.pending.append(Metric(f"{self.prefix}loss", float(total), ts, step))
+        self.pending.append(Metric(f"{self.prefix}lr", float(lr), ts, step))
+        self.pending.extend(Metric(f"loss/{self.prefix}{k}", float(v), ts, step) for k, v in components.items())
+        if len(self.pending) >= self.flush_every:
             self.flush()
 
     def on_eval(self, step, metrics):
         import mlflow
 
-        mlflow.log_metrics({f"dev/{self.prefix}{k}": v for k, v in metrics.items()}, step=step)
+        self.flush()
+        mlflow.log_metrics({f"dev/{self.prefix}{k}": v for k, v in metrics.items()}, step=step + self.offset)
 
     def flush(self):
         import mlflow
@@ -124,18 +128,25 @@ class LossLog:
             mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=self.pending)
         self.pending = []
 
-    def write_csv(self):
-        self.flush()
-        if not self.rows:
-            return
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        keys = list(dict.fromkeys(k for r in self.rows for k in r))
-        tmp = self.csv_path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.rows)
-        os.replace(tmp, self.csv_path)
+
+def write_loss_csv(path: Path, *histories: list[dict]) -> None:
+    """Loss components per step (DVC plots), from the trainer's history, which survives resumes.
+
+    Later histories continue the step numbers of earlier ones (TinyBERT's two task phases)."""
+    rows, offset = [], 0
+    for hist in histories:
+        rows += [{**r, "step": r["step"] + offset} for r in hist]
+        offset = rows[-1]["step"] if rows else offset
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
 
 
 def tracking_uri(p: Params) -> str:

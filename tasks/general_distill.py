@@ -20,7 +20,7 @@ from kdistill.models import distilbert_student, every_other_layer, load_tokenize
 from kdistill.objectives import DistilBertGeneral, Intermediate, MlmHeadFit, masked_token_accuracy
 from kdistill.trainer import Trainer, TrainerConfig, pad_collate
 
-from .common import LossLog, setup, stage_run
+from .common import LossLog, setup, stage_run, write_loss_csv
 
 
 def _special(tok):
@@ -42,10 +42,11 @@ def teacher_with_mlm_head(p, paths, tok, corpus):
         fit = MlmHeadFit(teacher, special_ids=special, mask_token_id=mask_id)
         cfg = TrainerConfig(lr=h.lr, batch_size=h.batch_size, max_steps=h.steps, warmup_ratio=0.1, seed=p.base.seed,
                             desc="fit MLM head", checkpoint_every=100)
-        log = LossLog(paths.reports_for("mlm_head"), prefix="head_")
-        Trainer(fit, corpus.select(range(len(corpus) - h.heldout_sequences)), cfg, paths.work / "mlm_head",
+        log = LossLog(prefix="head_")
+        head_res = Trainer(fit, corpus.select(range(len(corpus) - h.heldout_sequences)), cfg, paths.work / "mlm_head",
                 callbacks=[log], fingerprint={"stage": "mlm_head"}).train()
-        log.write_csv()
+        log.flush()
+        write_loss_csv(paths.reports_for("mlm_head"), head_res.history)
         info["head"] = "fitted on the frozen encoder"
     acc = masked_token_accuracy(teacher, held, pad_collate, special_ids=special, mask_token_id=mask_id)
     info["heldout_masked_token_accuracy"] = acc
@@ -75,7 +76,7 @@ def main(recipe: str) -> None:
     corpus = corpus.remove_columns([c for c in corpus.column_names if c != "input_ids"])
     out = paths.general(recipe)
     with stage_run(p, f"general_distill@{recipe}"):
-        log = LossLog(paths.reports_for(f"general_distill_{recipe}"))
+        log = LossLog()
         if recipe == "tinybert":
             g = p.general_distill.tinybert
             teacher = AutoModel.from_pretrained(resolve_teacher(p.base.teacher))
@@ -97,7 +98,8 @@ def main(recipe: str) -> None:
         cfg = optim_to_trainer_config(optim, p.base.seed, f"general distill ({recipe})")
         res = Trainer(obj, corpus, cfg, paths.work / f"general_{recipe}", callbacks=[log],
                       fingerprint={"stage": "general", "recipe": recipe}).train()
-        log.write_csv()
+        log.flush()
+        write_loss_csv(paths.reports_for(f"general_distill_{recipe}"), res.history)
         with atomic_dir(out) as tmp:
             student.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)

@@ -16,14 +16,14 @@ from transformers import AutoModelForSequenceClassification
 
 from kdistill.data import tokenize_task
 from kdistill.evaluation import optim_to_trainer_config, score
-from kdistill.glue import get_task
+from kdistill.glue import get_task, label_names
 from kdistill.model_card import model_card
 from kdistill.models import count_parameters, load_tokenizer, save_model_atomic
 from kdistill.speed import latency_ms
 from kdistill.objectives import Intermediate, Prediction, Supervised, teacher_logits
 from kdistill.trainer import Trainer, pad_collate
 
-from .common import LossLog, setup, stage_run
+from .common import LossLog, setup, stage_run, write_loss_csv
 
 RECIPES = ("tinybert", "distilbert", "baseline-tinybert", "baseline-distilbert")
 
@@ -39,19 +39,22 @@ def main(which: str) -> None:
     tok = load_tokenizer(str(paths.teacher))
     train = tokenize_task(load_from_disk(str(paths.augmented / "train")), tok, p.base.task, p.base.max_seq_len)
     dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.task, p.base.max_seq_len)
-    student = AutoModelForSequenceClassification.from_pretrained(general, num_labels=spec.num_labels)
+    student = AutoModelForSequenceClassification.from_pretrained(general, num_labels=spec.num_labels, **label_names(spec))
     evaluate = lambda obj: score(obj.student, dev, p.base.task)  # noqa: E731
     out = paths.baseline(recipe) if which.startswith("baseline") else paths.student(recipe)
     fp = {"stage": stage, "task": p.base.task}
     with stage_run(p, stage):
         if which.startswith("baseline"):
-            log = LossLog(paths.reports_for(f"baseline_{recipe}"))
+            log = LossLog()
+            csv_name, histories = f"baseline_{recipe}", []
             cfg = optim_to_trainer_config(p.task_distill.baseline, p.base.seed, f"baseline ({recipe})")
             res = Trainer(Supervised(student), train, cfg, paths.work / f"baseline_{recipe}", eval_fn=evaluate,
                           select_metric=spec.metric, callbacks=[log], fingerprint=fp).train()
+            histories.append(res.history)
         else:
             teacher = AutoModelForSequenceClassification.from_pretrained(paths.teacher)
-            log = LossLog(paths.reports_for(f"task_distill_{recipe}"))
+            log = LossLog()
+            csv_name, histories = f"task_distill_{recipe}", []
             if recipe == "tinybert":
                 t = p.task_distill.tinybert
                 g = p.general_distill.tinybert
@@ -61,17 +64,18 @@ def main(which: str) -> None:
                 if proj.is_file():
                     inter.projections.load_state_dict(load_file(str(proj)))
                 cfg = optim_to_trainer_config(t.intermediate, p.base.seed, "task distill (tinybert, intermediate)")
-                Trainer(inter, train, cfg, paths.work / "task_tinybert_inter", callbacks=[log],
-                        fingerprint={**fp, "phase": "intermediate"}).train()
+                inter_res = Trainer(inter, train, cfg, paths.work / "task_tinybert_inter", callbacks=[log],
+                                    fingerprint={**fp, "phase": "intermediate"}).train()
+                histories.append(inter_res.history)
                 cache = teacher_logits(teacher, train, pad_collate) if t.cache_teacher_outputs else None
                 obj = Prediction(student, teacher, {"pred": t.weights.get("pred", 1.0)}, t.temperature, "ce",
                                  soft_name="pred", cached_logits=cache)
                 cfg = optim_to_trainer_config(t.prediction, p.base.seed, "task distill (tinybert, prediction)")
-                # prediction-phase steps continue the intermediate phase's step numbers in the loss log
-                offset = log.rows[-1]["step"] if log.rows else 0
-                log_pred = _Offset(log, offset)
+                # prediction-phase steps continue the intermediate phase's step numbers in the loss logs
+                log_pred = LossLog(step_offset=inter_res.steps)
                 res = Trainer(obj, train, cfg, paths.work / "task_tinybert_pred", eval_fn=evaluate,
                               select_metric=spec.metric, callbacks=[log_pred], fingerprint={**fp, "phase": "prediction"}).train()
+                log_pred.flush()
             else:
                 d = p.task_distill.distilbert
                 cache = teacher_logits(teacher, train, pad_collate) if d.cache_teacher_outputs else None
@@ -80,7 +84,9 @@ def main(which: str) -> None:
                 cfg = optim_to_trainer_config(d.optim, p.base.seed, "task distill (distilbert)")
                 res = Trainer(obj, train, cfg, paths.work / "task_distilbert", eval_fn=evaluate,
                               select_metric=spec.metric, callbacks=[log], fingerprint=fp).train()
-        log.write_csv()
+            histories.append(res.history)
+        log.flush()
+        write_loss_csv(paths.reports_for(csv_name), *histories)
         metrics = score(student, dev, p.base.task)
         mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
         info = {"recipe": recipe, "baseline": which.startswith("baseline"), "task": p.base.task, "dev": metrics,
@@ -94,17 +100,6 @@ def main(which: str) -> None:
                           baseline=which.startswith("baseline"))
         save_model_atomic(student, tok, out, extra=info, files={"README.md": card, "metrics.json": json.dumps(metrics, indent=2)})
     print(f"[{stage}] dev {metrics}")
-
-
-class _Offset:
-    def __init__(self, log, offset):
-        self.log, self.offset = log, offset
-
-    def on_step(self, step, components, total, lr):
-        self.log.on_step(step + self.offset, components, total, lr)
-
-    def on_eval(self, step, metrics):
-        self.log.on_eval(step + self.offset, metrics)
 
 
 if __name__ == "__main__":

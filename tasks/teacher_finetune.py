@@ -8,30 +8,33 @@ from transformers import AutoModelForSequenceClassification
 
 from kdistill.data import tokenize_task
 from kdistill.evaluation import optim_to_trainer_config, score
-from kdistill.glue import get_task
+from kdistill.glue import get_task, label_names
 from kdistill.models import load_tokenizer, resolve_teacher, save_model_atomic
 from kdistill.objectives import Supervised
 from kdistill.trainer import Trainer
 
-from .common import LossLog, setup, stage_run
+from .common import LossLog, first, setup, stage_run, write_loss_csv
 
 
 def main() -> None:
     p, paths = setup("teacher_finetune")
     spec = get_task(p.base.task)
     tok = load_tokenizer(p.base.teacher)
-    train = tokenize_task(load_from_disk(str(paths.data / "train")), tok, p.base.task, p.base.max_seq_len)
+    n = p.teacher_finetune.max_train_examples
+    train = first(load_from_disk(str(paths.data / "train")), n)
+    train = tokenize_task(train, tok, p.base.task, p.base.max_seq_len)
     dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.task, p.base.max_seq_len)
     model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_teacher(p.base.teacher), num_labels=spec.num_labels, attn_implementation="eager"
+        resolve_teacher(p.base.teacher), num_labels=spec.num_labels, **label_names(spec)
     )
     with stage_run(p, "teacher_finetune"):
-        log = LossLog(paths.reports_for("teacher_finetune"))
+        log = LossLog()
         cfg = optim_to_trainer_config(p.teacher_finetune.optim, p.base.seed, "teacher fine-tune")
         res = Trainer(Supervised(model), train, cfg, paths.work / "teacher_finetune",
                       eval_fn=lambda obj: score(obj.student, dev, p.base.task), select_metric=spec.metric,
                       callbacks=[log], fingerprint={"stage": "teacher_finetune", "task": p.base.task}).train()
-        log.write_csv()
+        log.flush()
+        write_loss_csv(paths.reports_for("teacher_finetune"), res.history)
         metrics = score(model, dev, p.base.task)
         mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
         save_model_atomic(model, tok, paths.teacher, extra={"role": "teacher", "task": p.base.task, "dev": metrics,
