@@ -122,3 +122,19 @@ def test_epoch_batches_are_deterministic_grouped_and_complete():
     assert sorted(i for b in a for i in b) == list(range(1000))
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a) / len(a)
     assert spread < 3  # length grouping keeps padding small
+
+
+def test_regression_task_uses_mse_soft_target_and_pearson(make_bert, tmp_path):
+    from kdistill.evaluation import score
+
+    teacher, student = make_bert("seq", seed=1, num_labels=1), make_bert("seq", seed=2, num_labels=1)
+    ds = _tiny_task(16)
+    ds = ds.map(lambda r: {"labels": float(r["input_ids"][1] % 5)})
+    obj = Prediction(student, teacher, {"pred": 1.0}, temperature=3.0)
+    b = pad_collate([ds[i] for i in range(4)])
+    with torch.no_grad():
+        want = torch.mean((student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.view(-1)
+                           - teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.view(-1)) ** 2)
+        assert torch.allclose(obj(b)["pred"], want, atol=1e-6)  # MSE to the teacher, temperature plays no part
+    m = score(student, ds, "stsb")
+    assert set(m) == {"pearson", "spearman"} and -1.0 <= m["pearson"] <= 1.0
