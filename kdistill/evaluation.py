@@ -10,7 +10,8 @@ from .trainer import pad_collate
 
 
 @torch.no_grad()
-def predict(model, dataset, batch_size: int = 64) -> torch.Tensor:
+def predict(model, dataset, batch_size: int = 64, collate=pad_collate) -> torch.Tensor:
+    """Logits for every row, in row order (batched by length, so little padding)."""
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
@@ -19,7 +20,7 @@ def predict(model, dataset, batch_size: int = 64) -> torch.Tensor:
         idx = order[s : s + batch_size]
         rows = dataset[idx]
         rows = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
-        b = pad_collate(rows)
+        b = collate(rows)
         logits = model(
             input_ids=b["input_ids"].to(device),
             attention_mask=b["attention_mask"].to(device),

@@ -108,23 +108,11 @@ class Intermediate(_WithTeacher):
         return out
 
 
-@torch.no_grad()
-def teacher_logits(teacher: nn.Module, dataset, collate, batch_size: int = 64, device=None) -> torch.Tensor:
+def teacher_logits(teacher: nn.Module, dataset, collate, batch_size: int = 64) -> torch.Tensor:
     """Teacher outputs for every row of `dataset`, in row order: the prediction-layer cache, computed once."""
-    teacher.eval()
-    device = device or next(teacher.parameters()).device
-    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
-    out = None
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        rows = dataset[idx]
-        rows = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
-        batch = {k: v.to(device) for k, v in collate(rows).items()}
-        logits = teacher(**_inputs(batch)).logits.float().cpu()
-        if out is None:
-            out = torch.empty(len(dataset), logits.size(-1))
-        out[idx] = logits
-    return out
+    from .evaluation import predict
+
+    return predict(teacher, dataset, batch_size, collate)
 
 
 class Prediction(_WithTeacher):
