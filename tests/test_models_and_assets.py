@@ -1,6 +1,6 @@
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForMaskedLM, BertModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
 from kdistill.corpus import pack_corpus
 from kdistill.glue import DataError
