@@ -97,6 +97,7 @@ class MlmHeadParams(_Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     heldout_sequences: int = Field(200, ge=1)
+    bf16: bool = False
 
 
 class TinyBertGeneralParams(_Section):

@@ -10,22 +10,27 @@ from .trainer import pad_collate
 
 
 @torch.no_grad()
-def predict(model, dataset, batch_size: int = 64, collate=pad_collate) -> torch.Tensor:
-    """Logits for every row, in row order (batched by length, so little padding)."""
+def predict(model, dataset, batch_size: int = 64, collate=pad_collate, bf16: bool = False) -> torch.Tensor:
+    """Logits for every row, in row order (batched by length, so little padding).
+
+    bf16: autocast the forward (about 1.7x faster on CPU); for soft targets, never for the reported dev metrics.
+    """
     model.eval()
     device = next(model.parameters()).device
-    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    lengths = [len(x) for x in dataset["input_ids"]]
+    order = sorted(range(len(dataset)), key=lengths.__getitem__)
     out = None
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         rows = dataset[idx]
         rows = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
         b = collate(rows)
-        logits = model(
-            input_ids=b["input_ids"].to(device),
-            attention_mask=b["attention_mask"].to(device),
-            token_type_ids=b["token_type_ids"].to(device),
-        ).logits.float().cpu()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(
+                input_ids=b["input_ids"].to(device),
+                attention_mask=b["attention_mask"].to(device),
+                token_type_ids=b["token_type_ids"].to(device),
+            ).logits.float().cpu()
         if out is None:
             out = torch.empty(len(dataset), logits.size(-1))
         out[idx] = logits

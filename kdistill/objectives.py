@@ -6,6 +6,11 @@ eval() under no_grad.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -108,11 +113,38 @@ class Intermediate(_WithTeacher):
         return out
 
 
-def teacher_logits(teacher: nn.Module, dataset, collate, batch_size: int = 64) -> torch.Tensor:
-    """Teacher outputs for every row of `dataset`, in row order: the prediction-layer cache, computed once."""
+def teacher_logits(
+    teacher: nn.Module, dataset, collate, batch_size: int = 64, bf16: bool = False, cache_dir: str | Path | None = None
+) -> torch.Tensor:
+    """Teacher outputs for every row of `dataset`, in row order: the prediction-layer cache, computed once.
+
+    With `cache_dir`, the logits are also kept on disk under a key made of the teacher's weights, the rows' token ids
+    and the precision, so that every student distilled from the same teacher on the same data shares one pass (the
+    key is the content itself, so a changed teacher or dataset can never be served stale logits).
+    """
     from .evaluation import predict
 
-    return predict(teacher, dataset, batch_size, collate)
+    if cache_dir is None:
+        return predict(teacher, dataset, batch_size, collate, bf16=bf16)
+    h = hashlib.sha256(f"bf16={bf16}".encode())
+    for name, t in sorted(teacher.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    for col in ("input_ids", "token_type_ids"):
+        if col in dataset.column_names:
+            h.update(json.dumps(list(dataset[col])).encode())
+    path = Path(cache_dir) / f"{h.hexdigest()[:24]}.pt"
+    if path.is_file():
+        logits = torch.load(path)
+        if logits.size(0) == len(dataset):
+            print(f"[teacher_logits] reusing {path}", flush=True)
+            return logits
+    logits = predict(teacher, dataset, batch_size, collate, bf16=bf16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(logits, tmp)
+    os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+    return logits
 
 
 class Prediction(_WithTeacher):

@@ -149,12 +149,21 @@ def main() -> None:
 def report_md(summary, ref, pngs, rep) -> str:
     task, metric = summary["task"], summary["metric"]
     lines = [f"# Distillation report: {task}", "",
-             f"Dev {metric}; CPU latency at batch 1, {ref.split('_')[1]} tokens, p50, {summary['threads']} threads.", "",
-             "| model | score | retention | params | size MB | latency ms | speedup | FLOPs ratio |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"Dev {metric}; CPU latency at batch 1, {ref.split('_')[1].removeprefix('seq')} tokens, p50, {summary['threads']} threads.", "",
+             "| model | score | retention | all dev metrics | params | size MB | latency ms | speedup | FLOPs ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, m in summary["models"].items():
-        lines.append(f"| {name} | {m['score']:.4f} | {m['retention']:.1%} | {m['params'] / 1e6:.1f}M | {m['size_mb']:.1f} | "
-                     f"{m['latency_ms'][ref]:.2f} | {m['speedup']:.2f}x | {m['flops_ratio']:.3f} |")
+        every = ", ".join(f"{k} {v:.4f}" for k, v in m["metrics"].items())
+        lines.append(f"| {name} | {m['score']:.4f} | {m['retention']:.1%} | {every} | {m['params'] / 1e6:.1f}M | "
+                     f"{m['size_mb']:.1f} | {m['latency_ms'][ref]:.2f} | {m['speedup']:.2f}x | {m['flops_ratio']:.3f} |")
+    keys = list(next(iter(summary["models"].values()))["latency_ms"])
+    lines += ["", f"Latency detail (ms; batch x tokens, p50/p95) and throughput (examples/s), {summary['threads']} threads:", "",
+              "| model | params w/o embeddings | " + " | ".join(keys) + " | throughput bs32 |",
+              "|---|---|" + "---|" * len(keys) + "---|"]
+    for name, m in summary["models"].items():
+        tp = ", ".join(f"{k.split('_')[1]} {v:.0f}" for k, v in m["throughput"].items() if k.startswith("bs32"))
+        lines.append(f"| {name} | {m['params_no_embeddings'] / 1e6:.1f}M | "
+                     + " | ".join(f"{m['latency_ms'][k]:.2f}" for k in keys) + f" | {tp} |")
     lines += ["", "Published reference rows (not measured here):", "", "| model | score | params | speedup |", "|---|---|---|---|"]
     for name, scores, params, speed in PUBLISHED:
         lines.append(f"| {name} | {scores.get(task, float('nan'))} | {params} | {speed} |")

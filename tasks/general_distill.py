@@ -41,7 +41,7 @@ def teacher_with_mlm_head(p, paths, tok, corpus):
     else:
         fit = MlmHeadFit(teacher, special_ids=special, mask_token_id=mask_id)
         cfg = TrainerConfig(lr=h.lr, batch_size=h.batch_size, max_steps=h.steps, warmup_ratio=0.1, seed=p.base.seed,
-                            desc="fit MLM head", checkpoint_every=100)
+                            bf16=h.bf16, desc="fit MLM head", checkpoint_every=100)
         log = LossLog(prefix="head_")
         head_res = Trainer(fit, corpus.select(range(len(corpus) - h.heldout_sequences)), cfg, paths.work / "mlm_head",
                 callbacks=[log], fingerprint={"stage": "mlm_head"}).train()

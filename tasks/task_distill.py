@@ -67,7 +67,8 @@ def main(which: str) -> None:
                 inter_res = Trainer(inter, train, cfg, paths.work / "task_tinybert_inter", callbacks=[log],
                                     fingerprint={**fp, "phase": "intermediate"}).train()
                 histories.append(inter_res.history)
-                cache = teacher_logits(teacher, train, pad_collate) if t.cache_teacher_outputs else None
+                cache = (teacher_logits(teacher, train, pad_collate, bf16=t.prediction.bf16, cache_dir=paths.work / "teacher_logits")
+                         if t.cache_teacher_outputs else None)
                 obj = Prediction(student, teacher, {"pred": t.weights.get("pred", 1.0)}, t.temperature, "ce",
                                  soft_name="pred", cached_logits=cache)
                 cfg = optim_to_trainer_config(t.prediction, p.base.seed, "task distill (tinybert, prediction)")
@@ -78,7 +79,8 @@ def main(which: str) -> None:
                 log_pred.flush()
             else:
                 d = p.task_distill.distilbert
-                cache = teacher_logits(teacher, train, pad_collate) if d.cache_teacher_outputs else None
+                cache = (teacher_logits(teacher, train, pad_collate, bf16=d.optim.bf16, cache_dir=paths.work / "teacher_logits")
+                         if d.cache_teacher_outputs else None)
                 obj = Prediction(student, teacher, {"ce": d.alpha_soft, "hard": 1 - d.alpha_soft}, d.temperature,
                                  d.soft_loss, d.t2_scaling, soft_name="ce", cached_logits=cache)
                 cfg = optim_to_trainer_config(d.optim, p.base.seed, "task distill (distilbert)")

@@ -114,6 +114,27 @@ def test_teacher_stays_in_eval_and_gets_no_grad_and_cache_is_used(make_bert, tmp
     assert "teacher" not in " ".join(obj.state_dict())
 
 
+def test_teacher_logit_disk_cache_is_shared_and_keyed_by_content(make_bert, tmp_path, capsys):
+    teacher = make_bert("seq", seed=1)
+    ds = _tiny_task()
+    first = teacher_logits(teacher, ds, pad_collate, batch_size=5, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    calls = []
+    hook = teacher.register_forward_hook(lambda *a: calls.append(1))
+    again = teacher_logits(teacher, ds, pad_collate, batch_size=5, cache_dir=tmp_path)
+    assert calls == [] and torch.equal(first, again) and "reusing" in capsys.readouterr().out
+    hook.remove()
+    # bf16 soft targets are close to the fp32 ones but cached under their own key
+    half = teacher_logits(teacher, ds, pad_collate, batch_size=5, bf16=True, cache_dir=tmp_path)
+    assert torch.allclose(half, first, atol=0.1) and len(list(tmp_path.glob("*.pt"))) == 2
+    with torch.no_grad():  # a changed teacher is a new key: never stale logits
+        next(teacher.parameters()).add_(0.5)
+    changed = teacher_logits(teacher, ds, pad_collate, batch_size=5, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.pt"))) == 3 and not torch.equal(changed, first)
+    fewer = teacher_logits(teacher, ds.select(range(10)), pad_collate, batch_size=5, cache_dir=tmp_path)
+    assert fewer.shape[0] == 10 and len(list(tmp_path.glob("*.pt"))) == 4
+
+
 def test_epoch_batches_are_deterministic_grouped_and_complete():
     lengths = [i % 17 + 1 for i in range(1000)]
     a = epoch_batches(lengths, 32, seed=1, epoch=0)
