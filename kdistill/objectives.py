@@ -7,7 +7,6 @@ eval() under no_grad.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from . import losses as L
+from .fingerprint import dataset_digest, module_digest
 from .attention import AttentionScores, scores_to_probs
 from .layer_map import check_heads, resolve_layer_map
 from .models import encoder_of
@@ -126,14 +126,8 @@ def teacher_logits(
 
     if cache_dir is None:
         return predict(teacher, dataset, batch_size, collate, bf16=bf16)
-    h = hashlib.sha256(f"bf16={bf16}".encode())
-    for name, t in sorted(teacher.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    for col in ("input_ids", "token_type_ids"):
-        if col in dataset.column_names:
-            h.update(json.dumps(list(dataset[col])).encode())
-    path = Path(cache_dir) / f"{h.hexdigest()[:24]}.pt"
+    key = f"bf16={bf16} {module_digest(teacher)} {dataset_digest(dataset, ('input_ids', 'token_type_ids'))}"
+    path = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
     if path.is_file():
         logits = torch.load(path)
         if logits.size(0) == len(dataset):

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .fingerprint import dataset_digest, module_digest
+
 
 class NonFiniteLossError(FloatingPointError):
     pass
@@ -142,7 +144,11 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.device = device or default_device()
         # The fingerprint ties a checkpoint to its run: a checkpoint left by other settings is not resumed.
-        fp = {"config": asdict(config), "n": len(train_dataset), **(fingerprint or {})}
+        # ...and to what it started from: the objective's initial weights, the teacher and the training rows.
+        teacher = getattr(objective, "teacher", None)
+        fp = {"config": asdict(config), "n": len(train_dataset), "init": module_digest(objective),
+              "teacher": module_digest(teacher) if teacher is not None else None,
+              "data": dataset_digest(train_dataset), **(fingerprint or {})}
         self.fingerprint = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.lengths = [len(x) for x in train_dataset["input_ids"]]
         per_epoch = math.ceil(len(self.lengths) / config.batch_size)

@@ -70,6 +70,8 @@ def setup(stage: str) -> tuple[Params, Paths]:
     p = load_params(params_file)
     check_all(p, ROOT)
     torch.set_num_threads(p.base.threads)
+    # new heads (classifier, fitted MLM head) start from seeded weights: reruns agree and checkpoints match their run
+    torch.manual_seed(p.base.seed)
     # datasets writes cache files beside the data it maps; our inputs are DVC outputs that must stay untouched
     datasets.disable_caching()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

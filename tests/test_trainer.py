@@ -135,6 +135,39 @@ def test_teacher_logit_disk_cache_is_shared_and_keyed_by_content(make_bert, tmp_
     assert fewer.shape[0] == 10 and len(list(tmp_path.glob("*.pt"))) == 4
 
 
+def test_checkpoint_is_resumed_only_by_the_same_start_weights_teacher_and_data(make_bert, tmp_path):
+    class Stop(Exception):
+        pass
+
+    class StopAt:
+        def on_step(self, step, components, total, lr):
+            if step == 3:
+                raise Stop
+
+        def on_eval(self, step, metrics):
+            pass
+
+    cfg = TrainerConfig(batch_size=8, epochs=2, checkpoint_every=2)
+    ds = _tiny_task()
+
+    def trainer(model, data=ds, teacher=None, callbacks=()):
+        obj = Prediction(model, teacher, {"pred": 1.0, "hard": 1.0}) if teacher is not None else Supervised(model)
+        return Trainer(obj, data, cfg, tmp_path / "ck", callbacks=callbacks, device=torch.device("cpu"))
+
+    def interrupted(**kw):
+        with pytest.raises(Stop):
+            trainer(make_bert("seq", seed=2), callbacks=[StopAt()], **kw).train()
+
+    interrupted()
+    assert trainer(make_bert("seq", seed=3)).train().resumed_from is None  # another start: not this run's checkpoint
+    interrupted()
+    assert trainer(make_bert("seq", seed=2), data=_tiny_task(seed=1)).train().resumed_from is None  # other rows
+    interrupted(teacher=make_bert("seq", seed=7))
+    assert trainer(make_bert("seq", seed=2), teacher=make_bert("seq", seed=8)).train().resumed_from is None
+    interrupted()
+    assert trainer(make_bert("seq", seed=2)).train().resumed_from == 2  # the same run resumes
+
+
 def test_epoch_batches_are_deterministic_grouped_and_complete():
     lengths = [i % 17 + 1 for i in range(1000)]
     a = epoch_batches(lengths, 32, seed=1, epoch=0)
