@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .precision import PrecisionSpec
 
 
 class ParamsError(ValueError):
@@ -54,7 +56,11 @@ class BaseParams(_Section):
     max_seq_len: int = Field(64, ge=8, le=512)
     max_train_examples: int | None = Field(None, ge=1)  # subsample the task's train split (None: all of it)
     eval_split: Literal["dev", "train", "test"] = "dev"
-    threads: int = Field(2, ge=1)
+    # auto: bf16 where the hardware runs it natively (AVX512-BF16/AMX CPUs, CUDA with bf16), fp16 + loss scaling on
+    # other CUDA devices, fp32 elsewhere. A stage's own `precision` overrides it.
+    precision: PrecisionSpec = "auto"
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"  # auto: this process's CPUs, split among stages run together
+    max_parallel: Annotated[int, Field(ge=1)] | Literal["auto"] = 2  # stages the flow runs side by side (auto: one per 2 CPUs)
 
 
 class PrepareParams(_Section):
@@ -82,7 +88,7 @@ class OptimParams(_Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    bf16: bool = False
+    precision: PrecisionSpec | None = None  # None: base.precision
     eval_every: int | None = Field(None, ge=1)  # optimizer steps between dev evaluations (None: once per epoch)
     checkpoint_every: int = Field(200, ge=1)
 
@@ -97,7 +103,7 @@ class MlmHeadParams(_Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     heldout_sequences: int = Field(200, ge=1)
-    bf16: bool = False
+    precision: PrecisionSpec | None = None  # None: base.precision
 
 
 class TinyBertGeneralParams(_Section):
@@ -152,11 +158,14 @@ class EvaluateParams(_Section):
     seq_lens: list[int] = [64, 128]
     warmup: int = Field(3, ge=0)
     repeats: int = Field(20, ge=1)
+    precision: PrecisionSpec | None = None  # dev scoring and latency (None: base.precision)
 
 
 class TrackingParams(_Section):
     mlflow_uri: str = "sqlite:///mlflow.db"  # relative sqlite paths resolve against the project root
     experiment_prefix: str = "kdistill"
+    # registered names are <registry_prefix><task>-<recipe>: a test profile must not add versions to the real models
+    registry_prefix: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
     register_models: bool = True
 
 
@@ -198,6 +207,10 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+# keys of earlier versions, with what replaced them
+RENAMED = {"bf16": "replaced by 'precision: auto | fp32 | bf16 | fp16' (auto picks bf16 only where it is native)"}
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
@@ -208,6 +221,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
             valid = list(owner.model_fields) if owner else []
             near = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
             hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + (near[0],)))}'?" if near else ""
+            if loc[-1] in RENAMED:
+                hint = f"; {RENAMED[loc[-1]]}"
             lines.append(f"{source}: unknown key '{path}'{hint} (valid keys here: {', '.join(valid)})")
         else:
             msg = e["msg"].removeprefix("Value error, ")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metrics: dict, params: int,
-               latency: dict, teacher_metrics: dict | None, metric: str, baseline: bool = False) -> str:
+               latency: dict, teacher_metrics: dict | None, metric: str, baseline: bool = False,
+               runtime: str = "", registered_name: str | None = None) -> str:
     kind = "no-distillation baseline" if baseline else f"{recipe}-style distilled student"
     retention = ""
     if teacher_metrics and teacher_metrics.get(metric):
@@ -14,7 +15,7 @@ def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metri
         "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
         f"model = AutoModelForSequenceClassification.from_pretrained(\"<this directory>\")\n"
         f"tokenizer = AutoTokenizer.from_pretrained(\"<this directory>\")\n```\n"
-        f"From the MLflow registry: `mlflow.transformers.load_model(\"models:/{task}-{recipe}@champion\")`.\n"
+        f"From the MLflow registry: `mlflow.transformers.load_model(\"models:/{registered_name or f'{task}-{recipe}'}@champion\")`.\n"
     )
     metric_lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
     return f"""---
@@ -30,6 +31,7 @@ tags: [knowledge-distillation, {recipe}, glue, {task}]
 - **Parameters**: {params:,}
 - **Dev {metric}**: {metrics[metric]:.4f}{retention}
 - **CPU latency** (p50, after warm-up, this machine): {lat}
+- **Trained and measured with**: {runtime or 'not recorded'}
 
 | metric | dev |
 |---|---|

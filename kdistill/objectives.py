@@ -6,6 +6,7 @@ eval() under no_grad.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from pathlib import Path
@@ -114,7 +115,7 @@ class Intermediate(_WithTeacher):
 
 
 def teacher_logits(
-    teacher: nn.Module, dataset, collate, batch_size: int = 64, bf16: bool = False, cache_dir: str | Path | None = None
+    teacher: nn.Module, dataset, collate, batch_size: int = 64, precision: str = "fp32", cache_dir: str | Path | None = None
 ) -> torch.Tensor:
     """Teacher outputs for every row of `dataset`, in row order: the prediction-layer cache, computed once.
 
@@ -125,17 +126,20 @@ def teacher_logits(
     from .evaluation import predict
 
     if cache_dir is None:
-        return predict(teacher, dataset, batch_size, collate, bf16=bf16)
-    key = f"bf16={bf16} {module_digest(teacher)} {dataset_digest(dataset, ('input_ids', 'token_type_ids'))}"
+        return predict(teacher, dataset, batch_size, collate, precision=precision)
+    key = f"precision={precision} {module_digest(teacher)} {dataset_digest(dataset, ('input_ids', 'token_type_ids'))}"
     path = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
-    if path.is_file():  # the key covers every row, so a hit is exactly these rows' logits
-        print(f"[teacher_logits] reusing {path}", flush=True)
-        return torch.load(path)
-    logits = predict(teacher, dataset, batch_size, collate, bf16=bf16)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(logits, tmp)
-    os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+    # Stages running side by side want the same logits: the first computes them, the others wait and read.
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():  # the key covers every row, so a hit is exactly these rows' logits
+            print(f"[teacher_logits] reusing {path}", flush=True)
+            return torch.load(path)
+        logits = predict(teacher, dataset, batch_size, collate, precision=precision)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(logits, tmp)
+        os.replace(tmp, path)  # atomic: a reader sees the whole file or none
     return logits
 
 

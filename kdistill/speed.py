@@ -9,10 +9,18 @@ import numpy as np
 import torch
 
 from .models import count_parameters
+from .precision import autocast
 
 
 @torch.no_grad()
-def latency_ms(model, batch: int, seq: int, warmup: int = 3, repeats: int = 20, vocab: int = 30522) -> dict[str, float]:
+def latency_ms(model, batch: int, seq: int, warmup: int = 3, repeats: int = 20, vocab: int = 30522,
+               precision: str = "fp32") -> dict[str, float]:
+    """Forward latency percentiles (ms) and throughput under a resolved precision (fp32 | bf16 | fp16)."""
+    with autocast(precision, next(model.parameters()).device):
+        return _latency(model, batch, seq, warmup, repeats, vocab)
+
+
+def _latency(model, batch, seq, warmup, repeats, vocab) -> dict[str, float]:
     model.eval()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, min(vocab, 20000), (batch, seq), generator=g)
@@ -40,13 +48,13 @@ def size_mb(model_dir: str | Path) -> float:
     return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")) / 2**20
 
 
-def model_profile(model, model_dir, batch_sizes, seq_lens, warmup, repeats) -> dict:
+def model_profile(model, model_dir, batch_sizes, seq_lens, warmup, repeats, precision: str = "fp32") -> dict:
     out = {"params": count_parameters(model), "params_no_embeddings": count_parameters(model, embeddings=False),
            "size_mb": round(size_mb(model_dir), 2), "latency_ms": {}, "throughput": {}, "flops": {}}
     for s in seq_lens:
         out["flops"][f"seq{s}"] = flops_per_example(model.config, s)
         for b in batch_sizes:
-            r = latency_ms(model, b, s, warmup, repeats, model.config.vocab_size)
+            r = latency_ms(model, b, s, warmup, repeats, model.config.vocab_size, precision)
             out["latency_ms"][f"bs{b}_seq{s}_p50"] = round(r["p50"], 3)
             out["latency_ms"][f"bs{b}_seq{s}_p95"] = round(r["p95"], 3)
             out["throughput"][f"bs{b}_seq{s}"] = round(r["throughput"], 1)

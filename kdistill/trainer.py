@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .fingerprint import dataset_digest, module_digest
+from .precision import autocast, grad_scaler
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -40,7 +41,7 @@ class TrainerConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    bf16: bool = False
+    precision: str = "fp32"  # resolved: fp32 | bf16 | fp16 (kdistill.precision.resolve_precision)
     eval_every: int | None = None  # None: evaluate at each epoch end (when an eval_fn is given)
     checkpoint_every: int = 200
     seed: int = 42
@@ -249,8 +250,9 @@ class Trainer:
             self.history = state.get("history", [])
             tqdm.write(f"[{cfg.desc}] resumed from step {step} (epoch {epoch}, batch {next_batch})")
 
-        use_amp = cfg.bf16
-        amp_device = "cuda" if self.device.type == "cuda" else "cpu"
+        if cfg.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"TrainerConfig.precision must be resolved to fp32, bf16 or fp16 (got {cfg.precision!r})")
+        scaler = grad_scaler(cfg.precision, self.device)
         bar = tqdm(total=total, initial=step, desc=cfg.desc, unit="step", dynamic_ncols=True, mininterval=1.0)
         micro = 0
         done = step >= total
@@ -260,7 +262,7 @@ class Trainer:
                 rows = self.ds[batches[bi]]
                 rows = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
                 batch = {k: v.to(self.device) for k, v in self.collate(rows).items()}
-                with torch.autocast(amp_device, dtype=torch.bfloat16, enabled=use_amp):
+                with autocast(cfg.precision, self.device):
                     comps = self.obj(batch)
                 for name, value in comps.items():
                     if not torch.isfinite(value):
@@ -269,12 +271,19 @@ class Trainer:
                             f"stopping (the last good checkpoint in {self.ckpt_dir} is kept)"
                         )
                 loss = sum(self.obj.weights.get(k, 0.0) * v for k, v in comps.items())
-                (loss / cfg.grad_accum).backward()
+                scaled = loss / cfg.grad_accum
+                (scaler.scale(scaled) if scaler else scaled).backward()
                 micro += 1
                 if micro % cfg.grad_accum:
                     continue
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                self.opt.step()
+                if scaler:  # fp16: unscale before clipping; the scaler skips steps whose gradients overflowed
+                    scaler.unscale_(self.opt)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    scaler.step(self.opt)
+                    scaler.update()
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    self.opt.step()
                 self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
                 step += 1

@@ -1,8 +1,13 @@
-"""The distillation pipeline as a Prefect flow: one task per DVC stage, run through DVC so DVC alone decides
-what is stale. One parent MLflow run per flow run; each stage's run nests under it (KDISTILL_PARENT_RUN_ID).
+"""The distillation pipeline as a Prefect flow over the DVC stage graph, running independent stages side by side.
 
-`python -m pipelines.flow` (make pipeline) or `python -m pipelines.flow --profile NAME`: the same steps with
-profiles/NAME.yaml, run directly into outputs-NAME/ without DVC (make smoke: a few rows and tiny budgets).
+`python -m pipelines.flow` (make pipeline) runs dvc.yaml on params.yaml; `--profile NAME` runs profiles/NAME.yaml as
+its own DVC pipeline (runs/NAME/dvc.yaml, outputs in outputs-NAME/; see pipelines/stage_graph.py).
+
+How it runs: the stages and their links come from DVC (pipelines/stage_graph.py). A stage starts as soon as every
+stage it reads from is done, up to `base.max_parallel` at once, each with its share of the CPUs (KDISTILL_THREADS).
+Each Prefect task asks DVC whether its stage is stale, runs the stage's command, and has DVC record the result
+(pipelines/dvc_record.py explains why not `dvc repro`). One parent MLflow run per flow run; each stage's run nests
+under it (KDISTILL_PARENT_RUN_ID).
 """
 
 from __future__ import annotations
@@ -10,114 +15,200 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 
-ROOT = Path(__file__).resolve().parent.parent
-STAGES = [
-    ("prepare", "prepare"),
-    ("augment", "augment"),
-    ("teacher_finetune", "teacher_finetune"),
-    ("general_distill@tinybert", "general_distill tinybert"),
-    ("general_distill@distilbert", "general_distill distilbert"),
-    ("task_distill@tinybert", "task_distill tinybert"),
-    ("task_distill@distilbert", "task_distill distilbert"),
-    ("baseline@tinybert", "task_distill baseline-tinybert"),
-    ("baseline@distilbert", "task_distill baseline-distilbert"),
-    ("evaluate", "evaluate"),
-]
+from kdistill.precision import available_cpus
+
+from .dvc_record import DvcRecord
+from .stage_graph import ROOT, Stage, descendants, load_stages, pipeline_file
+
+_PROGRESS = re.compile(r"\d+%\||\d+/\d+ \[")  # tqdm bar lines
+_print_lock = __import__("threading").Lock()
 
 
-def _env(parent_run_id: str | None, extra: dict | None = None) -> dict:
+def _env(parent_run_id: str | None, threads: int) -> dict:
     env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true", **os.environ}
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}"
+    env["KDISTILL_THREADS"] = str(threads)
     if parent_run_id:
         env["KDISTILL_PARENT_RUN_ID"] = parent_run_id
-    return {**env, **(extra or {})}
+    return env
 
 
-@task(retries=1, retry_delay_seconds=5, cache_policy=None)
-def run_stage(stage: str, module_args: str, parent_run_id: str | None, use_dvc: bool, extra_env: dict | None = None) -> float:
-    """One DVC stage (`dvc repro --single-item`): DVC skips it when nothing it depends on changed."""
-    log = get_run_logger()
-    if use_dvc:
-        cmd = [str(ROOT / ".venv" / "bin" / "dvc"), "repro", "--single-item", stage]
-    else:
-        mod, *args = module_args.split()
-        cmd = [sys.executable, "-m", f"tasks.{mod}", *args]
+def _echo(stage: str, line: str) -> None:
+    with _print_lock:
+        sys.stdout.write(f"{stage:>27} | {line}\n")
+        sys.stdout.flush()
+
+
+def execute_stage(stage: Stage, threads: int, parent_run_id: str | None, record: DvcRecord, log_dir: Path,
+                  log=None) -> dict:
+    """One DVC stage: skipped when DVC says it is up to date; else its command, then `dvc commit`."""
+    say = log.info if log else (lambda msg, *a: _echo(stage.name, msg % a))
+    if not record.stale(stage.target):
+        say("%s is up to date (dvc status)", stage.name)
+        return {"ran": False}
     t0 = time.time()
-    log.info("running %s", " ".join(cmd))
-    # Stream the stage's output (progress bars included) to this terminal; keep the tail for the Prefect log.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(parent_run_id, extra_env), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    say("running %s with %d thread(s): %s", stage.name, threads, stage.cmd)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"{stage.name.replace('@', '_')}.log"
+    # Output goes to this terminal prefixed with the stage name (progress bars every 20 s, as stages interleave),
+    # and in full to the stage's log file; the tail of a failed stage goes into the error.
     tail: list[str] = []
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        tail = (tail + [line.rstrip()])[-15:]
-    rc = proc.wait()
-    dt = time.time() - t0
+    last_bar = 0.0
+    with open(log_file, "w") as full:
+        proc = subprocess.Popen(stage.cmd, shell=True, cwd=stage.wdir, env=_env(parent_run_id, threads),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in proc.stdout:  # text mode: tqdm's \r updates arrive as lines
+            line = line.rstrip()
+            if not line:
+                continue
+            full.write(line + "\n")
+            is_bar = bool(_PROGRESS.search(line))
+            if not is_bar or time.time() - last_bar > 20 or "100%|" in line:
+                _echo(stage.name, line)
+                last_bar = time.time() if is_bar else last_bar
+            if not is_bar:
+                tail = (tail + [line])[-15:]
+        rc = proc.wait()
+    t1 = time.time()
     if rc:
-        raise RuntimeError(f"stage {stage} failed (exit {rc}):\n" + "\n".join(tail))
-    log.info("%s done in %.1fs\n%s", stage, dt, "\n".join(tail))
-    return dt
+        raise RuntimeError(f"stage {stage.name} failed (exit {rc}; full log {log_file}):\n" + "\n".join(tail))
+    record.commit(stage.target)
+    say("%s done in %.1fs (recorded in dvc.lock)", stage.name, t1 - t0)
+    return {"ran": True, "start": t0, "end": t1, "seconds": t1 - t0, "threads": threads}
 
 
-@task(cache_policy=None)
-def stale_stages() -> dict:
-    """`dvc status`: what DVC would re-run ({} when everything is up to date)."""
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "dvc"), "status", "--json"], cwd=ROOT, env=_env(None),
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out or "{}")
+@task(retries=1, retry_delay_seconds=5, cache_policy=None, task_run_name="{stage.name}")
+def run_stage(stage: Stage, threads: int, parent_run_id: str | None, record: DvcRecord, log_dir: Path) -> dict:
+    """A DVC stage as a Prefect task (retried once: training stages resume from their checkpoint)."""
+    return execute_stage(stage, threads, parent_run_id, record, log_dir, get_run_logger())
+
+
+def resolve_parallel(spec: int | str, cpus: int) -> int:
+    return max(1, cpus // 2) if spec == "auto" else int(spec)
+
+
+def schedule(stages: dict[str, Stage], max_parallel: int, cpus: int, submit) -> tuple[dict, dict]:
+    """Start each stage once its upstream stages are done, at most `max_parallel` at a time.
+
+    `submit(stage, threads)` returns a future. Threads: the CPUs divided among the stages that can run now. After a
+    failure nothing new starts; the stages already running finish (and are recorded). Returns (results, errors).
+    """
+    # Longest chains first: a stage with more work behind it should not wait for a leaf.
+    order = {n: (-len(descendants(stages, n)), i) for i, n in enumerate(stages)}
+    pending, running, results, errors = set(stages), {}, {}, {}
+    while pending or running:
+        if not errors:
+            ready = sorted((n for n in pending if stages[n].upstream <= set(results)), key=order.get)
+            while ready and len(running) < max_parallel:
+                name = ready.pop(0)
+                pending.discard(name)
+                sharing = min(max_parallel, len(running) + 1 + len(ready))
+                running[name] = submit(stages[name], max(1, cpus // sharing))
+        if not running:
+            break
+        time.sleep(0.2)
+        for name, fut in list(running.items()):
+            if fut.state.is_final() if hasattr(fut, "state") else fut.done():
+                del running[name]
+                try:
+                    results[name] = fut.result()
+                except BaseException as exc:  # noqa: BLE001 - reported with the stage's name
+                    errors[name] = exc
+    return results, errors
+
+
+def timeline(results: dict) -> dict:
+    ran = {k: v for k, v in results.items() if v.get("ran")}
+    if not ran:
+        return {"stages": {}, "wall_seconds": 0.0, "sum_seconds": 0.0, "saved_seconds": 0.0}
+    t0 = min(v["start"] for v in ran.values())
+    wall = max(v["end"] for v in ran.values()) - t0
+    total = sum(v["seconds"] for v in ran.values())
+    stages = {k: {"start": round(v["start"] - t0, 1), "end": round(v["end"] - t0, 1), "seconds": round(v["seconds"], 1),
+                  "threads": v["threads"]} for k, v in sorted(ran.items(), key=lambda kv: kv[1]["start"])}
+    return {"stages": stages, "wall_seconds": round(wall, 1), "sum_seconds": round(total, 1),
+            "saved_seconds": round(total - wall, 1)}
+
+
+def format_timeline(tl: dict) -> str:
+    lines = ["| stage | start s | end s | seconds | threads |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['start']} | {v['end']} | {v['seconds']} | {v['threads']} |" for k, v in tl["stages"].items()]
+    lines.append(f"\nWall {tl['wall_seconds']} s for {tl['sum_seconds']} s of stage time: "
+                 f"{tl['saved_seconds']} s saved by running stages side by side.")
+    return "\n".join(lines)
 
 
 @flow(name="kdistill-pipeline", log_prints=True)
 def distill_pipeline(profile: str = "default") -> dict:
+    import mlflow
+    from prefect.artifacts import create_markdown_artifact
+
     from kdistill.config import load_params
     from tasks.common import Paths, experiment, tracking_uri
 
-    import mlflow
-
-    # "default": params.yaml through DVC. Any other profile: profiles/<name>.yaml, run directly into outputs-<name>/.
-    smoke = profile != "default"
-    params_file = ROOT / (f"profiles/{profile}.yaml" if smoke else "params.yaml")
-    p = load_params(params_file)  # validate before anything runs
-    out_root = ROOT / f"outputs-{profile}"
-    extra = {"KDISTILL_PARAMS": str(params_file), "KDISTILL_OUTPUTS": str(out_root)} if smoke else {}
+    dvc_file, params_file, out_root = pipeline_file(profile)
+    p = load_params(params_file)
+    record = DvcRecord()
+    stages = load_stages(dvc_file)
+    cpus = available_cpus() if p.base.threads == "auto" else int(p.base.threads)
+    parallel = resolve_parallel(p.base.max_parallel, cpus)
+    print(f"pipeline {profile}: {len(stages)} stages from {dvc_file.relative_to(ROOT)}, up to {parallel} at once, "
+          f"{cpus} CPU(s)")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     mlflow.set_tracking_uri(tracking_uri(p))
     experiment(p)
-    times = {}
-    if not smoke and not stale_stages():
-        print("dvc status: every stage is up to date; nothing to run")
-        return {}
+    log_dir = ROOT / "work" / out_root.name / "logs"
     with mlflow.start_run(run_name=f"pipeline-{profile}") as parent:
-        for stage, module_args in STAGES:
-            times[stage] = run_stage(stage, module_args, parent.info.run_id, use_dvc=not smoke, extra_env=extra)
-            mlflow.log_metric(f"stage_seconds/{stage.replace('@', '_')}", times[stage])
-        paths = Paths(out_root) if smoke else Paths(ROOT / "outputs")
-        report = paths.reports / "report.md"
-        if report.is_file():
-            md = report.read_text()
-            md += "\n## Stage times (s)\n\n" + "\n".join(f"- {k}: {v:.1f}" for k, v in times.items()) + "\n"
-            create_markdown_artifact(key="distillation-report", markdown=md, description="teacher vs students")
+        results, errors = schedule(
+            stages, parallel, cpus,
+            lambda st, threads: run_stage.submit(st, threads, parent.info.run_id, record, log_dir))
+        tl = timeline(results)
+        for name, v in tl["stages"].items():
+            mlflow.log_metric(f"stage_seconds/{name.replace('@', '_')}", v["seconds"])
+        mlflow.log_metrics({"pipeline/wall_seconds": tl["wall_seconds"], "pipeline/saved_seconds": tl["saved_seconds"]})
+        mlflow.log_dict(tl, "timeline.json")
+        (ROOT / "work" / out_root.name).mkdir(parents=True, exist_ok=True)
+        (ROOT / "work" / out_root.name / "timeline.json").write_text(json.dumps(tl, indent=1))
+        if errors:
+            name, exc = next(iter(errors.items()))
+            raise RuntimeError(f"pipeline {profile} stopped: {exc}")
+        print("\n" + format_timeline(tl))
+        report = Paths(out_root).reports / "report.md"
+        if report.is_file() and tl["stages"]:
+            md = report.read_text() + "\n## Stage times\n\n" + format_timeline(tl) + "\n"
+            create_markdown_artifact(key=f"distillation-report-{profile}", markdown=md, description="teacher vs students")
             mlflow.log_text(md, "report.md")
-    print(json.dumps(times, indent=1))
-    return times
+    return tl
+
+
+def up_to_date(profile: str) -> bool:
+    """Before any Prefect server starts: validate the params and ask DVC whether anything is stale."""
+    from kdistill.config import load_params
+
+    dvc_file, params_file, _ = pipeline_file(profile)
+    load_params(params_file)
+    return not DvcRecord().status(str(dvc_file.relative_to(ROOT)))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--profile", default="default",
-                    help="default (params.yaml via DVC) or the name of a file in profiles/ (run directly, no DVC)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="default", help="default (params.yaml) or the name of a file in profiles/")
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     t0 = time.time()
+    if up_to_date(args.profile):
+        print(f"pipeline ({args.profile}): dvc status says every stage is up to date; nothing to run "
+              f"({time.time() - t0:.1f}s)")
+        return
     distill_pipeline(args.profile)
     print(f"pipeline ({args.profile}) finished in {time.time() - t0:.1f}s")
 

@@ -14,6 +14,8 @@ import torch
 
 from kdistill.config import Params, load_params
 from kdistill.glue import load_split
+from kdistill.precision import Runtime, cpu_capability, resolve_precision, resolve_threads
+from kdistill.trainer import default_device
 from kdistill.validate import check_all
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,18 +67,38 @@ class Paths:
         return self.root.parent / "work" / self.root.name
 
 
+_runtime: Runtime | None = None
+
+
+def precision_for(p: Params, spec: str | None = None) -> str:
+    """A stage's precision resolved for this machine: its own setting when given, else base.precision."""
+    return resolve_precision(spec or p.base.precision, default_device())
+
+
+def runtime() -> Runtime:
+    assert _runtime is not None, "tasks.common.setup() first"
+    return _runtime
+
+
 def setup(stage: str) -> tuple[Params, Paths]:
+    global _runtime
     params_file = Path(os.environ.get("KDISTILL_PARAMS", ROOT / "params.yaml"))
+    if not params_file.is_absolute():
+        params_file = ROOT / params_file
     p = load_params(params_file)
     check_all(p, ROOT)
-    torch.set_num_threads(p.base.threads)
+    threads = resolve_threads(p.base.threads)
+    torch.set_num_threads(threads)
+    _runtime = Runtime(str(default_device()), precision_for(p), threads, cpu_capability())
     # new heads (classifier, fitted MLM head) start from seeded weights: reruns agree and checkpoints match their run
     torch.manual_seed(p.base.seed)
     # datasets writes cache files beside the data it maps; our inputs are DVC outputs that must stay untouched
     datasets.disable_caching()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    paths = Paths(Path(os.environ.get("KDISTILL_OUTPUTS", ROOT / "outputs")))
+    out = Path(os.environ.get("KDISTILL_OUTPUTS", ROOT / "outputs"))
+    paths = Paths(out if out.is_absolute() else ROOT / out)
     print(f"[{stage}] params {params_file}, outputs {paths.root}", flush=True)
+    print(f"[{stage}] {_runtime.describe()}", flush=True)
     return p, paths
 
 
@@ -180,6 +202,8 @@ def stage_run(p: Params, stage: str):
     with mlflow.start_run(run_name=stage, parent_run_id=parent, nested=bool(parent)) as run:
         mlflow.set_tag("stage", stage)
         mlflow.log_params(_flatten(p.model_dump(), stage))
+        if _runtime is not None:  # what `auto` became on this machine
+            mlflow.log_params({f"runtime.{k}": v for k, v in vars(_runtime).items()})
         yield run
 
 

@@ -14,7 +14,7 @@ from kdistill.glue import get_task
 from kdistill.io import write_json_atomic, write_text_atomic
 from kdistill.speed import model_profile
 
-from .common import setup, stage_run
+from .common import precision_for, runtime, setup, stage_run
 
 PUBLISHED = [  # reference rows: published, not measured here (see data/glue and README)
     ("BERT-base (DistilBERT paper, dev)", {"sst2": 92.7, "cola": 56.3, "mrpc": 88.6, "rte": 69.3, "stsb": 89.0}, "110M", "1.0x"),
@@ -81,7 +81,7 @@ def register(p, name, model_dir, metrics, metric_name, tok):
     from mlflow import MlflowClient
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    reg = f"{p.base.task}-{name}"
+    reg = f"{p.tracking.registry_prefix}{p.base.task}-{name}"
     info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tok}, name=name, task="text-classification",
         registered_model_name=reg, input_example=["a good movie"],
@@ -110,15 +110,18 @@ def main() -> None:
     dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.task, p.base.max_seq_len)
     rep = paths.reports
     rep.mkdir(parents=True, exist_ok=True)
-    summary = {"task": p.base.task, "metric": spec.metric, "threads": torch.get_num_threads(), "models": {}}
+    precision = precision_for(p, e.precision)
+    rt = runtime()
+    summary = {"task": p.base.task, "metric": spec.metric, "threads": torch.get_num_threads(), "precision": precision,
+               "device": rt.device, "cpu_capability": rt.cpu_capability, "models": {}}
     with stage_run(p, "evaluate"):
         for name, d in models(paths):
             if not d.is_dir():
                 print(f"[evaluate] skipping {name}: {d} missing")
                 continue
             model = AutoModelForSequenceClassification.from_pretrained(d).eval()
-            metrics = score(model, dev, p.base.task)
-            prof = model_profile(model, d, e.batch_sizes, e.seq_lens, e.warmup, e.repeats)
+            metrics = score(model, dev, p.base.task, precision)
+            prof = model_profile(model, d, e.batch_sizes, e.seq_lens, e.warmup, e.repeats, precision)
             summary["models"][name] = {"task": p.base.task, "metric": spec.metric, "score": metrics[spec.metric],
                                        "metrics": metrics, **prof}
             print(f"[evaluate] {name}: {spec.metric} {metrics[spec.metric]:.4f}, params {prof['params']:,}")
@@ -142,14 +145,17 @@ def main() -> None:
             for name in ("tinybert", "distilbert"):
                 if name in summary["models"]:
                     v, champ = register(p, name, paths.student(name), summary["models"][name]["metrics"], spec.metric, tok)
-                    print(f"[evaluate] registered {p.base.task}-{name} v{v}{' (champion)' if champ else ''}")
+                    print(f"[evaluate] registered {p.tracking.registry_prefix}{p.base.task}-{name} v{v}"
+                          f"{' (champion)' if champ else ''}")
     print(f"[evaluate] wrote {rep / 'summary.json'} and {rep / 'report.md'}")
 
 
 def report_md(summary, ref, pngs, rep) -> str:
     task, metric = summary["task"], summary["metric"]
     lines = [f"# Distillation report: {task}", "",
-             f"Dev {metric}; CPU latency at batch 1, {ref.split('_')[1].removeprefix('seq')} tokens, p50, {summary['threads']} threads.", "",
+             f"Dev {metric}; latency at batch 1, {ref.split('_')[1].removeprefix('seq')} tokens, p50, {summary['threads']} threads; "
+             f"precision {summary.get('precision', 'fp32')} on {summary.get('device', 'cpu')} "
+             f"(CPU capability {summary.get('cpu_capability', '?')}).", "",
              "| model | score | retention | all dev metrics | params | size MB | latency ms | speedup | FLOPs ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, m in summary["models"].items():

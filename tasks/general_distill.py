@@ -20,7 +20,7 @@ from kdistill.models import distilbert_student, every_other_layer, load_tokenize
 from kdistill.objectives import DistilBertGeneral, Intermediate, MlmHeadFit, masked_token_accuracy
 from kdistill.trainer import Trainer, TrainerConfig, pad_collate
 
-from .common import LossLog, setup, stage_run, write_loss_csv
+from .common import LossLog, precision_for, setup, stage_run, write_loss_csv
 
 
 def _special(tok):
@@ -41,7 +41,7 @@ def teacher_with_mlm_head(p, paths, tok, corpus):
     else:
         fit = MlmHeadFit(teacher, special_ids=special, mask_token_id=mask_id)
         cfg = TrainerConfig(lr=h.lr, batch_size=h.batch_size, max_steps=h.steps, warmup_ratio=0.1, seed=p.base.seed,
-                            bf16=h.bf16, desc="fit MLM head", checkpoint_every=100)
+                            precision=precision_for(p, h.precision), desc="fit MLM head", checkpoint_every=100)
         log = LossLog(prefix="head_")
         head_res = Trainer(fit, corpus.select(range(len(corpus) - h.heldout_sequences)), cfg, paths.work / "mlm_head",
                 callbacks=[log], fingerprint={"stage": "mlm_head"}).train()
@@ -95,7 +95,7 @@ def main(recipe: str) -> None:
             optim = g.optim
         mlflow.log_param("layer_map" if recipe == "tinybert" else "init_layers",
                          str(getattr(obj, "layer_map", None) or layers))
-        cfg = optim_to_trainer_config(optim, p.base.seed, f"general distill ({recipe})")
+        cfg = optim_to_trainer_config(optim, p.base.seed, f"general distill ({recipe})", precision_for(p, optim.precision))
         res = Trainer(obj, corpus, cfg, paths.work / f"general_{recipe}", callbacks=[log],
                       fingerprint={"stage": "general", "recipe": recipe}).train()
         log.flush()

@@ -23,7 +23,7 @@ from kdistill.speed import latency_ms
 from kdistill.objectives import Intermediate, Prediction, Supervised, teacher_logits
 from kdistill.trainer import Trainer, pad_collate
 
-from .common import LossLog, setup, stage_run, write_loss_csv
+from .common import LossLog, precision_for, runtime, setup, stage_run, write_loss_csv
 
 RECIPES = ("tinybert", "distilbert", "baseline-tinybert", "baseline-distilbert")
 
@@ -36,18 +36,22 @@ def main(which: str) -> None:
     spec = get_task(p.base.task)
     recipe = which.removeprefix("baseline-")
     general = paths.general(recipe)
-    tok = load_tokenizer(str(paths.teacher))
+    baseline = which.startswith("baseline")
+    # a baseline never reads the teacher (its tokenizer is the general student's), so it can run beside teacher_finetune
+    tok = load_tokenizer(str(general if baseline else paths.teacher))
     train = tokenize_task(load_from_disk(str(paths.augmented / "train")), tok, p.base.task, p.base.max_seq_len)
     dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.task, p.base.max_seq_len)
     student = AutoModelForSequenceClassification.from_pretrained(general, num_labels=spec.num_labels, **label_names(spec))
-    evaluate = lambda obj: score(obj.student, dev, p.base.task)  # noqa: E731
+    eval_precision = precision_for(p, p.evaluate.precision)
+    evaluate = lambda obj: score(obj.student, dev, p.base.task, eval_precision)  # noqa: E731
     out = paths.baseline(recipe) if which.startswith("baseline") else paths.student(recipe)
     fp = {"stage": stage, "task": p.base.task}
     with stage_run(p, stage):
         if which.startswith("baseline"):
             log = LossLog()
             csv_name, histories = f"baseline_{recipe}", []
-            cfg = optim_to_trainer_config(p.task_distill.baseline, p.base.seed, f"baseline ({recipe})")
+            cfg = optim_to_trainer_config(p.task_distill.baseline, p.base.seed, f"baseline ({recipe})",
+                                          precision_for(p, p.task_distill.baseline.precision))
             res = Trainer(Supervised(student), train, cfg, paths.work / f"baseline_{recipe}", eval_fn=evaluate,
                           select_metric=spec.metric, callbacks=[log], fingerprint=fp).train()
             histories.append(res.history)
@@ -63,15 +67,17 @@ def main(which: str) -> None:
                 proj = general / "projections.safetensors"
                 if proj.is_file():
                     inter.projections.load_state_dict(load_file(str(proj)))
-                cfg = optim_to_trainer_config(t.intermediate, p.base.seed, "task distill (tinybert, intermediate)")
+                cfg = optim_to_trainer_config(t.intermediate, p.base.seed, "task distill (tinybert, intermediate)",
+                                              precision_for(p, t.intermediate.precision))
                 inter_res = Trainer(inter, train, cfg, paths.work / "task_tinybert_inter", callbacks=[log],
                                     fingerprint={**fp, "phase": "intermediate"}).train()
                 histories.append(inter_res.history)
-                cache = (teacher_logits(teacher, train, pad_collate, bf16=t.prediction.bf16, cache_dir=paths.work / "teacher_logits")
+                cache = (teacher_logits(teacher, train, pad_collate, precision=precision_for(p, t.prediction.precision), cache_dir=paths.work / "teacher_logits")
                          if t.cache_teacher_outputs else None)
                 obj = Prediction(student, teacher, {"pred": t.weights.get("pred", 1.0)}, t.temperature, "ce",
                                  soft_name="pred", cached_logits=cache)
-                cfg = optim_to_trainer_config(t.prediction, p.base.seed, "task distill (tinybert, prediction)")
+                cfg = optim_to_trainer_config(t.prediction, p.base.seed, "task distill (tinybert, prediction)",
+                                              precision_for(p, t.prediction.precision))
                 # prediction-phase steps continue the intermediate phase's step numbers in the loss logs
                 log_pred = LossLog(step_offset=inter_res.steps)
                 res = Trainer(obj, train, cfg, paths.work / "task_tinybert_pred", eval_fn=evaluate,
@@ -79,27 +85,28 @@ def main(which: str) -> None:
                 log_pred.flush()
             else:
                 d = p.task_distill.distilbert
-                cache = (teacher_logits(teacher, train, pad_collate, bf16=d.optim.bf16, cache_dir=paths.work / "teacher_logits")
+                cache = (teacher_logits(teacher, train, pad_collate, precision=precision_for(p, d.optim.precision), cache_dir=paths.work / "teacher_logits")
                          if d.cache_teacher_outputs else None)
                 obj = Prediction(student, teacher, {"ce": d.alpha_soft, "hard": 1 - d.alpha_soft}, d.temperature,
                                  d.soft_loss, d.t2_scaling, soft_name="ce", cached_logits=cache)
-                cfg = optim_to_trainer_config(d.optim, p.base.seed, "task distill (distilbert)")
+                cfg = optim_to_trainer_config(d.optim, p.base.seed, "task distill (distilbert)", precision_for(p, d.optim.precision))
                 res = Trainer(obj, train, cfg, paths.work / "task_distilbert", eval_fn=evaluate,
                               select_metric=spec.metric, callbacks=[log], fingerprint=fp).train()
             histories.append(res.history)
         log.flush()
         write_loss_csv(paths.reports_for(csv_name), *histories)
-        metrics = score(student, dev, p.base.task)
+        metrics = score(student, dev, p.base.task, eval_precision)
         mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
         info = {"recipe": recipe, "baseline": which.startswith("baseline"), "task": p.base.task, "dev": metrics,
                 "teacher": p.base.teacher, "steps": res.steps, "best_step": res.best_step}
-        lat = latency_ms(student, 1, p.base.max_seq_len, warmup=3, repeats=20)
+        lat = latency_ms(student, 1, p.base.max_seq_len, warmup=3, repeats=20, precision=eval_precision)
         card = model_card(out.name if not which.startswith("baseline") else which, p.base.task, recipe, p.base.teacher,
                           f"GLUE {p.base.task} train ({len(train)} rows incl. {p.augment.method} augmentation), "
                           f"corpus {p.prepare.corpus} for general distillation",
                           metrics, count_parameters(student), {f"bs1_seq{p.base.max_seq_len}": lat["p50"]},
-                          json.loads((paths.teacher / "metrics.json").read_text()), spec.metric,
-                          baseline=which.startswith("baseline"))
+                          None if baseline else json.loads((paths.teacher / "metrics.json").read_text()), spec.metric,
+                          baseline=which.startswith("baseline"), runtime=runtime().describe(),
+                          registered_name=f"{p.tracking.registry_prefix}{p.base.task}-{recipe}")
         save_model_atomic(student, tok, out, extra=info, files={"README.md": card, "metrics.json": json.dumps(metrics, indent=2)})
     print(f"[{stage}] dev {metrics}")
 

@@ -13,7 +13,7 @@ from kdistill.models import load_tokenizer, resolve_teacher, save_model_atomic
 from kdistill.objectives import Supervised
 from kdistill.trainer import Trainer
 
-from .common import LossLog, first, setup, stage_run, write_loss_csv
+from .common import LossLog, first, precision_for, setup, stage_run, write_loss_csv
 
 
 def main() -> None:
@@ -27,15 +27,17 @@ def main() -> None:
     model = AutoModelForSequenceClassification.from_pretrained(
         resolve_teacher(p.base.teacher), num_labels=spec.num_labels, **label_names(spec)
     )
+    eval_precision = precision_for(p, p.evaluate.precision)
     with stage_run(p, "teacher_finetune"):
         log = LossLog()
-        cfg = optim_to_trainer_config(p.teacher_finetune.optim, p.base.seed, "teacher fine-tune")
+        cfg = optim_to_trainer_config(p.teacher_finetune.optim, p.base.seed, "teacher fine-tune",
+                                      precision_for(p, p.teacher_finetune.optim.precision))
         res = Trainer(Supervised(model), train, cfg, paths.work / "teacher_finetune",
-                      eval_fn=lambda obj: score(obj.student, dev, p.base.task), select_metric=spec.metric,
+                      eval_fn=lambda obj: score(obj.student, dev, p.base.task, eval_precision), select_metric=spec.metric,
                       callbacks=[log], fingerprint={"stage": "teacher_finetune", "task": p.base.task}).train()
         log.flush()
         write_loss_csv(paths.reports_for("teacher_finetune"), res.history)
-        metrics = score(model, dev, p.base.task)
+        metrics = score(model, dev, p.base.task, eval_precision)
         mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
         save_model_atomic(model, tok, paths.teacher, extra={"role": "teacher", "task": p.base.task, "dev": metrics,
                                                             "steps": res.steps, "best_step": res.best_step},

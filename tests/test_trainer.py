@@ -125,7 +125,7 @@ def test_teacher_logit_disk_cache_is_shared_and_keyed_by_content(make_bert, tmp_
     assert calls == [] and torch.equal(first, again) and "reusing" in capsys.readouterr().out
     hook.remove()
     # bf16 soft targets are close to the fp32 ones but cached under their own key
-    half = teacher_logits(teacher, ds, pad_collate, batch_size=5, bf16=True, cache_dir=tmp_path)
+    half = teacher_logits(teacher, ds, pad_collate, batch_size=5, precision="bf16", cache_dir=tmp_path)
     assert torch.allclose(half, first, atol=0.1) and len(list(tmp_path.glob("*.pt"))) == 2
     with torch.no_grad():  # a changed teacher is a new key: never stale logits
         next(teacher.parameters()).add_(0.5)

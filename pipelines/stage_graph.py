@@ -1,0 +1,155 @@
+"""The stage graph, read from a dvc.yaml through DVC itself (no hand-kept stage list), and per-profile pipelines.
+
+A profile (profiles/NAME.yaml) is a DVC pipeline of its own: `runs/NAME/dvc.yaml` is generated from the root dvc.yaml
+with every output moved under `outputs-NAME/` and every parameter read from `runs/NAME/params.yaml` (the profile
+fully resolved: `extends` followed, defaults filled in), so DVC tracks, caches and skips its stages like the default
+ones, `dvc.lock` for it lives in `runs/NAME/`, and `dvc metrics show` / `dvc params diff` list it beside the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs"
+
+
+@dataclass
+class Stage:
+    name: str  # DVC's name, e.g. general_distill@tinybert
+    target: str  # what `dvc status` / `dvc commit` take: <dvc.yaml path>:<name>
+    cmd: str
+    wdir: Path
+    deps: list[Path]
+    outs: list[Path]
+    upstream: set[str] = field(default_factory=set)
+    downstream: set[str] = field(default_factory=set)
+
+
+def _inside(path: Path, out: Path) -> bool:
+    return path == out or out in path.parents
+
+
+def load_stages(dvc_file: Path, root: Path = ROOT) -> dict[str, Stage]:
+    """Every stage of `dvc_file` (foreach expanded by DVC), linked by what each one reads of another's outputs."""
+    from dvc.repo import Repo
+
+    dvc_file = Path(dvc_file).resolve()
+    rel = dvc_file.relative_to(root)
+    with Repo(str(root)) as repo:
+        found = repo.stage.collect(str(dvc_file))  # absolute: DVC resolves relative targets against the cwd
+    stages: dict[str, Stage] = {}
+    for s in found:
+        deps = [Path(d.fs_path) for d in s.deps if type(d).__name__ == "Dependency"]
+        outs = [Path(o.fs_path) for o in s.outs]
+        target = s.name if rel == Path("dvc.yaml") else f"{rel}:{s.name}"
+        stages[s.name] = Stage(s.name, target, s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd),
+                               Path(s.wdir), deps, outs)
+    for a in stages.values():
+        for b in stages.values():
+            if a is not b and any(_inside(d, o) for d in a.deps for o in b.outs):
+                a.upstream.add(b.name)
+                b.downstream.add(a.name)
+    return stages
+
+
+def descendants(stages: dict[str, Stage], name: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for d in stages[todo.pop()].downstream:
+            if d not in seen:
+                seen.add(d)
+                todo.append(d)
+    return seen
+
+
+# --- per-profile pipelines -----------------------------------------------------------------------------------------
+
+def _move(path: str, out_dir: str) -> str:
+    if path == "outputs" or path.startswith("outputs/"):
+        return out_dir + path.removeprefix("outputs")
+    if path.startswith("reports/"):
+        return f"{out_dir}/{path}"
+    return path
+
+
+def _move_entries(entries: list, out_dir: str) -> list:
+    moved = []
+    for e in entries:
+        if isinstance(e, str):
+            moved.append(_move(e, out_dir))
+        else:  # {path: {options}}
+            moved.append({_move(k, out_dir): v for k, v in e.items()})
+    return moved
+
+
+def _profile_stage(body: dict, name: str, params_rel: str, out_dir: str) -> dict:
+    body = dict(body)
+    body["wdir"] = "../.."
+    body["cmd"] = f"KDISTILL_PARAMS={params_rel} KDISTILL_OUTPUTS={out_dir} {body['cmd']}"
+    for key in ("deps", "outs", "metrics", "plots"):
+        if key in body:
+            body[key] = _move_entries(body[key], out_dir)
+    if "params" in body:
+        keys = []
+        for e in body["params"]:
+            keys += [e] if isinstance(e, str) else [k for v in e.values() for k in v]
+        body["params"] = [{params_rel: keys}]
+    return body
+
+
+def profile_pipeline(profile: str) -> Path:
+    """Write runs/<profile>/{params.yaml,dvc.yaml} (only when their content changed) and return the dvc.yaml."""
+    from kdistill.config import load_params
+
+    src = ROOT / "profiles" / f"{profile}.yaml"
+    params = load_params(src)  # validated here, before any stage starts
+    run_dir = RUNS / profile
+    params_rel = f"runs/{profile}/params.yaml"
+    out_dir = f"outputs-{profile}"
+    root = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    stages = {}
+    for name, body in root["stages"].items():
+        if "foreach" in body:
+            stages[name] = {"foreach": body["foreach"], "do": _profile_stage(body["do"], name, params_rel, out_dir)}
+        else:
+            stages[name] = _profile_stage(body, name, params_rel, out_dir)
+    plots = []
+    for entry in root.get("plots", []):
+        for title, spec in entry.items():
+            spec = dict(spec)
+            if isinstance(spec.get("y"), dict):
+                spec["y"] = {_move(k, out_dir): v for k, v in spec["y"].items()}
+            plots.append({f"{profile}: {title}": spec})
+    header = (f"# Generated by pipelines/stage_graph.py from dvc.yaml for profiles/{profile}.yaml: do not edit.\n"
+              f"# Run with `python -m pipelines.flow --profile {profile}`; outputs in {out_dir}/.\n")
+    pipeline = {"vars": root.get("vars", []), "stages": stages, "plots": plots}
+    resolved = (f"# profiles/{profile}.yaml resolved (extends followed, defaults filled): generated, do not edit.\n"
+                + yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    _write_if_changed(run_dir / "params.yaml", resolved)
+    _write_if_changed(run_dir / "dvc.yaml", header + yaml.safe_dump(pipeline, sort_keys=False, width=120))
+    return run_dir / "dvc.yaml"
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def pipeline_file(profile: str) -> tuple[Path, Path, Path]:
+    """(dvc.yaml, params file, outputs root) of a profile; `default` is the root pipeline on params.yaml."""
+    if profile == "default":
+        return ROOT / "dvc.yaml", ROOT / "params.yaml", ROOT / "outputs"
+    src = ROOT / "profiles" / f"{profile}.yaml"
+    if not src.is_file():
+        names = sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml"))
+        raise FileNotFoundError(f"profiles/{profile}.yaml not found (profiles: default, {', '.join(names)})")
+    return profile_pipeline(profile), RUNS / profile / "params.yaml", ROOT / f"outputs-{profile}"

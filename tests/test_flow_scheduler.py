@@ -1,0 +1,101 @@
+"""The flow's scheduler on a tiny DVC project: independent stages overlap, DVC records each one, failures leave nothing.
+
+Uses the real pieces (stage graph from DVC, `dvc status` / `dvc commit` through DvcRecord, the scheduler) with a
+thread pool in place of Prefect's, so it runs in seconds; the smoke-profile test covers the Prefect flow end to end.
+"""
+
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from pipelines.dvc_record import DVC, DvcRecord
+from pipelines.flow import execute_stage, schedule, timeline
+from pipelines.stage_graph import load_stages
+
+PY = sys.executable
+WRITE = "import pathlib, sys, time; time.sleep({sleep}); pathlib.Path(sys.argv[1]).write_text(open(sys.argv[2]).read() + '{tag}')"
+
+
+def _project(tmp_path: Path, fail_c: bool = False) -> Path:
+    root = tmp_path / "proj"
+    root.mkdir()
+    subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=root, check=True)
+    (root / "src.txt").write_text("x")
+
+    def cmd(sleep, tag, out, src):
+        return f'{PY} -c "{WRITE.format(sleep=sleep, tag=tag)}" {out} {src}'
+
+    stages = {
+        "a": {"cmd": cmd(2.0, "a", "a.txt", "src.txt"), "deps": ["src.txt"], "outs": ["a.txt"]},
+        "b": {"cmd": cmd(2.0, "b", "b.txt", "src.txt"), "deps": ["src.txt"], "outs": ["b.txt"]},
+        "c": {"cmd": "exit 3" if fail_c else cmd(0.1, "c", "c.txt", "a.txt"), "deps": ["a.txt"], "outs": ["c.txt"]},
+        "d": {"cmd": cmd(0.1, "d", "d.txt", "c.txt"), "deps": ["c.txt", "b.txt"], "outs": ["d.txt"]},
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    return root
+
+
+def _run(root: Path, tmp_path: Path, max_parallel: int = 2):
+    stages = load_stages(root / "dvc.yaml", root=root)
+    record = DvcRecord(root)
+    with ThreadPoolExecutor(max_parallel) as pool:
+        return schedule(stages, max_parallel, 2,
+                        lambda st, threads: pool.submit(execute_stage, st, threads, None, record, tmp_path / "logs"))
+
+
+def _lock(root: Path) -> dict:
+    f = root / "dvc.lock"
+    return yaml.safe_load(f.read_text())["stages"] if f.is_file() else {}
+
+
+def test_graph_comes_from_dvc_yaml(tmp_path):
+    stages = load_stages(_project(tmp_path) / "dvc.yaml", root=tmp_path / "proj")
+    assert stages["a"].upstream == set() and stages["b"].upstream == set()
+    assert stages["c"].upstream == {"a"} and stages["d"].upstream == {"b", "c"}
+
+
+def test_independent_stages_overlap_and_every_stage_is_recorded(tmp_path):
+    root = _project(tmp_path)
+    results, errors = _run(root, tmp_path)
+    assert not errors
+    tl = timeline(results)["stages"]
+    # a and b depend only on src.txt: they ran at the same time, each with one of the two CPUs
+    assert tl["a"]["start"] < tl["b"]["end"] and tl["b"]["start"] < tl["a"]["end"]
+    assert tl["a"]["threads"] == tl["b"]["threads"] == 1
+    assert tl["d"]["start"] >= max(tl["b"]["end"], tl["c"]["end"])  # never before its inputs
+    assert set(_lock(root)) == {"a", "b", "c", "d"}
+    assert DvcRecord(root).status() == {}  # `dvc status` clean after the concurrent run
+    assert (root / "d.txt").read_text() == "xacd"
+    # nothing changed: the second run skips every stage on DVC's word
+    results, errors = _run(root, tmp_path)
+    assert not errors and not any(r["ran"] for r in results.values())
+    # one stage's command changed: only it and what reads its output run again
+    stages_src = yaml.safe_load((root / "dvc.yaml").read_text())
+    stages_src["stages"]["b"]["cmd"] = stages_src["stages"]["b"]["cmd"].replace("'b'", "'B'")
+    (root / "dvc.yaml").write_text(yaml.safe_dump(stages_src))
+    results, errors = _run(root, tmp_path)
+    assert not errors and {k for k, r in results.items() if r["ran"]} == {"b", "d"}
+    assert (root / "d.txt").read_text() == "xacd" and (root / "b.txt").read_text() == "xB"
+
+
+def test_a_failed_stage_leaves_no_lock_entry_and_blocks_only_what_follows(tmp_path):
+    root = _project(tmp_path, fail_c=True)
+    results, errors = _run(root, tmp_path)
+    assert set(errors) == {"c"} and "stage c failed (exit 3" in str(errors["c"])
+    assert "d" not in results  # never started: its input is missing
+    assert set(_lock(root)) == {"a", "b"}  # the stages that finished are recorded, the failed one is not
+    assert not (root / "c.txt").exists() and not (root / "d.txt").exists()
+    assert set(DvcRecord(root).status()) == {"c", "d"}
+
+
+def test_max_parallel_one_runs_stages_one_after_another(tmp_path):
+    root = _project(tmp_path)
+    results, errors = _run(root, tmp_path, max_parallel=1)
+    assert not errors
+    spans = sorted((v["start"], v["end"]) for v in timeline(results)["stages"].values())
+    assert all(prev_end <= start for (_, prev_end), (start, _) in zip(spans, spans[1:]))
+    assert all(v["threads"] == 2 for v in timeline(results)["stages"].values())
