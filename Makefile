@@ -19,7 +19,7 @@ help:
 	@echo "make test      run the test suite"
 	@echo "make ui        start the Prefect UI (127.0.0.1:4200) and MLflow UI (127.0.0.1:5000); make ui-stop stops them"
 	@echo "make schedule  serve the flow as a Prefect deployment with the cron schedule from params.yaml"
-	@echo "make bench     print task-distillation throughput (fp32 vs bf16, with and without the teacher cache)"
+	@echo "make bench     CPU capability, the precision auto picks here, fp32 vs bf16 task-distillation throughput"
 
 setup:
 	@bash scripts/setup.sh
@@ -34,7 +34,7 @@ smoke:
 	$(PY) -m pipelines.flow --profile smoke
 
 repro:
-	dvc repro
+	dvc repro dvc.yaml
 
 ui:
 	@bash scripts/ui.sh start

@@ -15,6 +15,11 @@ from torch import nn
 SoftKind = Literal["kl", "ce", "ce_mean_classes"]
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 -> fp32; fp32 and fp64 as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def soft_label_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -29,8 +34,10 @@ def soft_label_loss(
     - "ce_mean_classes": the TinyBERT reference code's `(-p_T * log p_S).mean()`, i.e. "ce" divided by the class count.
     With `t2_scaling` the loss is multiplied by T^2 (Hinton et al.) so its gradient scale does not shrink with T.
     """
-    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
-    p_t = F.softmax(teacher_logits / temperature, dim=-1)
+    # in fp32 even under bf16/fp16 autocast: two low-precision softmaxes give KL < 0 and biased gradients
+    with torch.autocast(student_logits.device.type, enabled=False):
+        log_p_s = F.log_softmax(_full(student_logits) / temperature, dim=-1)
+        p_t = F.softmax(_full(teacher_logits) / temperature, dim=-1)
     if kind == "kl":
         loss = (p_t * (torch.log(p_t.clamp_min(1e-30)) - log_p_s)).sum(-1).mean()
     elif kind == "ce":

@@ -41,8 +41,8 @@ class DvcRecord:
                 if "Unable to acquire lock" not in proc.stderr + proc.stdout:
                     break
                 time.sleep(1 + attempt % 3)
-            raise DvcError(f"`dvc {' '.join(args)}` failed (exit {proc.returncode}): "
-                           f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:] or ''}")
+            said = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-5:])
+            raise DvcError(f"`dvc {' '.join(args)}` failed (exit {proc.returncode}): {said}")
 
     def status(self, *targets: str) -> dict:
         """What DVC would re-run among `targets` and why ({} when up to date)."""
@@ -53,4 +53,4 @@ class DvcRecord:
 
     def commit(self, target: str) -> None:
         """Record a finished stage: its deps, params and outs hashed into dvc.lock, the outs into the cache."""
-        self._dvc("commit", "--force", "--quiet", target)
+        self._dvc("commit", "--force", target)

@@ -47,6 +47,21 @@ def _echo(stage: str, line: str) -> None:
         sys.stdout.flush()
 
 
+class StageFailed(RuntimeError):
+    """The stage's own command failed: worth one retry (training resumes from its checkpoint)."""
+
+
+def _retry_only_failed_commands(task, task_run, state) -> bool:
+    # a DVC error after a successful command (e.g. a params key missing) would fail again the same way: no re-run
+    try:
+        state.result()
+    except StageFailed:
+        return True
+    except BaseException:  # noqa: BLE001
+        return False
+    return False
+
+
 def execute_stage(stage: Stage, threads: int, parent_run_id: str | None, record: DvcRecord, log_dir: Path,
                   log=None) -> dict:
     """One DVC stage: skipped when DVC says it is up to date; else its command, then `dvc commit`."""
@@ -79,13 +94,14 @@ def execute_stage(stage: Stage, threads: int, parent_run_id: str | None, record:
         rc = proc.wait()
     t1 = time.time()
     if rc:
-        raise RuntimeError(f"stage {stage.name} failed (exit {rc}; full log {log_file}):\n" + "\n".join(tail))
+        raise StageFailed(f"stage {stage.name} failed (exit {rc}; full log {log_file}):\n" + "\n".join(tail))
     record.commit(stage.target)
     say("%s done in %.1fs (recorded in dvc.lock)", stage.name, t1 - t0)
     return {"ran": True, "start": t0, "end": t1, "seconds": t1 - t0, "threads": threads}
 
 
-@task(retries=1, retry_delay_seconds=5, cache_policy=None, task_run_name="{stage.name}")
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_only_failed_commands, cache_policy=None,
+      task_run_name="{stage.name}")
 def run_stage(stage: Stage, threads: int, parent_run_id: str | None, record: DvcRecord, log_dir: Path) -> dict:
     """A DVC stage as a Prefect task (retried once: training stages resume from their checkpoint)."""
     return execute_stage(stage, threads, parent_run_id, record, log_dir, get_run_logger())

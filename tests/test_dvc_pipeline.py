@@ -1,0 +1,67 @@
+"""dvc.yaml and the params files agree: DVC refuses to record a stage whose listed params key is missing."""
+
+import pytest
+import yaml
+
+from kdistill.config import load_params
+from pipelines.stage_graph import _profile_stage, load_stages
+
+from .conftest import ROOT
+
+
+def _has(tree: dict, dotted: str) -> bool:
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _listed_params():
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        for stage in repo.stage.collect(str(ROOT / "dvc.yaml")):
+            for dep in stage.deps:
+                if type(dep).__name__ == "ParamsDependency":
+                    yield stage.name, list(dep.params)
+
+
+def test_every_params_key_dvc_yaml_lists_is_in_params_yaml():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    missing = [(stage, key) for stage, keys in _listed_params() for key in keys if not _has(params, key)]
+    assert not missing, f"params.yaml lacks keys that dvc.yaml stages list (dvc commit would fail): {missing}"
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml")))
+def test_every_profile_resolves_to_a_complete_params_file(profile):
+    resolved = load_params(ROOT / "profiles" / f"{profile}.yaml").model_dump(mode="json")
+    missing = [(stage, key) for stage, keys in _listed_params() for key in keys if not _has(resolved, key)]
+    assert not missing
+
+
+def test_no_stage_depends_on_knobs_that_change_no_result():
+    listed = {key for _, keys in _listed_params() for key in keys}
+    assert not listed & {"base", "base.threads", "base.max_parallel"}
+
+
+def test_profile_stages_move_outputs_and_read_the_profile_params():
+    body = {"cmd": "${py} -m tasks.task_distill ${item}", "deps": ["tasks/task_distill.py", "outputs/teacher"],
+            "params": ["base.seed", "task_distill.${item}"], "outs": ["outputs/students/${item}"],
+            "plots": [{"reports/losses/task_distill_${item}.csv": {"x": "step"}}]}
+    got = _profile_stage(body, "task_distill", "runs/smoke/params.yaml", "outputs-smoke")
+    assert got["wdir"] == "../.."
+    assert got["cmd"].startswith("KDISTILL_PARAMS=runs/smoke/params.yaml KDISTILL_OUTPUTS=outputs-smoke ")
+    assert got["deps"] == ["tasks/task_distill.py", "outputs-smoke/teacher"]
+    assert got["outs"] == ["outputs-smoke/students/${item}"]
+    assert got["plots"] == [{"outputs-smoke/reports/losses/task_distill_${item}.csv": {"x": "step"}}]
+    assert got["params"] == [{"runs/smoke/params.yaml": ["base.seed", "task_distill.${item}"]}]
+
+
+def test_the_flow_schedules_every_stage_of_dvc_yaml():
+    stages = load_stages(ROOT / "dvc.yaml")
+    assert len(stages) == 10
+    assert stages["evaluate"].upstream >= {"teacher_finetune", "task_distill@tinybert", "baseline@distilbert"}
+    assert stages["baseline@tinybert"].upstream == {"general_distill@tinybert", "augment"}  # never waits for the teacher
+    assert stages["prepare"].upstream == set()
