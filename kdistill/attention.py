@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import KdistillError
 
-class AttentionCaptureError(RuntimeError):
+
+class AttentionCaptureError(KdistillError, RuntimeError):
     pass
 
 

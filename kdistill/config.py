@@ -13,10 +13,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import KdistillError
 from .precision import PrecisionSpec
 
 
-class ParamsError(ValueError):
+class ParamsError(KdistillError, ValueError):
     """A params.yaml problem, with the file and the key's full path in the message."""
 
 
@@ -211,10 +212,16 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 RENAMED = {"bf16": "replaced by 'precision: auto | fp32 | bf16 | fp16' (auto picks bf16 only where it is native)"}
 
 
+def _union_tag(part) -> bool:
+    """pydantic's names for the branches of a union inside an error location (not keys of the params file)."""
+    return isinstance(part, str) and (part.startswith(("function-after", "literal[", "constrained-", "list["))
+                                      or part in ("int", "str", "float", "bool", "none"))
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = []
+    lines: dict[str, str] = {}
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-after", "literal["))))
+        loc = tuple(p for p in e["loc"] if not _union_tag(p))
         path = ".".join(str(p) for p in loc) or "<root>"
         if e["type"] == "extra_forbidden":
             owner = _model_at(loc)
@@ -223,11 +230,14 @@ def _format_errors(err: ValidationError, source: str) -> str:
             hint = f"; did you mean '{'.'.join(map(str, loc[:-1] + (near[0],)))}'?" if near else ""
             if loc[-1] in RENAMED:
                 hint = f"; {RENAMED[loc[-1]]}"
-            lines.append(f"{source}: unknown key '{path}'{hint} (valid keys here: {', '.join(valid)})")
+            lines[path] = f"{source}: unknown key '{path}'{hint} (valid keys here: {', '.join(valid)})"
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: key '{path}': {msg} (got {e.get('input')!r})")
-    return "\n".join(lines)
+            if path in lines:  # a union (e.g. a number or 'auto'): one line naming every accepted form
+                lines[path] = lines[path].replace(" (got ", f", or {msg[0].lower()}{msg[1:]} (got ", 1)
+            else:
+                lines[path] = f"{source}: key '{path}': {msg} (got {e.get('input')!r})"
+    return "\n".join(lines.values())
 
 
 def parse_params(raw: dict | None, source: str = "params.yaml") -> Params:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, Features, Value
 
+from .errors import KdistillError
 
-class DataError(ValueError):
+
+class DataError(KdistillError, ValueError):
     """Bad task data: the message names the file and the line."""
 
 

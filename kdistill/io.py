@@ -8,11 +8,23 @@ import os
 import shutil
 from pathlib import Path
 
+from .errors import KdistillError
+
+
+def check_dir_target(target: str | Path) -> None:
+    """Refuse, before any work, an output directory that is, or lies under, an existing file."""
+    target = Path(target)
+    for parent in [target, *target.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise KdistillError(f"{parent}: exists and is not a directory, so {target} cannot be written there "
+                                "(move it away, or point KDISTILL_OUTPUTS elsewhere)")
+
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path):
     """Yield a temporary sibling directory; on success replace `target` with it, on failure remove it."""
     target = Path(target)
+    check_dir_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

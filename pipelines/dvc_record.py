@@ -17,12 +17,14 @@ import threading
 import time
 from pathlib import Path
 
+from kdistill.errors import KdistillError
+
 ROOT = Path(__file__).resolve().parent.parent
 DVC = str(ROOT / ".venv" / "bin" / "dvc")
 
 
-class DvcError(RuntimeError):
-    pass
+class DvcError(KdistillError):
+    """DVC refused (a params key missing, a lock held elsewhere, ...): its own words are in the message."""
 
 
 class DvcRecord:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from kdistill.errors import KdistillError
 from kdistill.precision import available_cpus
 
 from .dvc_record import DvcRecord
@@ -47,8 +48,14 @@ def _echo(stage: str, line: str) -> None:
         sys.stdout.flush()
 
 
-class StageFailed(RuntimeError):
+class StageFailed(KdistillError):
     """The stage's own command failed: worth one retry (training resumes from its checkpoint)."""
+
+
+def _reason(tail: list[str]) -> str:
+    """The stage's own one-line error when it gave one (tasks.common.cli), else its last lines."""
+    said = [line.removeprefix("error: ") for line in tail if line.startswith("error: ")]
+    return said[-1] if said else "\n".join(tail[-8:])
 
 
 def _retry_only_failed_commands(task, task_run, state) -> bool:
@@ -94,7 +101,7 @@ def execute_stage(stage: Stage, threads: int, parent_run_id: str | None, record:
         rc = proc.wait()
     t1 = time.time()
     if rc:
-        raise StageFailed(f"stage {stage.name} failed (exit {rc}; full log {log_file}):\n" + "\n".join(tail))
+        raise StageFailed(f"stage {stage.name} failed (exit {rc}): {_reason(tail)} (full log: {log_file})")
     record.commit(stage.target)
     say("%s done in %.1fs (recorded in dvc.lock)", stage.name, t1 - t0)
     return {"ran": True, "start": t0, "end": t1, "seconds": t1 - t0, "threads": threads}
@@ -195,7 +202,7 @@ def distill_pipeline(profile: str = "default") -> dict:
         (ROOT / "work" / out_root.name / "timeline.json").write_text(json.dumps(tl, indent=1))
         if errors:
             name, exc = next(iter(errors.items()))
-            raise RuntimeError(f"pipeline {profile} stopped: {exc}")
+            raise exc if isinstance(exc, KdistillError) else KdistillError(f"stage {name}: {exc!r}")
         print("\n" + format_timeline(tl))
         report = Paths(out_root).reports / "report.md"
         if report.is_file() and tl["stages"]:
@@ -221,11 +228,17 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     t0 = time.time()
-    if up_to_date(args.profile):
-        print(f"pipeline ({args.profile}): dvc status says every stage is up to date; nothing to run "
-              f"({time.time() - t0:.1f}s)")
-        return
-    distill_pipeline(args.profile)
+    try:
+        if up_to_date(args.profile):
+            print(f"pipeline ({args.profile}): dvc status says every stage is up to date; nothing to run "
+                  f"({time.time() - t0:.1f}s)")
+            return
+        distill_pipeline(args.profile)
+    except KdistillError as exc:  # bad params, a failed stage, DVC's refusal: one line, last, exit 2
+        if os.environ.get("KDISTILL_DEBUG") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
     print(f"pipeline ({args.profile}) finished in {time.time() - t0:.1f}s")
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from kdistill.errors import KdistillError
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs"
 
@@ -151,5 +153,5 @@ def pipeline_file(profile: str) -> tuple[Path, Path, Path]:
     src = ROOT / "profiles" / f"{profile}.yaml"
     if not src.is_file():
         names = sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml"))
-        raise FileNotFoundError(f"profiles/{profile}.yaml not found (profiles: default, {', '.join(names)})")
+        raise KdistillError(f"profiles/{profile}.yaml not found (profiles: default, {', '.join(names)})")
     return profile_pipeline(profile), RUNS / profile / "params.yaml", ROOT / f"outputs-{profile}"

@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from kdistill.io import atomic_dir, write_json_atomic
 
-from .common import first, setup
+from .common import cli, first, setup
 
 
 def main() -> None:
@@ -54,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,9 @@ import datasets
 import torch
 
 from kdistill.config import Params, load_params
+from kdistill.errors import KdistillError
 from kdistill.glue import load_split
+from kdistill.io import check_dir_target
 from kdistill.precision import Runtime, cpu_capability, resolve_precision, resolve_threads
 from kdistill.trainer import default_device
 from kdistill.validate import check_all
@@ -70,6 +73,20 @@ class Paths:
 _runtime: Runtime | None = None
 
 
+def cli(main, *args) -> None:
+    """Run a step: a deliberate error (bad params, data, model spec, ...) ends it with one line and exit status 2.
+
+    KDISTILL_DEBUG=1 shows the traceback; unexpected exceptions always keep theirs.
+    """
+    try:
+        main(*args)
+    except KdistillError as exc:
+        if os.environ.get("KDISTILL_DEBUG") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def precision_for(p: Params, spec: str | None = None) -> str:
     """A stage's precision resolved for this machine: its own setting when given, else base.precision."""
     return resolve_precision(spec or p.base.precision, default_device())
@@ -97,6 +114,7 @@ def setup(stage: str) -> tuple[Params, Paths]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(os.environ.get("KDISTILL_OUTPUTS", ROOT / "outputs"))
     paths = Paths(out if out.is_absolute() else ROOT / out)
+    check_dir_target(paths.root)
     print(f"[{stage}] params {params_file}, outputs {paths.root}", flush=True)
     print(f"[{stage}] {_runtime.describe()}", flush=True)
     return p, paths

@@ -14,7 +14,7 @@ from kdistill.glue import get_task
 from kdistill.io import write_json_atomic, write_text_atomic
 from kdistill.speed import model_profile
 
-from .common import precision_for, runtime, setup, stage_run
+from .common import cli, precision_for, runtime, setup, stage_run
 
 PUBLISHED = [  # reference rows: published, not measured here (see data/glue and README)
     ("BERT-base (DistilBERT paper, dev)", {"sst2": 92.7, "cola": 56.3, "mrpc": 88.6, "rte": 69.3, "stsb": 89.0}, "110M", "1.0x"),
@@ -178,4 +178,4 @@ def report_md(summary, ref, pngs, rep) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

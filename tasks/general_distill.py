@@ -20,7 +20,7 @@ from kdistill.models import distilbert_student, every_other_layer, load_tokenize
 from kdistill.objectives import DistilBertGeneral, Intermediate, MlmHeadFit, masked_token_accuracy
 from kdistill.trainer import Trainer, TrainerConfig, pad_collate
 
-from .common import LossLog, precision_for, setup, stage_run, write_loss_csv
+from .common import LossLog, cli, precision_for, setup, stage_run, write_loss_csv
 
 
 def _special(tok):
@@ -114,4 +114,4 @@ def main(recipe: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "")
+    cli(main, sys.argv[1] if len(sys.argv) > 1 else "")

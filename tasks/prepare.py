@@ -4,7 +4,7 @@ from kdistill.corpus import pack_corpus
 from kdistill.io import atomic_dir, write_json_atomic
 from kdistill.models import load_tokenizer
 
-from .common import ROOT, load_task_splits, setup
+from .common import ROOT, cli, load_task_splits, setup
 
 
 def main() -> None:
@@ -22,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

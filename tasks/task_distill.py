@@ -23,7 +23,7 @@ from kdistill.speed import latency_ms
 from kdistill.objectives import Intermediate, Prediction, Supervised, teacher_logits
 from kdistill.trainer import Trainer, pad_collate
 
-from .common import LossLog, precision_for, runtime, setup, stage_run, write_loss_csv
+from .common import LossLog, cli, precision_for, runtime, setup, stage_run, write_loss_csv
 
 RECIPES = ("tinybert", "distilbert", "baseline-tinybert", "baseline-distilbert")
 
@@ -112,4 +112,4 @@ def main(which: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "")
+    cli(main, sys.argv[1] if len(sys.argv) > 1 else "")

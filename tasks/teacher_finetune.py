@@ -13,7 +13,7 @@ from kdistill.models import load_tokenizer, resolve_teacher, save_model_atomic
 from kdistill.objectives import Supervised
 from kdistill.trainer import Trainer
 
-from .common import LossLog, first, precision_for, setup, stage_run, write_loss_csv
+from .common import LossLog, cli, first, precision_for, setup, stage_run, write_loss_csv
 
 
 def main() -> None:
@@ -46,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

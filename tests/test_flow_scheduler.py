@@ -17,23 +17,32 @@ from pipelines.flow import execute_stage, schedule, timeline
 from pipelines.stage_graph import load_stages
 
 PY = sys.executable
-WRITE = "import pathlib, sys, time; time.sleep({sleep}); pathlib.Path(sys.argv[1]).write_text(open(sys.argv[2]).read() + '{tag}')"
+WRITE = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text(open(sys.argv[2]).read() + '{tag}')"
+# a and b each announce that they started, then wait for the other: they can only both finish if they overlap
+MEET = ("import pathlib, sys, time; m = pathlib.Path(sys.argv[3]); (m / '{tag}').touch(); t = time.time()\n"
+        "while not (m / '{other}').exists():\n"
+        "    time.sleep(0.1)\n"
+        "    if time.time() - t > 120: sys.exit('never met {other}')\n"
+        "pathlib.Path(sys.argv[1]).write_text(open(sys.argv[2]).read() + '{tag}')")
 
 
-def _project(tmp_path: Path, fail_c: bool = False) -> Path:
+def _project(tmp_path: Path, fail_c: bool = False, meet: bool = True) -> Path:
     root = tmp_path / "proj"
     root.mkdir()
+    markers = tmp_path / "markers"
+    markers.mkdir()
     subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=root, check=True)
     (root / "src.txt").write_text("x")
 
-    def cmd(sleep, tag, out, src):
-        return f'{PY} -c "{WRITE.format(sleep=sleep, tag=tag)}" {out} {src}'
+    def cmd(tag, out, src, other=None):
+        code = MEET.format(tag=tag, other=other) if other and meet else WRITE.format(tag=tag)
+        return f'{PY} -c "{code}" {out} {src} {markers}'
 
     stages = {
-        "a": {"cmd": cmd(2.0, "a", "a.txt", "src.txt"), "deps": ["src.txt"], "outs": ["a.txt"]},
-        "b": {"cmd": cmd(2.0, "b", "b.txt", "src.txt"), "deps": ["src.txt"], "outs": ["b.txt"]},
-        "c": {"cmd": "exit 3" if fail_c else cmd(0.1, "c", "c.txt", "a.txt"), "deps": ["a.txt"], "outs": ["c.txt"]},
-        "d": {"cmd": cmd(0.1, "d", "d.txt", "c.txt"), "deps": ["c.txt", "b.txt"], "outs": ["d.txt"]},
+        "a": {"cmd": cmd("a", "a.txt", "src.txt", other="b"), "deps": ["src.txt"], "outs": ["a.txt"]},
+        "b": {"cmd": cmd("b", "b.txt", "src.txt", other="a"), "deps": ["src.txt"], "outs": ["b.txt"]},
+        "c": {"cmd": "exit 3" if fail_c else cmd("c", "c.txt", "a.txt"), "deps": ["a.txt"], "outs": ["c.txt"]},
+        "d": {"cmd": cmd("d", "d.txt", "c.txt"), "deps": ["c.txt", "b.txt"], "outs": ["d.txt"]},
     }
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     return root
@@ -63,7 +72,7 @@ def test_independent_stages_overlap_and_every_stage_is_recorded(tmp_path):
     results, errors = _run(root, tmp_path)
     assert not errors
     tl = timeline(results)["stages"]
-    # a and b depend only on src.txt: they ran at the same time, each with one of the two CPUs
+    # a and b depend only on src.txt: they ran at the same time (each waited for the other), one CPU each
     assert tl["a"]["start"] < tl["b"]["end"] and tl["b"]["start"] < tl["a"]["end"]
     assert tl["a"]["threads"] == tl["b"]["threads"] == 1
     assert tl["d"]["start"] >= max(tl["b"]["end"], tl["c"]["end"])  # never before its inputs
@@ -75,7 +84,8 @@ def test_independent_stages_overlap_and_every_stage_is_recorded(tmp_path):
     assert not errors and not any(r["ran"] for r in results.values())
     # one stage's command changed: only it and what reads its output run again
     stages_src = yaml.safe_load((root / "dvc.yaml").read_text())
-    stages_src["stages"]["b"]["cmd"] = stages_src["stages"]["b"]["cmd"].replace("'b'", "'B'")
+    stages_src["stages"]["b"]["cmd"] = f'{PY} -c "{WRITE.format(tag="B")}" b.txt src.txt'
+
     (root / "dvc.yaml").write_text(yaml.safe_dump(stages_src))
     results, errors = _run(root, tmp_path)
     assert not errors and {k for k, r in results.items() if r["ran"]} == {"b", "d"}
@@ -93,7 +103,7 @@ def test_a_failed_stage_leaves_no_lock_entry_and_blocks_only_what_follows(tmp_pa
 
 
 def test_max_parallel_one_runs_stages_one_after_another(tmp_path):
-    root = _project(tmp_path)
+    root = _project(tmp_path, meet=False)
     results, errors = _run(root, tmp_path, max_parallel=1)
     assert not errors
     spans = sorted((v["start"], v["end"]) for v in timeline(results)["stages"].values())

@@ -1,0 +1,46 @@
+"""Deliberate errors end a step or the pipeline with one line naming what is wrong, and exit status 2."""
+
+import os
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def _run(args, tmp_path, **env):
+    base = {k: v for k, v in os.environ.items() if k != "KDISTILL_DEBUG"}
+    env = {**base, "KDISTILL_OUTPUTS": str(tmp_path / "out"), "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_a_step_refuses_bad_params_in_one_line_with_exit_2(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("base: {tacher: x}\n")
+    proc = _run(["tasks.prepare"], tmp_path, KDISTILL_PARAMS=str(bad))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {bad}: unknown key 'base.tacher'; did you mean 'base.teacher'? (valid keys here: seed, task, data_dir, "
+        "teacher, max_seq_len, max_train_examples, eval_split, precision, threads, max_parallel)"]
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("base: {threads: 0}\n")
+    proc = _run(["tasks.prepare"], tmp_path, KDISTILL_PARAMS=str(bad), KDISTILL_DEBUG="1")
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ParamsError" in proc.stderr
+
+
+def test_an_output_path_under_a_file_is_refused_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = _run(["tasks.prepare"], tmp_path, KDISTILL_PARAMS=str(ROOT / "profiles" / "smoke.yaml"),
+                KDISTILL_OUTPUTS=str(tmp_path / "afile" / "out"))
+    assert proc.returncode == 2 and "exists and is not a directory" in proc.stderr
+    assert "pack corpus" not in proc.stdout + proc.stderr  # no work started
+
+
+def test_the_pipeline_refuses_an_unknown_profile_before_any_server_starts(tmp_path):
+    proc = _run(["pipelines.flow", "--profile", "no-such-profile"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: profiles/no-such-profile.yaml not found")
+    assert "Traceback" not in proc.stderr and "temporary server" not in proc.stdout + proc.stderr
