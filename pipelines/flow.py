@@ -27,6 +27,7 @@ from kdistill.errors import KdistillError
 from kdistill.precision import available_cpus
 
 from .dvc_record import DvcRecord
+from .run_lock import pipeline_lock
 from .stage_graph import ROOT, Stage, descendants, load_stages, pipeline_file
 
 _PROGRESS = re.compile(r"\d+%\||\d+/\d+ \[")  # tqdm bar lines
@@ -171,6 +172,11 @@ def format_timeline(tl: dict) -> str:
 
 @flow(name="kdistill-pipeline", log_prints=True)
 def distill_pipeline(profile: str = "default") -> dict:
+    with pipeline_lock(profile):
+        return _run_pipeline(profile)
+
+
+def _run_pipeline(profile: str) -> dict:
     import mlflow
     from prefect.artifacts import create_markdown_artifact
 
@@ -212,12 +218,20 @@ def distill_pipeline(profile: str = "default") -> dict:
     return tl
 
 
-def up_to_date(profile: str) -> bool:
-    """Before any Prefect server starts: validate the params and ask DVC whether anything is stale."""
+def preflight(profile: str) -> None:
+    """Seconds, before any Prefect server starts: the params valid, the tracking server up, no other run going."""
     from kdistill.config import load_params
+    from tasks.common import check_tracking
 
-    dvc_file, params_file, _ = pipeline_file(profile)
-    load_params(params_file)
+    src = ROOT / ("params.yaml" if profile == "default" else f"profiles/{profile}.yaml")
+    if not src.is_file():
+        pipeline_file(profile)  # raises the error that lists the profiles
+    check_tracking(load_params(src))
+
+
+def up_to_date(profile: str) -> bool:
+    """Ask DVC whether anything is stale (writes the profile's generated pipeline first)."""
+    dvc_file, _, _ = pipeline_file(profile)
     return not DvcRecord().status(str(dvc_file.relative_to(ROOT)))
 
 
@@ -229,11 +243,13 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     t0 = time.time()
     try:
-        if up_to_date(args.profile):
-            print(f"pipeline ({args.profile}): dvc status says every stage is up to date; nothing to run "
-                  f"({time.time() - t0:.1f}s)")
-            return
-        distill_pipeline(args.profile)
+        preflight(args.profile)
+        with pipeline_lock(args.profile):
+            if up_to_date(args.profile):
+                print(f"pipeline ({args.profile}): dvc status says every stage is up to date; nothing to run "
+                      f"({time.time() - t0:.1f}s)")
+                return
+            distill_pipeline(args.profile)
     except KdistillError as exc:  # bad params, a failed stage, DVC's refusal: one line, last, exit 2
         if os.environ.get("KDISTILL_DEBUG") == "1":
             raise

@@ -198,10 +198,38 @@ def tracking_uri(p: Params) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", uri)
 
 
+class TrackingUnavailable(KdistillError):
+    pass
+
+
+def check_tracking(p: Params, timeout: float = 5.0) -> None:
+    """An MLflow tracking server that does not answer stops the run before any training, in one line."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri(p)
+    if not uri.startswith(("http://", "https://")):
+        return
+    shown = uri.split("@")[-1]  # never print credentials embedded in the URI
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
+            if r.status == 200:
+                return
+            reason = f"HTTP {r.status}"
+    except urllib.error.HTTPError as exc:
+        reason = f"HTTP {exc.code}"
+    except OSError as exc:
+        reason = str(getattr(exc, "reason", exc))
+    raise TrackingUnavailable(
+        f"tracking.mlflow_uri: no MLflow server answers at {shown} ({reason}); start it, or use the embedded "
+        "default 'sqlite:///mlflow.db'")
+
+
 def experiment(p: Params):
     import mlflow
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    check_tracking(p)
     mlflow.set_tracking_uri(tracking_uri(p))
     name = f"{p.tracking.experiment_prefix}-{p.base.task}"
     if mlflow.get_experiment_by_name(name) is None:

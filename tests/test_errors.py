@@ -44,3 +44,42 @@ def test_the_pipeline_refuses_an_unknown_profile_before_any_server_starts(tmp_pa
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: profiles/no-such-profile.yaml not found")
     assert "Traceback" not in proc.stderr and "temporary server" not in proc.stdout + proc.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_tracking_server_stops_the_pipeline_before_any_work(tmp_path):
+    port = _free_port()
+    proc = _run(["pipelines.flow", "--profile", "smoke"], tmp_path,
+                MLFLOW_TRACKING_URI=f"http://user:secret@127.0.0.1:{port}")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: tracking.mlflow_uri: no MLflow server answers at 127.0.0.1:{port}")
+    assert "secret" not in proc.stdout + proc.stderr  # credentials in the URI are never printed
+    assert "temporary server" not in proc.stdout + proc.stderr
+
+
+def test_a_second_pipeline_refuses_at_once_and_names_the_running_one(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pipelines.run_lock import pipeline_lock\n"
+         "with pipeline_lock('default'):\n    print('held', flush=True)\n    time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = _run(["pipelines.flow"], tmp_path)
+        assert proc.returncode == 2
+        assert f"another pipeline is running in {ROOT}: profile default, pid {holder.pid}" in proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    # killed holder (SIGKILL): the OS frees the lock, so the next run may start
+    from pipelines.run_lock import pipeline_lock
+
+    with pipeline_lock("default"):
+        pass
