@@ -28,7 +28,7 @@ from kdistill.precision import available_cpus
 
 from .dvc_record import DvcRecord
 from .run_lock import pipeline_lock
-from .stage_graph import ROOT, Stage, descendants, load_stages, pipeline_file
+from .stage_graph import ROOT, Stage, load_stages, pipeline_file
 
 _PROGRESS = re.compile(r"\d+%\||\d+/\d+ \[")  # tqdm bar lines
 _print_lock = __import__("threading").Lock()
@@ -119,14 +119,31 @@ def resolve_parallel(spec: int | str, cpus: int) -> int:
     return max(1, cpus // 2) if spec == "auto" else int(spec)
 
 
-def schedule(stages: dict[str, Stage], max_parallel: int, cpus: int, submit) -> tuple[dict, dict]:
+def critical_path(stages: dict[str, Stage], seconds: dict[str, float] | None = None) -> dict[str, float]:
+    """Each stage's own time plus the longest chain of stages after it (unknown times count as 1 s)."""
+    seconds = seconds or {}
+    memo: dict[str, float] = {}
+
+    def length(name: str) -> float:
+        if name not in memo:
+            own = float(seconds.get(name, 1.0))
+            memo[name] = own + max((length(d) for d in stages[name].downstream), default=0.0)
+        return memo[name]
+
+    return {n: length(n) for n in stages}
+
+
+def schedule(stages: dict[str, Stage], max_parallel: int, cpus: int, submit,
+             seconds: dict[str, float] | None = None) -> tuple[dict, dict]:
     """Start each stage once its upstream stages are done, at most `max_parallel` at a time.
 
-    `submit(stage, threads)` returns a future. Threads: the CPUs divided among the stages that can run now. After a
-    failure nothing new starts; the stages already running finish (and are recorded). Returns (results, errors).
+    `submit(stage, threads)` returns a future. Threads: the CPUs divided among the stages that can run now. Among
+    ready stages the longest remaining chain goes first, timed by `seconds` (the last run's stage times) when known,
+    so a long stage does not end up alone at the end with a core idle. After a failure nothing new starts; the
+    stages already running finish (and are recorded). Returns (results, errors).
     """
-    # Longest chains first: a stage with more work behind it should not wait for a leaf.
-    order = {n: (-len(descendants(stages, n)), i) for i, n in enumerate(stages)}
+    path = critical_path(stages, seconds)
+    order = {n: (-path[n], i) for i, n in enumerate(stages)}
     pending, running, results, errors = set(stages), {}, {}, {}
     while pending or running:
         if not errors:
@@ -195,17 +212,20 @@ def _run_pipeline(profile: str) -> dict:
     mlflow.set_tracking_uri(tracking_uri(p))
     experiment(p)
     log_dir = ROOT / "work" / out_root.name / "logs"
+    known = ROOT / "work" / out_root.name / "stage_seconds.json"  # each stage's last time, to order ready stages
+    seconds = json.loads(known.read_text()) if known.is_file() else {}
     with mlflow.start_run(run_name=f"pipeline-{profile}") as parent:
         results, errors = schedule(
             stages, parallel, cpus,
-            lambda st, threads: run_stage.submit(st, threads, parent.info.run_id, record, log_dir))
+            lambda st, threads: run_stage.submit(st, threads, parent.info.run_id, record, log_dir), seconds)
         tl = timeline(results)
         for name, v in tl["stages"].items():
             mlflow.log_metric(f"stage_seconds/{name.replace('@', '_')}", v["seconds"])
         mlflow.log_metrics({"pipeline/wall_seconds": tl["wall_seconds"], "pipeline/saved_seconds": tl["saved_seconds"]})
         mlflow.log_dict(tl, "timeline.json")
-        (ROOT / "work" / out_root.name).mkdir(parents=True, exist_ok=True)
-        (ROOT / "work" / out_root.name / "timeline.json").write_text(json.dumps(tl, indent=1))
+        known.parent.mkdir(parents=True, exist_ok=True)
+        (known.parent / "timeline.json").write_text(json.dumps(tl, indent=1))
+        known.write_text(json.dumps({**seconds, **{k: v["seconds"] for k, v in tl["stages"].items()}}, indent=1))
         if errors:
             name, exc = next(iter(errors.items()))
             raise exc if isinstance(exc, KdistillError) else KdistillError(f"stage {name}: {exc!r}")

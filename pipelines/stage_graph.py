@@ -58,17 +58,6 @@ def load_stages(dvc_file: Path, root: Path = ROOT) -> dict[str, Stage]:
     return stages
 
 
-def descendants(stages: dict[str, Stage], name: str) -> set[str]:
-    seen: set[str] = set()
-    todo = [name]
-    while todo:
-        for d in stages[todo.pop()].downstream:
-            if d not in seen:
-                seen.add(d)
-                todo.append(d)
-    return seen
-
-
 # --- per-profile pipelines -----------------------------------------------------------------------------------------
 
 def _move(path: str, out_dir: str) -> str:

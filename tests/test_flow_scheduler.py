@@ -109,3 +109,33 @@ def test_max_parallel_one_runs_stages_one_after_another(tmp_path):
     spans = sorted((v["start"], v["end"]) for v in timeline(results)["stages"].values())
     assert all(prev_end <= start for (_, prev_end), (start, _) in zip(spans, spans[1:]))
     assert all(v["threads"] == 2 for v in timeline(results)["stages"].values())
+
+
+def test_the_longest_remaining_chain_starts_first_when_stage_times_are_known():
+    from concurrent.futures import Future
+
+    from pipelines.flow import critical_path
+    from pipelines.stage_graph import Stage
+
+    def st(name, up=()):
+        return Stage(name, name, "true", Path("."), [], [], set(up))
+
+    stages = {"prep": st("prep"), "short": st("short", ["prep"]), "long": st("long", ["prep"]),
+              "end": st("end", ["short", "long"])}
+    for s in stages.values():
+        for u in s.upstream:
+            stages[u].downstream.add(s.name)
+    assert critical_path(stages) == {"prep": 3.0, "short": 2.0, "long": 2.0, "end": 1.0}
+    started = []
+
+    def submit(stage, threads):
+        started.append(stage.name)
+        f = Future()
+        f.set_result({"ran": False})
+        return f
+
+    schedule(stages, 1, 2, submit)  # no times known: dvc.yaml order breaks the tie
+    assert started == ["prep", "short", "long", "end"]
+    started.clear()
+    schedule(stages, 1, 2, submit, seconds={"prep": 10, "short": 50, "long": 500, "end": 60})
+    assert started == ["prep", "long", "short", "end"]
