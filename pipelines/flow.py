@@ -210,7 +210,10 @@ def _run_pipeline(profile: str) -> dict:
           f"{cpus} CPU(s)")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     mlflow.set_tracking_uri(tracking_uri(p))
-    experiment(p)
+    name = experiment(p)
+    closed = close_orphan_runs(name)
+    if closed:
+        print(f"marked {closed} MLflow run(s) of an earlier, killed pipeline as KILLED")
     log_dir = ROOT / "work" / out_root.name / "logs"
     known = ROOT / "work" / out_root.name / "stage_seconds.json"  # each stage's last time, to order ready stages
     seconds = json.loads(known.read_text()) if known.is_file() else {}
@@ -236,6 +239,25 @@ def _run_pipeline(profile: str) -> dict:
             create_markdown_artifact(key=f"distillation-report-{profile}", markdown=md, description="teacher vs students")
             mlflow.log_text(md, "report.md")
     return tl
+
+
+def close_orphan_runs(experiment_name: str) -> int:
+    """Runs a killed pipeline left RUNNING are marked KILLED.
+
+    Safe because the caller holds the project's pipeline lock: no other pipeline is running, so every pipeline run
+    (a `pipeline-*` parent or a stage run nested under one) still RUNNING belongs to a process that died.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        return 0
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    orphans = [r for r in runs if r.info.run_name.startswith("pipeline-") or "mlflow.parentRunId" in r.data.tags]
+    for r in orphans:
+        client.set_terminated(r.info.run_id, status="KILLED")
+    return len(orphans)
 
 
 def preflight(profile: str) -> None:

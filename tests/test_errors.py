@@ -83,3 +83,23 @@ def test_a_second_pipeline_refuses_at_once_and_names_the_running_one(tmp_path):
 
     with pipeline_lock("default"):
         pass
+
+
+def test_runs_of_a_killed_pipeline_are_marked_killed_at_the_next_start(tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.flow import close_orphan_runs
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = mlflow.create_experiment("kdistill-test", artifact_location=(tmp_path / "art").as_uri())
+    client = MlflowClient()
+    parent = client.create_run(exp, run_name="pipeline-default")  # left RUNNING, as after kill -9
+    stage = client.create_run(exp, run_name="teacher_finetune", tags={"mlflow.parentRunId": parent.info.run_id})
+    own = client.create_run(exp, run_name="a user's notebook run")  # not the pipeline's: left alone
+    assert close_orphan_runs("kdistill-test") == 2
+    status = {r.info.run_name: r.info.status for r in client.search_runs([exp])}
+    assert status == {"pipeline-default": "KILLED", "teacher_finetune": "KILLED", "a user's notebook run": "RUNNING"}
+    assert close_orphan_runs("kdistill-test") == 0 and own
+    mlflow.set_tracking_uri(before)
