@@ -65,3 +65,14 @@ def test_the_flow_schedules_every_stage_of_dvc_yaml():
     assert stages["evaluate"].upstream >= {"teacher_finetune", "task_distill@tinybert", "baseline@distilbert"}
     assert stages["baseline@tinybert"].upstream == {"general_distill@tinybert", "augment"}  # never waits for the teacher
     assert stages["prepare"].upstream == set()
+
+
+def test_committed_smoke_pipeline_is_what_generation_writes(tmp_path, monkeypatch):
+    """runs/smoke/ is versioned like dvc.lock; its generated dvc.yaml and params.yaml must follow dvc.yaml."""
+    import pipelines.stage_graph as sg
+
+    committed = {f: (ROOT / "runs" / "smoke" / f).read_text() for f in ("dvc.yaml", "params.yaml")}
+    monkeypatch.setattr(sg, "RUNS", tmp_path)
+    sg.profile_pipeline("smoke")
+    for f, text in committed.items():
+        assert (tmp_path / "smoke" / f).read_text() == text, f"runs/smoke/{f} is stale: run `make smoke` and commit it"
