@@ -11,7 +11,6 @@ lock entry, and its outputs (written to a temporary path and renamed by the stag
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -28,16 +27,15 @@ class DvcError(KdistillError):
 
 
 class DvcRecord:
-    def __init__(self, root: Path = ROOT, env: dict | None = None):
+    def __init__(self, root: Path = ROOT):
         self.root = root
-        self.env = {**os.environ, **(env or {})}
         self._lock = threading.Lock()
 
     def _dvc(self, *args: str) -> str:
         # Serialised here; a `dvc` the user runs meanwhile can still hold DVC's own lock for a moment: retry.
         with self._lock:
             for attempt in range(30):
-                proc = subprocess.run([DVC, *args], cwd=self.root, env=self.env, capture_output=True, text=True)
+                proc = subprocess.run([DVC, *args], cwd=self.root, capture_output=True, text=True)
                 if proc.returncode == 0:
                     return proc.stdout
                 if "Unable to acquire lock" not in proc.stderr + proc.stdout:

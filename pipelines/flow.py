@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import threading
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ from .run_lock import pipeline_lock
 from .stage_graph import ROOT, Stage, load_stages, pipeline_file
 
 _PROGRESS = re.compile(r"\d+%\||\d+/\d+ \[")  # tqdm bar lines
-_print_lock = __import__("threading").Lock()
+_print_lock = threading.Lock()
 
 
 def _env(parent_run_id: str | None, threads: int) -> dict:
@@ -198,7 +199,7 @@ def _run_pipeline(profile: str) -> dict:
     from prefect.artifacts import create_markdown_artifact
 
     from kdistill.config import load_params
-    from tasks.common import Paths, experiment, tracking_uri
+    from tasks.common import Paths, experiment
 
     dvc_file, params_file, out_root = pipeline_file(profile)
     p = load_params(params_file)
@@ -208,10 +209,7 @@ def _run_pipeline(profile: str) -> dict:
     parallel = resolve_parallel(p.base.max_parallel, cpus)
     print(f"pipeline {profile}: {len(stages)} stages from {dvc_file.relative_to(ROOT)}, up to {parallel} at once, "
           f"{cpus} CPU(s)")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    mlflow.set_tracking_uri(tracking_uri(p))
-    name = experiment(p)
-    closed = close_orphan_runs(name)
+    closed = close_orphan_runs(experiment(p))  # experiment() also points MLflow at the tracking store
     if closed:
         print(f"marked {closed} MLflow run(s) of an earlier, killed pipeline as KILLED")
     log_dir = ROOT / "work" / out_root.name / "logs"
