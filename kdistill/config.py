@@ -99,10 +99,15 @@ class TeacherFinetuneParams(_Section):
     optim: OptimParams = OptimParams(lr=5e-5, epochs=2.0)
 
 
-class MlmHeadParams(_Section):
+class TeacherMlmParams(_Section):
+    """The teacher with a masked-LM head, for the recipes whose objectives need its MLM predictions (DistilBERT's
+    and MobileBERT's pre-training distillation). A teacher that ships without a head gets one fitted on its frozen
+    encoder; these settings govern that fit."""
+
     steps: int = Field(300, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
     heldout_sequences: int = Field(200, ge=1)
     precision: PrecisionSpec | None = None  # None: base.precision
 
@@ -122,13 +127,69 @@ class DistilBertGeneralParams(_Section):
     temperature: float = Field(2.0, gt=0)
     weights: dict[Literal["mlm", "ce", "cos"], float] = {"mlm": 2.0, "ce": 5.0, "cos": 1.0}
     mlm_probability: float = Field(0.15, gt=0, lt=1)
-    mlm_head: MlmHeadParams = MlmHeadParams()
     optim: OptimParams = OptimParams(lr=1e-4, epochs=1.0)
+
+
+class MobileBertShape(_Section):
+    """Inter-block width and vocabulary are the teacher's; everything inside a block is narrow."""
+
+    layers: int | None = Field(None, ge=1, le=48)  # None: the teacher's depth (as the paper)
+    bottleneck: int = Field(96, ge=8)  # intra-block width
+    heads: int = Field(4, ge=1)  # must divide the bottleneck and the teacher's head count
+    ffn: int = Field(384, ge=8)  # intermediate size of each feed-forward network
+    stacked_ffn: int = Field(2, ge=1, le=8)  # feed-forward networks per block
+    embedding: int = Field(128, ge=8)  # factorised token-embedding width (trigram convolution up to the block width)
+    normalization: Literal["no_norm", "layer_norm"] = "no_norm"  # no_norm: MobileBERT's element-wise NoNorm
+    activation: Literal["relu", "gelu"] = "relu"
+
+    @model_validator(mode="after")
+    def _heads_divide_bottleneck(self):
+        if self.bottleneck % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide bottleneck ({self.bottleneck}); "
+                             f"valid head counts: {_divisors(self.bottleneck)}")
+        return self
+
+
+class FeatureMapParams(_Section):
+    normalize: bool = True  # normalised map discrepancy + statistics discrepancy (the paper's stabilised form)
+    mean_weight: float = Field(1.0, ge=0)
+    var_weight: float = Field(1.0, ge=0)
+
+
+class ProgressiveParams(_Section):
+    """Progressive knowledge transfer: block l trains alone on its fmt + at losses, one block after another."""
+
+    steps_per_layer: int = Field(60, ge=1)
+    lower_lr_scale: float = Field(0.0, ge=0, le=1)  # 0: blocks below are frozen; > 0: they train at this x lr
+    weights: dict[Literal["fmt", "at"], float] = {"fmt": 1.0, "at": 1.0}
+    lr: float = Field(1e-3, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    checkpoint_every: int = Field(50, ge=1)
+    precision: PrecisionSpec | None = None
+
+
+class MobileBertJointParams(_Section):
+    """After the progression, all blocks together: pre-training distillation (mlm + soft MLM targets, kd), with
+    the layer-wise terms kept alongside when weighted."""
+
+    weights: dict[Literal["mlm", "kd", "fmt", "at"], float] = {"mlm": 0.5, "kd": 0.5, "fmt": 1.0, "at": 1.0}
+    temperature: float = Field(1.0, gt=0)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    optim: OptimParams = OptimParams(lr=5e-4, max_steps=100)
+
+
+class MobileBertGeneralParams(_Section):
+    student: MobileBertShape = MobileBertShape()
+    feature_map: FeatureMapParams = FeatureMapParams()
+    progressive: ProgressiveParams = ProgressiveParams()
+    joint: MobileBertJointParams = MobileBertJointParams()
 
 
 class GeneralDistillParams(_Section):
     tinybert: TinyBertGeneralParams = TinyBertGeneralParams()
     distilbert: DistilBertGeneralParams = DistilBertGeneralParams()
+    mobilebert: MobileBertGeneralParams = MobileBertGeneralParams()
 
 
 class TinyBertTaskParams(_Section):
@@ -148,9 +209,24 @@ class DistilBertTaskParams(_Section):
     cache_teacher_outputs: bool = True
 
 
+class MobileBertTaskParams(_Section):
+    """Task distillation: soft + hard labels, optionally after a layer-wise transfer pass on the task data
+    against the fine-tuned teacher (`transfer`; null skips it)."""
+
+    temperature: float = Field(1.0, gt=0)
+    alpha_soft: float = Field(0.5, ge=0, le=1)
+    soft_loss: Literal["kl", "ce", "ce_mean_classes"] = "kl"
+    t2_scaling: bool = True
+    cache_teacher_outputs: bool = True
+    transfer: OptimParams | None = None
+    transfer_weights: dict[Literal["fmt", "at"], float] = {"fmt": 1.0, "at": 1.0}
+    optim: OptimParams = OptimParams(lr=1e-4, epochs=2.0)
+
+
 class TaskDistillParams(_Section):
     tinybert: TinyBertTaskParams = TinyBertTaskParams()
     distilbert: DistilBertTaskParams = DistilBertTaskParams()
+    mobilebert: MobileBertTaskParams = MobileBertTaskParams()
     baseline: OptimParams = OptimParams(lr=1e-4, epochs=2.0)  # same-shape students trained without a teacher
 
 
@@ -179,6 +255,7 @@ class Params(_Section):
     base: BaseParams = BaseParams()
     prepare: PrepareParams = PrepareParams()
     augment: AugmentParams = AugmentParams()
+    teacher_mlm: TeacherMlmParams = TeacherMlmParams()
     teacher_finetune: TeacherFinetuneParams = TeacherFinetuneParams()
     general_distill: GeneralDistillParams = GeneralDistillParams()
     task_distill: TaskDistillParams = TaskDistillParams()
@@ -209,7 +286,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 
 
 # keys of earlier versions, with what replaced them
-RENAMED = {"bf16": "replaced by 'precision: auto | fp32 | bf16 | fp16' (auto picks bf16 only where it is native)"}
+RENAMED = {"bf16": "replaced by 'precision: auto | fp32 | bf16 | fp16' (auto picks bf16 only where it is native)",
+           "mlm_head": "moved to the top-level section 'teacher_mlm' (its own stage, shared by every recipe)"}
 
 
 def _union_tag(part) -> bool:

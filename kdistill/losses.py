@@ -151,3 +151,66 @@ class Projections(nn.Module):
         if not 0 <= i < self.count:
             raise IndexError(f"projection {i} out of range (0..{self.count - 1})")
         return self.maps[0 if self.shared else i](h)
+
+
+def feature_map_loss(
+    h_s: torch.Tensor,
+    h_t: torch.Tensor,
+    attention_mask: torch.Tensor,
+    normalize: bool = True,
+    mean_weight: float = 1.0,
+    var_weight: float = 1.0,
+) -> torch.Tensor:
+    """MobileBERT's feature-map transfer between same-width layer outputs ([B, L, N]), over non-padding tokens.
+
+    The paper's loss is the MSE averaged over the T tokens and N features. It also reports that splitting it into
+    a normalised feature-map discrepancy and a feature-map statistics discrepancy stabilises training; with
+    `normalize` that is what is computed: MSE between the per-token standardised maps (zero mean, unit variance over
+    N), plus `mean_weight` x the squared difference of the per-token means, plus `var_weight` x the absolute
+    difference of the per-token variances.
+    """
+    s, t = h_s.float(), h_t.float()
+    m = attention_mask.to(s.dtype)
+    tokens = m.sum().clamp_min(1.0)
+    if not normalize:
+        return (((s - t) ** 2) * m[..., None]).sum() / (tokens * s.size(-1))
+    s_mean, t_mean = s.mean(-1, keepdim=True), t.mean(-1, keepdim=True)
+    s_var, t_var = s.var(-1, unbiased=False, keepdim=True), t.var(-1, unbiased=False, keepdim=True)
+    s_n = (s - s_mean) / torch.sqrt(s_var + 1e-6)
+    t_n = (t - t_mean) / torch.sqrt(t_var + 1e-6)
+    shape = (((s_n - t_n) ** 2).mean(-1) * m).sum() / tokens
+    stats = ((((s_mean - t_mean) ** 2) * mean_weight + (s_var - t_var).abs() * var_weight).squeeze(-1) * m).sum() / tokens
+    return shape + stats
+
+
+def group_heads(probs: torch.Tensor, heads: int) -> torch.Tensor:
+    """Average [B, H, L, L] attention distributions over consecutive groups of H/heads heads.
+
+    A mean of distributions over the same keys is a distribution, so a teacher with k times the student's heads
+    gives one target per student head (head i <- teacher heads i*k .. i*k+k-1).
+    """
+    b, h, lq, lk = probs.shape
+    if h == heads:
+        return probs
+    if h % heads:
+        raise ValueError(f"cannot group {h} teacher heads into {heads} student heads: {heads} must divide {h}")
+    return probs.view(b, heads, h // heads, lq, lk).mean(2)
+
+
+def attention_kl(
+    s_scores: torch.Tensor, t_scores: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """MobileBERT's attention transfer: KL(teacher || student) between attention distributions, per head.
+
+    Inputs are pre-softmax scores [B, H_s, L, L] and [B, H_t, L, L] (H_t a multiple of H_s, grouped by
+    `group_heads`). Padded keys are excluded from both softmaxes (they get probability 0), so they never count;
+    the mean runs over heads and non-padding queries.
+    """
+    keys = attention_mask[:, None, None, :].bool()
+    with torch.autocast(s_scores.device.type, enabled=False):
+        neg = torch.finfo(torch.float32).min
+        log_p_s = F.log_softmax(s_scores.float().masked_fill(~keys, neg), dim=-1)
+        p_t = group_heads(F.softmax(t_scores.float().masked_fill(~keys, neg), dim=-1), s_scores.size(1))
+        kl = (p_t * (torch.log(p_t.clamp_min(1e-30)) - log_p_s)).masked_fill(~keys, 0.0).sum(-1)  # [B, H, L]
+    q = attention_mask[:, None, :].to(kl.dtype).expand_as(kl)
+    return (kl * q).sum() / q.sum().clamp_min(1.0)

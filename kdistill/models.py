@@ -1,4 +1,4 @@
-"""Teacher resolution and student construction (DistilBERT-style and TinyBERT-style)."""
+"""Teacher resolution and student construction (DistilBERT-, TinyBERT- and MobileBERT-style)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, MobileBertConfig, PreTrainedModel
 
 from .errors import KdistillError
 
@@ -69,6 +69,50 @@ def tinybert_config(teacher_cfg: BertConfig, layers: int, hidden: int, heads: in
     )
 
 
+def mobilebert_config(
+    teacher_cfg: BertConfig,
+    bottleneck: int,
+    heads: int,
+    ffn: int,
+    stacked_ffn: int,
+    embedding: int = 128,
+    layers: int | None = None,
+    normalization: str = "no_norm",
+    activation: str = "relu",
+) -> MobileBertConfig:
+    """A MobileBERT-style student: the teacher's depth, inter-block width = the teacher's hidden size (so each block's
+    output compares with the teacher's layer output without a projection), a `bottleneck`-wide body inside each
+    block with `heads` heads and `stacked_ffn` feed-forward networks, a factorised `embedding`-wide token table
+    (trigram convolution up to the block width) and the teacher's vocabulary."""
+    if bottleneck % heads:
+        raise ModelSpecError(f"student heads ({heads}) must divide its bottleneck width ({bottleneck})")
+    if teacher_cfg.num_attention_heads % heads:
+        raise ModelSpecError(
+            f"attention transfer groups the teacher's {teacher_cfg.num_attention_heads} heads onto the student's: "
+            f"the student's head count ({heads}) must divide it")
+    return MobileBertConfig(
+        vocab_size=teacher_cfg.vocab_size,
+        hidden_size=teacher_cfg.hidden_size,
+        num_hidden_layers=layers or teacher_cfg.num_hidden_layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        embedding_size=embedding,
+        trigram_input=True,
+        use_bottleneck=True,
+        intra_bottleneck_size=bottleneck,
+        true_hidden_size=bottleneck,
+        use_bottleneck_attention=False,
+        key_query_shared_bottleneck=True,
+        num_feedforward_networks=stacked_ffn,
+        normalization_type=normalization,
+        hidden_act=activation,
+        max_position_embeddings=teacher_cfg.max_position_embeddings,
+        type_vocab_size=teacher_cfg.type_vocab_size,
+        pad_token_id=teacher_cfg.pad_token_id,
+        layer_norm_eps=teacher_cfg.layer_norm_eps,
+    )
+
+
 def every_other_layer(teacher_layers: int) -> list[int]:
     """DistilBERT's choice: one layer out of two (0-based indices), e.g. 6 -> [0, 2, 4]."""
     return list(range(0, teacher_layers, 2))
@@ -125,6 +169,7 @@ def save_model_atomic(
             (Path(tmp) / name).write_text(text)
 
 
-def encoder_of(model: PreTrainedModel) -> BertModel:
-    return getattr(model, "bert", model)
+def encoder_of(model: PreTrainedModel) -> PreTrainedModel:
+    """The bare encoder of a model with a head (BertFor*, MobileBertFor*), or the model itself."""
+    return getattr(model, model.base_model_prefix, model)
 

@@ -6,6 +6,7 @@ eval() under no_grad.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -281,3 +282,161 @@ def masked_token_accuracy(mlm_model: nn.Module, dataset, collate, batch_size=32,
         hit += int((pred == labels[sel]).sum())
         n += int(sel.sum())
     return hit / max(1, n)
+
+
+class _StopForward(Exception):
+    """Raised from a hook once the deepest layer a loss needs has run: the layers above would be wasted work."""
+
+
+def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool):
+    """The embedding output and the outputs of layers 1..`upto` (1-based) of a BERT-family encoder, plus each of
+    those layers' pre-softmax attention scores when `want_attn`; the forward stops after layer `upto`."""
+    enc = encoder_of(model)
+    layers = enc.encoder.layer
+    if not 1 <= upto <= len(layers):
+        raise ValueError(f"layer {upto} out of range 1..{len(layers)}")
+    hidden: list[torch.Tensor] = []
+
+    def keep(_mod, _inp, out):
+        hidden.append(out[0] if isinstance(out, tuple) else out)
+
+    def keep_and_stop(mod, inp, out):
+        keep(mod, inp, out)
+        raise _StopForward
+
+    handles = [enc.embeddings.register_forward_hook(keep)]
+    handles += [layers[i].register_forward_hook(keep) for i in range(upto - 1)]
+    handles.append(layers[upto - 1].register_forward_hook(keep_and_stop))
+    cap = AttentionScores(enc) if want_attn else contextlib.nullcontext()
+    try:
+        with cap:
+            enc(**_inputs(batch))
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return hidden, (cap.scores if want_attn else None)
+
+
+class FeatureTransfer(_WithTeacher):
+    """MobileBERT's layer-wise knowledge transfer: feature-map transfer (fmt) and attention transfer (at).
+
+    `layers` are the student blocks (1-based) whose outputs and attention learn from the teacher's layer
+    `layer_map[l - 1]`; with one layer this is one stage of progressive transfer, with all of them the joint loss.
+    Both models run only up to the deepest layer involved.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        layers: list[int],
+        layer_map: list[int],
+        weights: dict[str, float],
+        normalize: bool = True,
+        mean_weight: float = 1.0,
+        var_weight: float = 1.0,
+    ):
+        super().__init__()
+        self.student = student
+        self._set_teacher(teacher)
+        self.layers, self.layer_map = list(layers), list(layer_map)
+        self.weights = {k: float(v) for k, v in weights.items() if k in ("fmt", "at")}
+        self.fmt_args = {"normalize": normalize, "mean_weight": mean_weight, "var_weight": var_weight}
+
+    def layer_losses(self, batch: dict, s_hidden=None, s_scores=None, t_hidden=None, t_scores=None) -> dict:
+        want_attn = self.weights.get("at", 0.0) > 0
+        deepest = max(self.layers)
+        if t_hidden is None:
+            with torch.no_grad():
+                t_hidden, t_scores = run_layers(self.teacher, batch, self.layer_map[deepest - 1], want_attn)
+        if s_hidden is None:
+            s_hidden, s_scores = run_layers(self.student, batch, deepest, want_attn)
+        mask = batch["attention_mask"]
+        fmt = [L.feature_map_loss(s_hidden[l], t_hidden[self.layer_map[l - 1]], mask, **self.fmt_args) for l in self.layers]
+        out = {"fmt": sum(fmt) / len(fmt)}
+        if want_attn:
+            at = [L.attention_kl(s_scores[l - 1], t_scores[self.layer_map[l - 1] - 1], mask) for l in self.layers]
+            out["at"] = sum(at) / len(at)
+        return out
+
+    def forward(self, batch: dict) -> dict:
+        return self.layer_losses(batch)
+
+
+class MobileBertPretrain(FeatureTransfer):
+    """MobileBERT's pre-training distillation: MLM on gold tokens plus the teacher's soft MLM targets at
+    `temperature` (kd), optionally with the layer-wise fmt/at terms of every block alongside."""
+
+    def __init__(
+        self,
+        student_mlm: nn.Module,
+        teacher_mlm: nn.Module,
+        layer_map: list[int],
+        weights: dict[str, float],
+        temperature: float = 1.0,
+        mlm_probability: float = 0.15,
+        special_ids: tuple[int, ...] = (0, 101, 102),
+        mask_token_id: int = 103,
+        **fmt_args,
+    ):
+        layers = list(range(1, len(layer_map) + 1))
+        super().__init__(student_mlm, teacher_mlm, layers, layer_map, weights, **fmt_args)
+        self.weights = {k: float(v) for k, v in weights.items() if k in ("mlm", "kd", "fmt", "at")}
+        self.temperature, self.p = temperature, mlm_probability
+        self.special_ids, self.mask_token_id = special_ids, mask_token_id
+
+    def forward(self, batch: dict) -> dict:
+        ids = batch["input_ids"]
+        special = torch.isin(ids, torch.tensor(self.special_ids, device=ids.device)) | (batch["attention_mask"] == 0)
+        masked, labels = L.mask_tokens(ids.cpu(), special.cpu(), self.mask_token_id, self.student.config.vocab_size, self.p)
+        batch = {**batch, "input_ids": masked.to(ids.device)}
+        labels = labels.to(ids.device)
+        sel = labels != -100
+        want_attn = self.weights.get("at", 0.0) > 0
+        with torch.no_grad():
+            t_hidden, t_scores = run_layers(self.teacher, batch, self.teacher.config.num_hidden_layers, want_attn)
+            t_logits = self.teacher.cls(t_hidden[-1][sel])
+        s_hidden, s_scores = run_layers(self.student, batch, len(self.layers), want_attn)
+        # the vocabulary projection is the costliest layer: apply the MLM heads to masked positions only
+        s_logits = self.student.cls(s_hidden[-1][sel])
+        out = {}
+        if sel.any():
+            out["mlm"] = L.mlm_loss(s_logits, labels[sel])
+            out["kd"] = L.soft_label_loss(s_logits, t_logits, self.temperature, "kl", t2_scaling=True)
+        else:
+            out["mlm"] = out["kd"] = s_hidden[-1].sum() * 0.0
+        if self.weights.get("fmt", 0.0) > 0 or want_attn:
+            out.update(self.layer_losses(batch, s_hidden, s_scores, t_hidden, t_scores))
+        return out
+
+
+def progressive_scope(model: nn.Module, layer: int, lower_lr_scale: float = 0.0) -> dict[str, float]:
+    """Stage `layer` (1-based) of progressive knowledge transfer: block `layer` trains (with the embeddings at
+    stage 1, the only stage that uses them fresh); blocks below are frozen, or train at `lower_lr_scale` x the
+    learning rate when it is > 0; blocks above and any head are frozen (they do not take part in the loss).
+
+    Sets requires_grad on `model`'s parameters and returns {parameter name: lr scale} for those that train.
+    """
+    enc = encoder_of(model)
+    prefix = "" if enc is model else f"{model.base_model_prefix}."
+    scales: dict[str, float] = {}
+    for name, p in model.named_parameters():
+        rest = name.removeprefix(prefix)
+        if rest.startswith("encoder.layer."):
+            idx = int(rest.split(".")[2]) + 1
+            scale = 1.0 if idx == layer else (lower_lr_scale if idx < layer else 0.0)
+        elif rest.startswith("embeddings."):
+            scale = 1.0 if layer == 1 else lower_lr_scale
+        else:
+            scale = 0.0
+        p.requires_grad_(scale > 0)
+        if scale > 0:
+            scales[name] = scale
+    return scales
+
+
+def unfreeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(True)

@@ -37,11 +37,35 @@ def _latency(model, batch, seq, warmup, repeats, vocab) -> dict[str, float]:
             "throughput": float(batch / (np.median(t) / 1000))}
 
 
-def flops_per_example(cfg, seq: int) -> int:
-    """Analytic forward FLOPs (2 per multiply-add) of a BERT encoder for one sequence of `seq` tokens."""
-    h, f, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    per_layer = 2 * seq * (4 * h * h + 2 * h * f) + 2 * 2 * seq * seq * h  # projections + FFN, then QK^T and AV
-    return int(L * per_layer + 2 * h * h)  # + pooler
+@torch.no_grad()
+def flops_per_example(model, seq: int) -> int:
+    """Forward FLOPs (2 per multiply-add) for one sequence of `seq` tokens, counted while the model runs.
+
+    Every nn.Linear that executes adds 2 x tokens x in x out, so any architecture (BERT, MobileBERT's bottlenecks
+    and stacked FFNs, the classifier) is counted as it really computes; each attention layer adds QK^T and AV,
+    2 x 2 x seq^2 x its query width. Embedding lookups, norms and activations are not counted.
+    """
+    from .attention import self_attention_modules
+
+    total = 0
+
+    def add(mod, inp, _out):
+        nonlocal total
+        total += 2 * (inp[0].numel() // mod.in_features) * mod.in_features * mod.out_features
+
+    hooks = [m.register_forward_hook(add) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        ids = torch.ones((1, seq), dtype=torch.long, device=next(model.parameters()).device)
+        was_training = model.training
+        model.eval()
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    for attn in self_attention_modules(model):
+        total += 2 * 2 * seq * seq * attn.num_attention_heads * attn.attention_head_size
+    return int(total)
 
 
 def size_mb(model_dir: str | Path) -> float:
@@ -52,7 +76,7 @@ def model_profile(model, model_dir, batch_sizes, seq_lens, warmup, repeats, prec
     out = {"params": count_parameters(model), "params_no_embeddings": count_parameters(model, embeddings=False),
            "size_mb": round(size_mb(model_dir), 2), "latency_ms": {}, "throughput": {}, "flops": {}}
     for s in seq_lens:
-        out["flops"][f"seq{s}"] = flops_per_example(model.config, s)
+        out["flops"][f"seq{s}"] = flops_per_example(model, s)
         for b in batch_sizes:
             r = latency_ms(model, b, s, warmup, repeats, model.config.vocab_size, precision)
             out["latency_ms"][f"bs{b}_seq{s}_p50"] = round(r["p50"], 3)

@@ -222,10 +222,17 @@ class Trainer:
         self._trainable_keys = {names[id(p)] for p in params} | {
             n for n, _ in self.obj.named_buffers() if not n.startswith("teacher")
         }
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
+        # An objective may scale the learning rate of some parameters (`lr_scales`: name -> factor), e.g. the
+        # lower blocks in progressive knowledge transfer; the schedule then scales every group alike.
+        scales = getattr(self.obj, "lr_scales", None) or {}
+        groups: dict[tuple[bool, float], list] = {}
+        for p in params:
+            key = (p.ndim >= 2, float(scales.get(names[id(p)], 1.0)))
+            groups.setdefault(key, []).append(p)
         self.opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+            [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
+             for (decay, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))],
+            lr=cfg.lr,
         )
         warm = int(cfg.warmup_ratio * self.total_steps)
         total = self.total_steps

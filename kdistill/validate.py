@@ -20,6 +20,16 @@ def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, te
             check_heads(tb.student.heads, teacher_heads)
         except LayerMapError as exc:
             raise ParamsError(f"params.yaml: key 'general_distill.tinybert.student.heads': {exc}") from None
+    mb = p.general_distill.mobilebert.student
+    if teacher_heads % mb.heads:
+        raise ParamsError(
+            f"params.yaml: key 'general_distill.mobilebert.student.heads': attention transfer averages the teacher's "
+            f"{teacher_heads} heads in groups onto the student's, so the student's count must divide {teacher_heads} "
+            f"(got {mb.heads})")
+    try:
+        resolve_layer_map("uniform", mb.layers or teacher_layers, teacher_layers)
+    except LayerMapError as exc:
+        raise ParamsError(f"params.yaml: key 'general_distill.mobilebert.student.layers': {exc}") from None
     init = p.general_distill.distilbert.init_layers
     if isinstance(init, list):
         bad = [i for i in init if not 0 <= i < teacher_layers]

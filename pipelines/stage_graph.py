@@ -52,7 +52,8 @@ def load_stages(dvc_file: Path, root: Path = ROOT) -> dict[str, Stage]:
                                Path(s.wdir), deps, outs)
     for a in stages.values():
         for b in stages.values():
-            if a is not b and any(_inside(d, o) for d in a.deps for o in b.outs):
+            # a dep on an output, inside one, or on a folder that holds one (evaluate reads outputs/students)
+            if a is not b and any(_inside(d, o) or _inside(o, d) for d in a.deps for o in b.outs):
                 a.upstream.add(b.name)
                 b.downstream.add(a.name)
     return stages

@@ -44,8 +44,8 @@ class Paths:
 
     @property
     def teacher_mlm(self) -> Path:
-        """The teacher with an MLM head (fitted when it had none), saved beside the DistilBERT general student."""
-        return self.general("distilbert") / "teacher_mlm"
+        """The teacher with an MLM head (fitted when it had none): stage teacher_mlm."""
+        return self.root / "teacher_mlm"
 
     def general(self, recipe: str) -> Path:
         return self.root / "general" / recipe
@@ -169,6 +169,21 @@ class LossLog:
         if run and self.pending:
             mlflow.tracking.MlflowClient().log_batch(run.info.run_id, metrics=self.pending)
         self.pending = []
+
+
+class PhaseLogs:
+    """run_phases callbacks: one LossLog per phase (its prefix, steps continuing the earlier phases'); flush() at the end."""
+
+    def __init__(self):
+        self.logs: list[LossLog] = []
+
+    def __call__(self, phase, offset: int) -> list:
+        self.logs.append(LossLog(prefix=phase.prefix, step_offset=offset))
+        return self.logs[-1:]
+
+    def flush(self) -> None:
+        for log in self.logs:
+            log.flush()
 
 
 def write_loss_csv(path: Path, *histories: list[dict]) -> None:

@@ -12,6 +12,7 @@ from kdistill.data import tokenize_task
 from kdistill.evaluation import score
 from kdistill.glue import get_task
 from kdistill.io import write_json_atomic, write_text_atomic
+from kdistill.recipes import RECIPES
 from kdistill.speed import model_profile
 
 from .common import cli, precision_for, runtime, setup, stage_run
@@ -25,7 +26,7 @@ PUBLISHED = [  # reference rows: published, not measured here (see data/glue and
 
 def models(paths):
     yield "teacher", paths.teacher
-    for r in ("tinybert", "distilbert"):
+    for r in RECIPES:
         yield f"{r}", paths.student(r)
         yield f"baseline-{r}", paths.baseline(r)
 
@@ -142,7 +143,7 @@ def main() -> None:
         for f in [rep / "summary.json", rep / "report.md", *pngs]:
             mlflow.log_artifact(str(f))
         if p.tracking.register_models:
-            for name in ("tinybert", "distilbert"):
+            for name in RECIPES:
                 if name in summary["models"]:
                     v, champ = register(p, name, paths.student(name), summary["models"][name]["metrics"], spec.metric, tok)
                     print(f"[evaluate] registered {p.tracking.registry_prefix}{p.base.task}-{name} v{v}"

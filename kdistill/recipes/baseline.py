@@ -1,0 +1,12 @@
+"""The no-teacher control: a recipe's general student trained on the same task data and budget, gold labels only."""
+
+from __future__ import annotations
+
+from ..objectives import Supervised
+from ..phases import Phase
+from .base import TaskContext, trainer_config
+
+
+def task(ctx: TaskContext) -> list[Phase]:
+    return [Phase("supervised", Supervised(ctx.student), trainer_config(ctx.p.task_distill.baseline, ctx, "baseline"),
+                  evaluate=True)]

@@ -1,0 +1,43 @@
+"""TinyBERT (Jiao et al., 2020): a fresh student of any shape learns the teacher's embeddings, hidden states and
+attention scores (general and task stage 1), then its predictions (task stage 2)."""
+
+from __future__ import annotations
+
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, BertModel
+
+from ..models import tinybert_config
+from ..objectives import Intermediate, Prediction
+from ..phases import Phase
+from .base import GeneralContext, GeneralPlan, TaskContext, trainer_config
+
+NEEDS_TEACHER_MLM = False
+
+
+def general(ctx: GeneralContext) -> GeneralPlan:
+    g = ctx.p.general_distill.tinybert
+    teacher = AutoModel.from_pretrained(ctx.teacher)
+    s = g.student
+    student = BertModel(tinybert_config(teacher.config, s.layers, s.hidden, s.heads, s.ffn), add_pooling_layer=True)
+    obj = Intermediate(student, teacher, g.weights, g.layer_map, g.attention, g.shared_projection, g.mask_padding)
+
+    def save_projections(tmp):
+        save_file({k: v.contiguous() for k, v in obj.projections.state_dict().items()}, str(tmp / "projections.safetensors"))
+
+    return GeneralPlan(student, [Phase("general", obj, trainer_config(g.optim, ctx, "general distill (tinybert)"))],
+                       {"layer_map": obj.layer_map}, save_projections)
+
+
+def task(ctx: TaskContext) -> list[Phase]:
+    t, g = ctx.p.task_distill.tinybert, ctx.p.general_distill.tinybert
+    inter = Intermediate(ctx.student, ctx.teacher, {k: v for k, v in t.weights.items() if k != "pred"}, g.layer_map,
+                         g.attention, g.shared_projection, g.mask_padding)
+    proj = ctx.general_dir / "projections.safetensors"
+    if proj.is_file():  # the projections learnt in general distillation carry on
+        inter.projections.load_state_dict(load_file(str(proj)))
+    pred_cfg = trainer_config(t.prediction, ctx, "task distill (tinybert, prediction)")
+    cache = ctx.logits(pred_cfg.precision) if t.cache_teacher_outputs else None
+    pred = Prediction(ctx.student, ctx.teacher, {"pred": t.weights.get("pred", 1.0)}, t.temperature, "ce",
+                      soft_name="pred", cached_logits=cache)
+    return [Phase("intermediate", inter, trainer_config(t.intermediate, ctx, "task distill (tinybert, intermediate)")),
+            Phase("prediction", pred, pred_cfg, evaluate=True)]
