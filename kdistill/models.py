@@ -86,6 +86,9 @@ def mobilebert_config(
     (trigram convolution up to the block width) and the teacher's vocabulary."""
     if bottleneck % heads:
         raise ModelSpecError(f"student heads ({heads}) must divide its bottleneck width ({bottleneck})")
+    if embedding > teacher_cfg.hidden_size:
+        raise ModelSpecError(f"the token-embedding width ({embedding}) must not exceed the block width, the teacher's "
+                             f"hidden size ({teacher_cfg.hidden_size})")
     if teacher_cfg.num_attention_heads % heads:
         raise ModelSpecError(
             f"attention transfer groups the teacher's {teacher_cfg.num_attention_heads} heads onto the student's: "

@@ -26,6 +26,10 @@ def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, te
             f"params.yaml: key 'general_distill.mobilebert.student.heads': attention transfer averages the teacher's "
             f"{teacher_heads} heads in groups onto the student's, so the student's count must divide {teacher_heads} "
             f"(got {mb.heads})")
+    if mb.embedding > teacher_hidden:
+        raise ParamsError(
+            f"params.yaml: key 'general_distill.mobilebert.student.embedding': {mb.embedding} exceeds the block width, "
+            f"which is the teacher's hidden size ({teacher_hidden}); use at most {teacher_hidden}")
     try:
         resolve_layer_map("uniform", mb.layers or teacher_layers, teacher_layers)
     except LayerMapError as exc:

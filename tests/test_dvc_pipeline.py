@@ -60,9 +60,13 @@ def test_profile_stages_move_outputs_and_read_the_profile_params():
 
 
 def test_the_flow_schedules_every_stage_of_dvc_yaml():
+    from kdistill.recipes import RECIPES
+
     stages = load_stages(ROOT / "dvc.yaml")
-    assert len(stages) == 10
-    assert stages["evaluate"].upstream >= {"teacher_finetune", "task_distill@tinybert", "baseline@distilbert"}
+    assert len(stages) == 5 + 3 * len(RECIPES)
+    # evaluate reads the folders that hold every student and baseline
+    assert stages["evaluate"].upstream >= {"teacher_finetune"} | {f"{s}@{r}" for s in ("task_distill", "baseline")
+                                                                   for r in RECIPES}
     assert stages["baseline@tinybert"].upstream == {"general_distill@tinybert", "augment"}  # never waits for the teacher
     assert stages["prepare"].upstream == set()
 
@@ -76,3 +80,15 @@ def test_committed_smoke_pipeline_is_what_generation_writes(tmp_path, monkeypatc
     sg.profile_pipeline("smoke")
     for f, text in committed.items():
         assert (tmp_path / "smoke" / f).read_text() == text, f"runs/smoke/{f} is stale: run `make smoke` and commit it"
+
+
+def test_dvc_yaml_iterates_over_exactly_the_recipe_modules():
+    """A recipe is a module in kdistill/recipes plus its name in dvc.yaml's `recipes`; the two lists must agree."""
+    from kdistill import recipes
+
+    listed = next(v["recipes"] for v in yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"] if "recipes" in v)
+    assert listed == list(recipes.RECIPES)
+    p = load_params(ROOT / "params.yaml")
+    for name, mod in recipes.RECIPES.items():
+        assert callable(mod.general) and callable(mod.task) and isinstance(mod.NEEDS_TEACHER_MLM, bool)
+        assert hasattr(p.general_distill, name) and hasattr(p.task_distill, name), name

@@ -8,7 +8,7 @@ import sys
 
 import torch
 import yaml
-from transformers import BertForMaskedLM
+from transformers import BertForMaskedLM, MobileBertForMaskedLM
 
 from kdistill.config import load_params
 from kdistill.layer_map import resolve_layer_map
@@ -34,20 +34,25 @@ def test_teacher_with_own_mlm_head_is_used_not_refitted(tmp_path, tiny_tokenizer
     smoke["base"]["teacher"] = str(tdir)
     smoke["general_distill"]["tinybert"]["student"] = {"layers": 4, "hidden": 16, "heads": 4, "ffn": 32}
     smoke["general_distill"]["distilbert"]["init_layers"] = [0, 2, 4, 7, 9, 11]
+    smoke["general_distill"]["mobilebert"]["student"] = {"bottleneck": 8, "heads": 2, "ffn": 16, "embedding": 16}
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(smoke))
     out = tmp_path / "outputs"
     env = {**os.environ, "KDISTILL_PARAMS": str(params), "KDISTILL_OUTPUTS": str(out), "HF_HUB_OFFLINE": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    for args in (["prepare"], ["general_distill", "distilbert"], ["general_distill", "tinybert"]):
+    for args in (["prepare"], ["teacher_mlm"], ["general_distill", "distilbert"], ["general_distill", "tinybert"],
+                 ["general_distill", "mobilebert"]):
         proc = subprocess.run([sys.executable, "-m", f"tasks.{args[0]}", *args[1:]], cwd=ROOT, env=env,
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    head = json.loads((out / "general" / "distilbert" / "teacher_mlm" / "kdistill.json").read_text())
+    head = json.loads((out / "teacher_mlm" / "kdistill.json").read_text())
     assert head["head"] == "pre-trained"
-    saved = BertForMaskedLM.from_pretrained(out / "general" / "distilbert" / "teacher_mlm")
+    saved = BertForMaskedLM.from_pretrained(out / "teacher_mlm")
     assert torch.equal(saved.cls.predictions.transform.dense.weight, teacher.cls.predictions.transform.dense.weight)
     student = BertForMaskedLM.from_pretrained(out / "general" / "distilbert")
     assert student.config.num_hidden_layers == 6
     tiny = json.loads((out / "general" / "tinybert" / "kdistill.json").read_text())
     assert tiny["layer_map"] == [3, 6, 9, 12]
+    mobile = json.loads((out / "general" / "mobilebert" / "kdistill.json").read_text())
+    assert mobile["progression"] == [f"layer{i}" for i in range(1, 13)] + ["joint"]  # the teacher's depth, block by block
+    assert MobileBertForMaskedLM.from_pretrained(out / "general" / "mobilebert").config.hidden_size == 24

@@ -58,9 +58,11 @@ def test_run_layers_stops_after_the_requested_layer_and_matches_the_full_forward
 
 def test_student_shape_errors_name_the_fix():
     with pytest.raises(ModelSpecError, match="must divide its bottleneck"):
-        mobilebert_config(tiny_config(hidden=32, heads=4), bottleneck=10, heads=4, ffn=16, stacked_ffn=2)
+        mobilebert_config(tiny_config(hidden=32, heads=4), bottleneck=10, heads=4, ffn=16, stacked_ffn=2, embedding=8)
+    with pytest.raises(ModelSpecError, match="must not exceed the block width"):
+        mobilebert_config(tiny_config(hidden=32, heads=4), bottleneck=8, heads=4, ffn=16, stacked_ffn=2, embedding=64)
     with pytest.raises(ModelSpecError, match="teacher's 4 heads"):
-        mobilebert_config(tiny_config(hidden=32, heads=4), bottleneck=9, heads=3, ffn=16, stacked_ffn=2)
+        mobilebert_config(tiny_config(hidden=32, heads=4), bottleneck=9, heads=3, ffn=16, stacked_ffn=2, embedding=8)
 
 
 def test_feature_map_loss_matches_a_hand_computation():

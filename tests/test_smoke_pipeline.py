@@ -54,7 +54,8 @@ def test_smoke_profile_through_prefect_and_dvc(project):
 
     # every model evaluated and reported
     summary = json.loads((out / "reports" / "summary.json").read_text())
-    assert set(summary["models"]) == {"teacher", "tinybert", "distilbert", "baseline-tinybert", "baseline-distilbert"}
+    recipes = ("tinybert", "distilbert", "mobilebert")
+    assert set(summary["models"]) == {"teacher", *recipes, *(f"baseline-{r}" for r in recipes)}
     assert summary["precision"] in ("fp32", "bf16") and summary["cpu_capability"]
     for name, m in summary["models"].items():
         assert m["retention"] == pytest.approx(m["score"] / summary["models"]["teacher"]["score"])
@@ -63,10 +64,13 @@ def test_smoke_profile_through_prefect_and_dvc(project):
     assert all(c in tiny for c in ("emb", "hidn", "attn", "pred"))
     assert "precision" in (out / "reports" / "report.md").read_text()
     assert "precision" in (out / "students" / "tinybert" / "README.md").read_text()
+    mobile = (out / "reports" / "losses" / "general_distill_mobilebert.csv").read_text().splitlines()[0].split(",")
+    assert {"l1_fmt", "l1_at", "l6_fmt", "l6_at", "mlm", "kd", "fmt", "at"} <= set(mobile)  # per-block curves, then joint
+    assert summary["models"]["mobilebert"]["flops_ratio"] < 1
 
     # independent stages really ran side by side (start/end stamps the flow took around each stage)
     tl = json.loads((project / "work" / "outputs-smoke" / "timeline.json").read_text())["stages"]
-    assert len(tl) == 10
+    assert len(tl) == 15
     spans = list(tl.items())
     overlaps = [(a, b) for i, (a, x) in enumerate(spans) for b, y in spans[i + 1:]
                 if x["start"] < y["end"] and y["start"] < x["end"]]
@@ -75,7 +79,7 @@ def test_smoke_profile_through_prefect_and_dvc(project):
 
     # DVC is the record: the profile's lock holds every stage, and `dvc status` is clean
     lock = yaml.safe_load((project / "runs" / "smoke" / "dvc.lock").read_text())["stages"]
-    assert len(lock) == 10
+    assert len(lock) == 15
     dvc = str(project / ".venv" / "bin" / "dvc")
     st = subprocess.run([dvc, "status", "--json"], cwd=project, capture_output=True, text=True, check=True).stdout
     assert json.loads(st or "{}") == {} or all(not k.startswith("runs/smoke") for k in json.loads(st))
@@ -86,8 +90,8 @@ def test_smoke_profile_through_prefect_and_dvc(project):
     # smoke students are registered under their own names, never as versions of the real models
     with sqlite3.connect(project / "mlflow.db") as db:
         names = {r[0] for r in db.execute("select name from registered_models")}
-    assert {"smoke-sst2-tinybert", "smoke-sst2-distilbert"} <= names
-    assert not names & {"sst2-tinybert", "sst2-distilbert"}
+    assert {f"smoke-sst2-{r}" for r in recipes} <= names
+    assert not names & {f"sst2-{r}" for r in recipes}
 
     # a second run with nothing changed skips every stage on DVC's word, before any Prefect server starts
     again = _flow(project, "--profile", "smoke")
