@@ -92,3 +92,12 @@ def test_dvc_yaml_iterates_over_exactly_the_recipe_modules():
     for name, mod in recipes.RECIPES.items():
         assert callable(mod.general) and callable(mod.task) and isinstance(mod.NEEDS_TEACHER_MLM, bool)
         assert hasattr(p.general_distill, name) and hasattr(p.task_distill, name), name
+
+
+def test_reference_stage_times_name_exactly_the_default_stages():
+    """Shipped times order a fresh clone's first run (longest chains first); they must follow dvc.yaml."""
+    import json
+
+    ref = json.loads((ROOT / "pipelines" / "stage_seconds.reference.json").read_text())
+    assert set(ref) == set(load_stages(ROOT / "dvc.yaml"))
+    assert all(v > 0 for v in ref.values())
