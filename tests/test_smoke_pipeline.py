@@ -70,7 +70,7 @@ def test_smoke_profile_through_prefect_and_dvc(project):
 
     # independent stages really ran side by side (start/end stamps the flow took around each stage)
     tl = json.loads((project / "work" / "outputs-smoke" / "timeline.json").read_text())["stages"]
-    assert len(tl) == 15
+    assert len(tl) == 14
     spans = list(tl.items())
     overlaps = [(a, b) for i, (a, x) in enumerate(spans) for b, y in spans[i + 1:]
                 if x["start"] < y["end"] and y["start"] < x["end"]]
@@ -79,7 +79,7 @@ def test_smoke_profile_through_prefect_and_dvc(project):
 
     # DVC is the record: the profile's lock holds every stage, and `dvc status` is clean
     lock = yaml.safe_load((project / "runs" / "smoke" / "dvc.lock").read_text())["stages"]
-    assert len(lock) == 15
+    assert len(lock) == 14
     dvc = str(project / ".venv" / "bin" / "dvc")
     st = subprocess.run([dvc, "status", "--json"], cwd=project, capture_output=True, text=True, check=True).stdout
     assert json.loads(st or "{}") == {} or all(not k.startswith("runs/smoke") for k in json.loads(st))
