@@ -150,7 +150,7 @@ def test_progressive_stage_really_freezes_the_blocks_below():
     assert not any(k.startswith("mobilebert.embeddings") or ".encoder.layer.0." in k for k in changed)
 
 
-def test_progressive_stage_with_reduced_lr_trains_lower_blocks_slower():
+def test_progressive_stage_with_reduced_lr_gives_lower_blocks_a_scaled_lr_group():
     teacher = _teacher()
     student = _student(teacher.config)
     obj = FeatureTransfer(student, teacher, [2], [1, 2, 3], {"fmt": 1.0, "at": 1.0})
