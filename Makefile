@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test pipeline smoke repro ui ui-stop schedule bench clean
+.PHONY: help setup test pipeline smoke repro ui ui-stop schedule bench bench-textbrewer clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
@@ -20,6 +20,7 @@ help:
 	@echo "make ui        start the Prefect UI (127.0.0.1:4200) and MLflow UI (127.0.0.1:5000); make ui-stop stops them"
 	@echo "make schedule  serve the flow as a Prefect deployment with the cron schedule from params.yaml"
 	@echo "make bench     CPU capability, the precision auto picks here, fp32 vs bf16 task-distillation throughput"
+	@echo "make bench-textbrewer  intermediate distillation vs TextBrewer 0.2.1 (installs it: benchmark-only)"
 
 setup:
 	@bash scripts/setup.sh
@@ -47,6 +48,11 @@ schedule:
 
 bench:
 	$(PY) scripts/bench_task_distill.py
+
+# TextBrewer is a benchmark-only dependency: installed here, never by `make setup`
+bench-textbrewer:
+	$(PY) -m pip install -q -r requirements-bench.txt
+	$(PY) scripts/bench_textbrewer.py $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs work reports mlruns mlartifacts mlflow.db .prefect

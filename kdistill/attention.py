@@ -1,17 +1,44 @@
-"""Capture pre-softmax attention scores Q.K^T/sqrt(d) from Hugging Face BERT encoders.
+"""Capture pre-softmax attention scores Q.K^T/sqrt(d) from Hugging Face BERT-family encoders, computed once.
 
-Hugging Face returns post-softmax probabilities, and none at all under SDPA. TinyBERT distils the raw scores,
-so we hook each layer's query and key projections and form the scores ourselves. The projections run under every
-attention implementation, so capture does not depend on eager attention; models whose self-attention has no
-separate `query`/`key` projections, or that add relative position terms to the scores, are refused.
+Hugging Face returns post-softmax probabilities, and none at all under SDPA. TinyBERT and MobileBERT distil from the
+scores, so while a capture is active the encoder runs an attention function registered through transformers'
+attention interface (`kdistill_scores`): it forms Q.K^T/sqrt(d) once, hands that tensor to the capture, and goes on to
+the mask, the softmax and the values, so the model's output is what eager attention gives. Outside a capture the
+model keeps its own (fastest) implementation. Models whose self-attention has no separate `query`/`key` projections,
+or that add relative position terms to the scores, are refused.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from .errors import KdistillError
+
+CAPTURE_IMPLEMENTATION = "kdistill_scores"
+
+
+def _scores_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention that records its pre-softmax scores in the module's sink, when one is attached; a layer
+    whose scores nobody reads runs the fused kernel."""
+    if getattr(module, "_kdistill_sink", None) is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
+    sink, idx = module._kdistill_sink
+    sink[idx] = scores
+    weights = scores if attention_mask is None else scores + attention_mask
+    weights = nn.functional.softmax(weights, dim=-1)
+    if module._kdistill_probs:  # the model's own probabilities (before dropout): no second softmax in the loss
+        module._kdistill_probs[idx] = weights
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register(CAPTURE_IMPLEMENTATION, _scores_attention)
+AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, eager_mask)  # additive float mask, as eager attention takes
 
 
 class AttentionCaptureError(KdistillError, RuntimeError):
@@ -46,46 +73,34 @@ class AttentionScores:
 
     >>> with AttentionScores(model) as cap:
     ...     model(**batch)
-    >>> cap.scores  # list, one per layer, pre-softmax, no mask added
+    >>> cap.scores  # one per layer, pre-softmax, no mask added; None for a layer not in `layers` or not run
+    >>> cap.probs  # with probs=True: the softmax the model computed (padded keys masked), before dropout
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, probs: bool = False, layers=None):
         self.modules = self_attention_modules(model)
-        self._handles: list = []
-        self._q: dict[int, torch.Tensor] = {}
+        self.layers = None if layers is None else set(layers)  # 1-based layers to record (None: all)
+        self.config = model.config
+        self.want_probs = probs
         self.scores: list[torch.Tensor] = []
-
-    def _hook(self, idx: int, kind: str):
-        def fn(_mod, _inp, out):
-            if kind == "q":
-                self._q[idx] = out
-                return
-            attn = self.modules[idx]
-            heads, d = attn.num_attention_heads, attn.attention_head_size
-            q = self._q.pop(idx)
-            b, L, _ = out.shape
-            q = q.view(b, L, heads, d).transpose(1, 2)
-            k = out.view(b, L, heads, d).transpose(1, 2)
-            scale = getattr(attn, "scaling", d**-0.5)
-            self.scores.append(torch.matmul(q, k.transpose(-1, -2)) * scale)
-
-        return fn
-
-    def clear(self) -> None:
-        self.scores = []
-        self._q = {}
+        self.probs: list[torch.Tensor] = []
+        self._saved: str | None = None
 
     def __enter__(self) -> "AttentionScores":
-        self.clear()
+        n = len(self.modules)
+        self.scores, self.probs = [None] * n, ([None] * n if self.want_probs else [])
         for i, m in enumerate(self.modules):
-            self._handles.append(m.query.register_forward_hook(self._hook(i, "q")))
-            self._handles.append(m.key.register_forward_hook(self._hook(i, "k")))
+            if self.layers is None or i + 1 in self.layers:
+                m._kdistill_sink, m._kdistill_probs = (self.scores, i), self.probs
+        # the modules read the implementation from the config they share with the model at every forward
+        self._saved = self.config._attn_implementation
+        self.config._attn_implementation = CAPTURE_IMPLEMENTATION
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self.config._attn_implementation = self._saved
+        for m in self.modules:
+            m._kdistill_sink = m._kdistill_probs = None
 
 
 def scores_to_probs(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

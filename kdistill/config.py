@@ -198,6 +198,8 @@ class TinyBertTaskParams(_Section):
     prediction: OptimParams = OptimParams(lr=1e-4, epochs=2.0)
     weights: dict[Literal["emb", "hidn", "attn", "pred"], float] = {"emb": 1.0, "hidn": 1.0, "attn": 1.0, "pred": 1.0}
     cache_teacher_outputs: bool = True
+    # disk budget (GiB) for the teacher's hidden states and scores, fp16 on disk, in a multi-epoch intermediate phase
+    teacher_cache_gb: float = Field(8.0, ge=0)
 
 
 class DistilBertTaskParams(_Section):
@@ -220,6 +222,7 @@ class MobileBertTaskParams(_Section):
     cache_teacher_outputs: bool = True
     transfer: OptimParams | None = None
     transfer_weights: dict[Literal["fmt", "at"], float] = {"fmt": 1.0, "at": 1.0}
+    teacher_cache_gb: float = Field(8.0, ge=0)  # as tinybert's: used when `transfer` runs more than one epoch
     optim: OptimParams = OptimParams(lr=1e-4, epochs=2.0)
 
 

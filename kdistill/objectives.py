@@ -84,20 +84,37 @@ class Intermediate(_WithTeacher):
         )
         self.attention = attention
         self.mask_padding = mask_padding
+        self.teacher_features = None  # a kdistill.teacher_cache.TeacherFeatures, read instead of running the teacher
+
+    def feature_spec(self):
+        """The teacher outputs this loss reads, for a teacher cache (None: the loss reads padded positions)."""
+        from .teacher_cache import FeatureSpec
+
+        if not self.mask_padding:
+            return None
+        return FeatureSpec((0, *self.layer_map), tuple(self.layer_map) if self.weights.get("attn", 0.0) > 0 else ())
 
     def _run(self, model: nn.Module, batch: dict, want_attn: bool):
+        """Hidden states and, when `want_attn`, the attention maps the loss compares: pre-softmax scores, or in
+        `probs` mode the probabilities the model itself computed."""
         enc = encoder_of(model)
         if want_attn:
-            with AttentionScores(enc) as cap:
+            probs = self.attention == "probs"
+            with AttentionScores(enc, probs=probs) as cap:
                 out = enc(**_inputs(batch), output_hidden_states=True)
-            return out.hidden_states, cap.scores
+            return out.hidden_states, (cap.probs if probs else cap.scores)
         return enc(**_inputs(batch), output_hidden_states=True).hidden_states, None
 
     def forward(self, batch: dict) -> dict:
         want_attn = self.weights.get("attn", 0.0) > 0
         mask = batch["attention_mask"]
-        with torch.no_grad():
-            t_hidden, t_scores = self._run(self.teacher, batch, want_attn)
+        if self.teacher_features is not None:  # the cache holds scores: the teacher's softmax is formed here
+            t_hidden, t_scores = self.teacher_features.lookup(batch["row"], mask)
+            if want_attn and self.attention == "probs":
+                t_scores = [None if a is None else scores_to_probs(a, mask) for a in t_scores]
+        else:
+            with torch.no_grad():
+                t_hidden, t_scores = self._run(self.teacher, batch, want_attn)
         s_hidden, s_scores = self._run(self.student, batch, want_attn)
         hmask = mask if self.mask_padding else None
         out = {"emb": L.hidden_mse(self.projections(0, s_hidden[0]), t_hidden[0], hmask)}
@@ -107,9 +124,7 @@ class Intermediate(_WithTeacher):
         if want_attn:
             att = []
             for i, t in enumerate(self.layer_map):
-                a_s, a_t = s_scores[i], t_scores[t - 1]
-                if self.attention == "probs":
-                    a_s, a_t = scores_to_probs(a_s, mask), scores_to_probs(a_t, mask)
+                a_s, a_t = s_scores[i], t_scores[t - 1]  # both scores, or both probabilities
                 att.append(L.attention_mse(a_s, a_t, mask, mask_queries=self.mask_padding))
             out["attn"] = sum(att) / len(att)
         return out
@@ -288,9 +303,10 @@ class _StopForward(Exception):
     """Raised from a hook once the deepest layer a loss needs has run: the layers above would be wasted work."""
 
 
-def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool):
+def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool, score_layers=None):
     """The embedding output and the outputs of layers 1..`upto` (1-based) of a BERT-family encoder, plus each of
-    those layers' pre-softmax attention scores when `want_attn`; the forward stops after layer `upto`."""
+    those layers' pre-softmax attention scores when `want_attn` (only `score_layers` when given, None elsewhere);
+    the forward stops after layer `upto`."""
     enc = encoder_of(model)
     layers = enc.encoder.layer
     if not 1 <= upto <= len(layers):
@@ -307,7 +323,7 @@ def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool):
     handles = [enc.embeddings.register_forward_hook(keep)]
     handles += [layers[i].register_forward_hook(keep) for i in range(upto - 1)]
     handles.append(layers[upto - 1].register_forward_hook(keep_and_stop))
-    cap = AttentionScores(enc) if want_attn else contextlib.nullcontext()
+    cap = AttentionScores(enc, layers=score_layers) if want_attn else contextlib.nullcontext()
     try:
         with cap:
             enc(**_inputs(batch))
@@ -344,11 +360,21 @@ class FeatureTransfer(_WithTeacher):
         self.layers, self.layer_map = list(layers), list(layer_map)
         self.weights = {k: float(v) for k, v in weights.items() if k in ("fmt", "at")}
         self.fmt_args = {"normalize": normalize, "mean_weight": mean_weight, "var_weight": var_weight}
+        self.teacher_features = None  # a kdistill.teacher_cache.TeacherFeatures, read instead of running the teacher
+
+    def feature_spec(self):
+        """The teacher outputs these losses read, for a teacher cache (both losses ignore padded positions)."""
+        from .teacher_cache import FeatureSpec
+
+        mapped = tuple(sorted({self.layer_map[l - 1] for l in self.layers}))
+        return FeatureSpec(mapped, mapped if self.weights.get("at", 0.0) > 0 else ())
 
     def layer_losses(self, batch: dict, s_hidden=None, s_scores=None, t_hidden=None, t_scores=None) -> dict:
         want_attn = self.weights.get("at", 0.0) > 0
         deepest = max(self.layers)
-        if t_hidden is None:
+        if t_hidden is None and self.teacher_features is not None:
+            t_hidden, t_scores = self.teacher_features.lookup(batch["row"], batch["attention_mask"])
+        elif t_hidden is None:
             with torch.no_grad():
                 t_hidden, t_scores = run_layers(self.teacher, batch, self.layer_map[deepest - 1], want_attn)
         if s_hidden is None:

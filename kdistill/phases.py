@@ -9,7 +9,7 @@ again, and resumes the interrupted phase from its last checkpoint.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +25,9 @@ class Phase:
     """One Trainer run of a stage.
 
     `prefix` names its loss components in logs (`l3_fmt`); `prepare` runs just before it trains (freezing,
-    learning-rate scopes) and after a skipped phase's snapshot is loaded; `evaluate` selects the best dev state.
+    learning-rate scopes) and after a skipped phase's snapshot is loaded; `setup` runs only when the phase is
+    about to train (work a finished phase does not need, such as building a teacher cache); `evaluate` selects
+    the best dev state.
     """
 
     name: str
@@ -34,7 +36,7 @@ class Phase:
     prefix: str = ""
     evaluate: bool = False
     prepare: Callable[[], None] | None = None
-    fingerprint: dict = field(default_factory=dict)
+    setup: Callable[[], None] | None = None
 
 
 @dataclass
@@ -83,7 +85,7 @@ def run_phases(
             phase.prepare()
         trainer = Trainer(phase.objective, dataset, phase.config, work / phase.name,
                           eval_fn=eval_fn if phase.evaluate else None, select_metric=select_metric if phase.evaluate else None,
-                          callbacks=callbacks(phase, offset), fingerprint={"phase": phase.name, **phase.fingerprint},
+                          callbacks=callbacks(phase, offset), fingerprint={"phase": phase.name},
                           device=device)
         done = work / f"{phase.name}.done.pt"
         done_files.append(done)
@@ -93,6 +95,8 @@ def run_phases(
             res = snap["result"]
             tqdm.write(f"[{phase.config.desc}] already finished ({res.steps} steps): loaded {done}")
         else:
+            if phase.setup:
+                phase.setup()
             res = trainer.train()
             tmp = done.with_name(f".{done.name}.tmp-{os.getpid()}")
             torch.save({"fingerprint": trainer.fingerprint, "model": model.state_dict(), "result": res}, tmp)

@@ -22,6 +22,7 @@ from kdistill.objectives import teacher_logits
 from kdistill.phases import run_phases
 from kdistill.recipes.base import TaskContext
 from kdistill.speed import latency_ms
+from kdistill.teacher_cache import features_for
 from kdistill.trainer import pad_collate
 
 from .common import PhaseLogs, cli, precision_for, runtime, setup, stage_run, write_loss_csv
@@ -47,8 +48,11 @@ def main(which: str) -> None:
     def logits(precision: str):
         return teacher_logits(teacher, train, pad_collate, precision=precision, cache_dir=paths.work / "teacher_logits")
 
+    def features(obj, cfg, budget_gb: float):
+        return features_for(obj, teacher, train, pad_collate, cfg, paths.work / "teacher_features", budget_gb)
+
     with stage_run(p, stage):
-        ctx = TaskContext(p, student, teacher, general, lambda s: precision_for(p, s), logits)
+        ctx = TaskContext(p, student, teacher, general, lambda s: precision_for(p, s), logits, features)
         phases = (recipes.baseline if baseline else recipe).task(ctx)
         logs = PhaseLogs()
         res = run_phases(phases, train, paths.work / stage.replace("@", "_"), student,

@@ -50,21 +50,36 @@ def test_capture_matches_reference_without_padding_every_layer(make_bert):
         assert torch.allclose(got, want, atol=1e-5)
 
 
-def test_capture_works_under_sdpa_and_hooks_are_removed(make_bert):
-    model = make_bert("base", layers=2)
-    ids = torch.randint(5, 30, (2, 5))
-    with torch.no_grad(), AttentionScores(model) as cap:
-        model(input_ids=ids)
-    eager = [s.clone() for s in cap.scores]
+def test_capture_leaves_outputs_unchanged_and_restores_the_models_attention(make_bert):
+    model = make_bert("seq", layers=2)
     model.set_attn_implementation("sdpa")
-    with torch.no_grad(), AttentionScores(model) as cap2:
-        model(input_ids=ids)
-    for a, b in zip(eager, cap2.scores):
-        assert torch.allclose(a, b, atol=1e-5)
-    cap2.clear()
+    ids = torch.randint(5, 30, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, 4:] = 0
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask).logits
+        with AttentionScores(model) as cap:
+            captured = model(input_ids=ids, attention_mask=mask).logits
+        after = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(plain, captured, atol=1e-5) and torch.equal(plain, after)
+    assert model.config._attn_implementation == "sdpa"  # the fastest implementation is back outside a capture
+    kept = list(cap.scores)
     with torch.no_grad():
         model(input_ids=ids)
-    assert cap2.scores == []  # no hooks left behind
+    assert len(kept) == 2 and all(a is b for a, b in zip(kept, cap.scores))  # nothing recorded after the capture
+    # scores are formed once, inside attention: no hooks on the projections recompute Q.K^T beside it
+    for layer in model.bert.encoder.layer:
+        assert not layer.attention.self.query._forward_hooks and not layer.attention.self.key._forward_hooks
+
+
+def test_captured_scores_carry_gradients_to_the_projections(make_bert):
+    model = make_bert("base", layers=1)
+    ids = torch.randint(5, 30, (2, 5))
+    with AttentionScores(model) as cap:
+        model(input_ids=ids)
+    cap.scores[0].pow(2).mean().backward()
+    q = model.encoder.layer[0].attention.self.query.weight
+    assert q.grad is not None and q.grad.abs().sum() > 0
 
 
 def test_capture_refuses_models_it_cannot_read(make_bert):
@@ -110,3 +125,28 @@ def test_head_count_mismatch_is_refused_with_reason():
     check_heads(12, 12)
     with pytest.raises(LayerMapError, match="student has 4 heads, the teacher 12"):
         check_heads(4, 12)
+
+
+def test_captured_probabilities_are_the_softmax_of_the_captured_scores(make_bert):
+    model = make_bert("base", layers=2)
+    ids = torch.randint(5, 30, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, 3:] = 0
+    with torch.no_grad(), AttentionScores(model, probs=True) as cap:
+        model(input_ids=ids, attention_mask=mask)
+    assert len(cap.probs) == len(cap.scores) == 2
+    for scores, probs in zip(cap.scores, cap.probs):
+        assert torch.allclose(scores_to_probs(scores, mask), probs, atol=1e-6)
+
+
+def test_capture_of_chosen_layers_leaves_the_others_on_the_fused_kernel(make_bert):
+    model = make_bert("base", layers=3)
+    ids = torch.randint(5, 30, (2, 6))
+    with torch.no_grad():
+        with AttentionScores(model) as every:
+            full = model(input_ids=ids).last_hidden_state
+        with AttentionScores(model, layers=[2]) as some:
+            part = model(input_ids=ids).last_hidden_state
+    assert some.scores[0] is None and some.scores[2] is None
+    assert torch.allclose(some.scores[1], every.scores[1], atol=1e-6)
+    assert torch.allclose(part, full, atol=1e-5)

@@ -41,6 +41,8 @@ class TaskContext:
     general_dir: Path
     precision: Callable[[str | None], str]
     logits: Callable[[str], torch.Tensor]  # resolved precision -> the teacher's logits for every train row (cached)
+    # (intermediate objective, its TrainerConfig, disk budget GiB) -> a teacher cache for it, or None (reason printed)
+    features: Callable[[nn.Module, TrainerConfig, float], object | None] = lambda obj, cfg, budget: None
 
 
 def trainer_config(optim: OptimParams, ctx, desc: str) -> TrainerConfig:

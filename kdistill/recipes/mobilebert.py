@@ -67,7 +67,12 @@ def task(ctx: TaskContext) -> list[Phase]:
         layer_map = resolve_layer_map("uniform", n, tn)
         fm = ctx.p.general_distill.mobilebert.feature_map.model_dump()
         obj = FeatureTransfer(ctx.student, ctx.teacher, list(range(1, n + 1)), layer_map, t.transfer_weights, **fm)
-        phases.append(Phase("transfer", obj, trainer_config(t.transfer, ctx, "task distill (mobilebert, layer-wise)")))
+        tcfg = trainer_config(t.transfer, ctx, "task distill (mobilebert, layer-wise)")
+
+        def use_cache(obj=obj, tcfg=tcfg):
+            obj.teacher_features = ctx.features(obj, tcfg, t.teacher_cache_gb)
+
+        phases.append(Phase("transfer", obj, tcfg, setup=use_cache))
     cfg = trainer_config(t.optim, ctx, "task distill (mobilebert)")
     cache = ctx.logits(cfg.precision) if t.cache_teacher_outputs else None
     pred = Prediction(ctx.student, ctx.teacher, {"kd": t.alpha_soft, "hard": 1 - t.alpha_soft}, t.temperature,

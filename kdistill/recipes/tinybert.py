@@ -39,5 +39,9 @@ def task(ctx: TaskContext) -> list[Phase]:
     cache = ctx.logits(pred_cfg.precision) if t.cache_teacher_outputs else None
     pred = Prediction(ctx.student, ctx.teacher, {"pred": t.weights.get("pred", 1.0)}, t.temperature, "ce",
                       soft_name="pred", cached_logits=cache)
-    return [Phase("intermediate", inter, trainer_config(t.intermediate, ctx, "task distill (tinybert, intermediate)")),
-            Phase("prediction", pred, pred_cfg, evaluate=True)]
+    inter_cfg = trainer_config(t.intermediate, ctx, "task distill (tinybert, intermediate)")
+
+    def use_cache():  # only when the phase trains: a finished one needs no teacher outputs
+        inter.teacher_features = ctx.features(inter, inter_cfg, t.teacher_cache_gb)
+
+    return [Phase("intermediate", inter, inter_cfg, setup=use_cache), Phase("prediction", pred, pred_cfg, evaluate=True)]
