@@ -51,22 +51,18 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(resolve_teacher(path) if not Path(path).exists() else path)
 
 
+def _teacher_fields(teacher_cfg) -> dict:
+    """What every student takes from its teacher: vocabulary, positions, segment types, padding, LayerNorm eps."""
+    return {k: getattr(teacher_cfg, k) for k in ("vocab_size", "max_position_embeddings", "type_vocab_size",
+                                                  "pad_token_id", "layer_norm_eps")}
+
+
 def tinybert_config(teacher_cfg: BertConfig, layers: int, hidden: int, heads: int, ffn: int) -> BertConfig:
     """A TinyBERT-style student: any depth, width, heads and FFN size, with the teacher's vocabulary."""
     if hidden % heads:
         raise ModelSpecError(f"student heads ({heads}) must divide its hidden size ({hidden})")
-    return BertConfig(
-        vocab_size=teacher_cfg.vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=ffn,
-        max_position_embeddings=teacher_cfg.max_position_embeddings,
-        type_vocab_size=teacher_cfg.type_vocab_size,
-        pad_token_id=teacher_cfg.pad_token_id,
-        hidden_act=teacher_cfg.hidden_act,
-        layer_norm_eps=teacher_cfg.layer_norm_eps,
-    )
+    return BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
+                      hidden_act=teacher_cfg.hidden_act, **_teacher_fields(teacher_cfg))
 
 
 def mobilebert_config(
@@ -94,7 +90,6 @@ def mobilebert_config(
             f"attention transfer groups the teacher's {teacher_cfg.num_attention_heads} heads onto the student's: "
             f"the student's head count ({heads}) must divide it")
     return MobileBertConfig(
-        vocab_size=teacher_cfg.vocab_size,
         hidden_size=teacher_cfg.hidden_size,
         num_hidden_layers=layers or teacher_cfg.num_hidden_layers,
         num_attention_heads=heads,
@@ -109,10 +104,7 @@ def mobilebert_config(
         num_feedforward_networks=stacked_ffn,
         normalization_type=normalization,
         hidden_act=activation,
-        max_position_embeddings=teacher_cfg.max_position_embeddings,
-        type_vocab_size=teacher_cfg.type_vocab_size,
-        pad_token_id=teacher_cfg.pad_token_id,
-        layer_norm_eps=teacher_cfg.layer_norm_eps,
+        **_teacher_fields(teacher_cfg),
     )
 
 

@@ -46,6 +46,14 @@ class _WithTeacher(nn.Module):
         return self
 
 
+def _mask_batch(batch: dict, special_ids, mask_token_id: int, vocab_size: int, p: float):
+    """MLM masking of a batch (special and padded positions never masked): (masked ids, labels) on its device."""
+    ids = batch["input_ids"]
+    special = torch.isin(ids, torch.tensor(special_ids, device=ids.device)) | (batch["attention_mask"] == 0)
+    masked, labels = L.mask_tokens(ids.cpu(), special.cpu(), mask_token_id, vocab_size, p)
+    return masked.to(ids.device), labels.to(ids.device)
+
+
 class Supervised(nn.Module):
     """Plain fine-tuning on gold labels (teacher fine-tune, no-teacher baselines)."""
 
@@ -224,13 +232,8 @@ class DistilBertGeneral(_WithTeacher):
         self.special_ids, self.mask_token_id = special_ids, mask_token_id
 
     def forward(self, batch: dict) -> dict:
-        ids = batch["input_ids"]
-        special = torch.isin(ids, torch.tensor(self.special_ids, device=ids.device)) | (batch["attention_mask"] == 0)
-        masked, labels = L.mask_tokens(
-            ids.cpu(), special.cpu(), self.mask_token_id, self.student.config.vocab_size, self.p
-        )
-        inputs = {**_inputs(batch), "input_ids": masked.to(ids.device)}
-        labels = labels.to(ids.device)
+        masked, labels = _mask_batch(batch, self.special_ids, self.mask_token_id, self.student.config.vocab_size, self.p)
+        inputs = {**_inputs(batch), "input_ids": masked}
         sel = labels != -100
         # The vocabulary projection is the costliest layer: apply the MLM heads to masked positions only.
         with torch.no_grad():
@@ -265,12 +268,9 @@ class MlmHeadFit(nn.Module):
         return self
 
     def forward(self, batch: dict) -> dict:
-        ids = batch["input_ids"]
-        special = torch.isin(ids, torch.tensor(self.special_ids, device=ids.device)) | (batch["attention_mask"] == 0)
-        masked, labels = L.mask_tokens(ids.cpu(), special.cpu(), self.mask_token_id, self.student.config.vocab_size, self.p)
+        masked, labels = _mask_batch(batch, self.special_ids, self.mask_token_id, self.student.config.vocab_size, self.p)
         with torch.no_grad():
-            h = self.student.bert(**{**_inputs(batch), "input_ids": masked.to(ids.device)}).last_hidden_state
-        labels = labels.to(ids.device)
+            h = self.student.bert(**{**_inputs(batch), "input_ids": masked}).last_hidden_state
         sel = labels != -100
         if not sel.any():
             return {"mlm": sum(p.sum() for p in self.student.cls.parameters()) * 0.0}
@@ -414,11 +414,8 @@ class MobileBertPretrain(FeatureTransfer):
         self.special_ids, self.mask_token_id = special_ids, mask_token_id
 
     def forward(self, batch: dict) -> dict:
-        ids = batch["input_ids"]
-        special = torch.isin(ids, torch.tensor(self.special_ids, device=ids.device)) | (batch["attention_mask"] == 0)
-        masked, labels = L.mask_tokens(ids.cpu(), special.cpu(), self.mask_token_id, self.student.config.vocab_size, self.p)
-        batch = {**batch, "input_ids": masked.to(ids.device)}
-        labels = labels.to(ids.device)
+        masked, labels = _mask_batch(batch, self.special_ids, self.mask_token_id, self.student.config.vocab_size, self.p)
+        batch = {**batch, "input_ids": masked}
         sel = labels != -100
         want_attn = self.weights.get("at", 0.0) > 0
         with torch.no_grad():
