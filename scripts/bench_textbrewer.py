@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from transformers import BertModel, get_linear_schedule_with_warmup
 
+from kdistill.corpus import pack_corpus
 from kdistill.data import tokenize_task
 from kdistill.glue import load_split
 from kdistill.models import load_tokenizer, resolve_teacher, tinybert_config
@@ -39,6 +40,8 @@ ap.add_argument("--rounds", type=int, default=3)
 ap.add_argument("--epochs", type=int, default=2)
 ap.add_argument("--batch", type=int, default=32)
 ap.add_argument("--precisions", default="fp32,auto")
+ap.add_argument("--data", choices=["sst2", "corpus"], default="sst2",
+                help="sst2: task rows (TinyBERT's task stage 1); corpus: 64-token packed Wikipedia (its general stage)")
 args = ap.parse_args()
 
 try:
@@ -53,9 +56,12 @@ auto = resolve_precision("auto", "cpu")
 LR, SEED, MAX_LEN = 5e-4, 42, 64
 teacher_dir = resolve_teacher("offline:all-MiniLM-L6-v2")
 tok = load_tokenizer(teacher_dir)
-data = load_split(Path("data/glue"), "sst2", "train").shuffle(seed=0).select(range(args.rows))
-ds = tokenize_task(data, tok, "sst2", MAX_LEN)
-ds = ds.remove_columns([c for c in ("row",) if c in ds.column_names]).add_column("row", list(range(len(ds))))
+if args.data == "sst2":
+    data = load_split(Path("data/glue"), "sst2", "train").shuffle(seed=0).select(range(args.rows))
+    ds = tokenize_task(data, tok, "sst2", MAX_LEN)
+else:
+    ds = pack_corpus("data/corpus/enwiki_sample.txt", tok, MAX_LEN).shuffle(seed=0).select(range(args.rows))
+ds = ds.select_columns(["input_ids"]).add_column("row", list(range(len(ds))))
 lengths = [len(x) for x in ds["input_ids"]]
 steps = args.epochs * math.ceil(len(ds) / args.batch)
 n_examples = args.epochs * len(ds)
@@ -137,7 +143,7 @@ def textbrewer_run(precision: str) -> float:
 
 print(f"CPU capability {cpu_capability()}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
       f"TextBrewer {textbrewer.__version__}; precision auto = {auto}")
-print(f"{len(ds)} SST-2 rows (mean {sum(lengths) / len(lengths):.1f} tokens), {args.epochs} epochs, batch {args.batch}, "
+print(f"{len(ds)} {'SST-2' if args.data == 'sst2' else 'corpus'} rows (mean {sum(lengths) / len(lengths):.1f} tokens), {args.epochs} epochs, batch {args.batch}, "
       f"{args.rounds} interleaved rounds; examples/s = {n_examples} / wall time (teacher cache build included)")
 precisions = {"fp32": "fp32", "auto": auto}
 for name in args.precisions.split(","):
