@@ -181,6 +181,9 @@ class MobileBertJointParams(_Section):
 
 class MobileBertGeneralParams(_Section):
     student: MobileBertShape = MobileBertShape()
+    # random: embeddings learnt from scratch (the paper); teacher: token table from the teacher's word vectors'
+    # principal directions, position/segment tables copied (kdistill.models.init_mobilebert_embeddings)
+    embedding_init: Literal["random", "teacher"] = "random"
     feature_map: FeatureMapParams = FeatureMapParams()
     progressive: ProgressiveParams = ProgressiveParams()
     joint: MobileBertJointParams = MobileBertJointParams()

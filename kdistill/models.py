@@ -108,6 +108,36 @@ def mobilebert_config(
     )
 
 
+@torch.no_grad()
+def init_mobilebert_embeddings(student, teacher) -> float:
+    """Start a MobileBERT-style student's embeddings from the teacher's instead of at random.
+
+    The narrow token table takes the teacher's word vectors projected onto their top principal directions
+    (E_s = (E_t - mean) P); the trigram transformation maps the centre token back (W[:, centre] = P^T, bias = mean)
+    and the neighbours from zero; position and segment tables (block-wide) are copied. The sum entering the
+    embedding norm is then the teacher's own pre-LayerNorm sum, up to the variance the projection drops, returned
+    as a fraction (0 when the token table is as wide as the block).
+    """
+    s_emb, t_emb = encoder_of(student).embeddings, encoder_of(teacher).embeddings
+    e, w = s_emb.word_embeddings.weight, t_emb.word_embeddings.weight
+    if e.size(0) != w.size(0) or s_emb.position_embeddings.weight.shape != t_emb.position_embeddings.weight.shape:
+        raise ModelSpecError("teacher-initialised embeddings need the teacher's vocabulary, positions and block width")
+    mean = w.float().mean(0)
+    centred = w.float() - mean
+    _, sing, vh = torch.linalg.svd(centred, full_matrices=False)
+    k = e.size(1)
+    proj = vh[:k].T  # [hidden, k]
+    e.copy_(centred @ proj)
+    lin = s_emb.embedding_transformation
+    lin.weight.zero_()
+    centre = slice(k, 2 * k) if s_emb.trigram_input else slice(0, k)
+    lin.weight[:, centre] = proj
+    lin.bias.copy_(mean)
+    s_emb.position_embeddings.weight.copy_(t_emb.position_embeddings.weight)
+    s_emb.token_type_embeddings.weight.copy_(t_emb.token_type_embeddings.weight)
+    return float((sing[k:] ** 2).sum() / (sing**2).sum())
+
+
 def every_other_layer(teacher_layers: int) -> list[int]:
     """DistilBERT's choice: one layer out of two (0-based indices), e.g. 6 -> [0, 2, 4]."""
     return list(range(0, teacher_layers, 2))

@@ -204,3 +204,34 @@ def test_sigkill_mid_progression_then_resume_gives_identical_weights(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_teacher_initialised_embeddings_reproduce_the_teachers_sum_before_the_norm(make_bert):
+    from transformers import MobileBertModel
+
+    from kdistill.models import init_mobilebert_embeddings, mobilebert_config
+
+    teacher = make_bert("base", layers=2, hidden=24, heads=4)
+    ids = torch.randint(5, 30, (2, 7))
+    types = torch.zeros_like(ids)
+
+    def pre_norm_sum(emb, trigram):
+        x = emb.word_embeddings(ids)
+        if trigram:
+            x = torch.cat([torch.nn.functional.pad(x[:, 1:], [0, 0, 0, 1]), x,
+                           torch.nn.functional.pad(x[:, :-1], [0, 0, 1, 0])], dim=2)
+            x = emb.embedding_transformation(x)
+        return x + emb.position_embeddings.weight[:7] + emb.token_type_embeddings(types)
+
+    want = pre_norm_sum(teacher.embeddings, False)
+    full = MobileBertModel(mobilebert_config(teacher.config, 8, 4, 16, 2, embedding=24))
+    with torch.no_grad():
+        assert init_mobilebert_embeddings(full, teacher) < 1e-6  # a full-width table drops nothing: exact
+        assert torch.allclose(pre_norm_sum(full.embeddings, True), want, atol=1e-4)
+    narrow = MobileBertModel(mobilebert_config(teacher.config, 8, 4, 16, 2, embedding=8))
+    with torch.no_grad():
+        dropped = init_mobilebert_embeddings(narrow, teacher)
+        err = (pre_norm_sum(narrow.embeddings, True) - want).pow(2).mean()
+        rand = MobileBertModel(mobilebert_config(teacher.config, 8, 4, 16, 2, embedding=8))
+        err_rand = (pre_norm_sum(rand.embeddings, True) - want).pow(2).mean()
+    assert 0 < dropped < 1 and err < err_rand / 10  # the top directions keep most of the teacher's embedding

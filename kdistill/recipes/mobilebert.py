@@ -13,7 +13,7 @@ from transformers import BertForMaskedLM, MobileBertForMaskedLM
 
 from ..config import OptimParams
 from ..layer_map import resolve_layer_map
-from ..models import mobilebert_config
+from ..models import init_mobilebert_embeddings, mobilebert_config
 from ..objectives import FeatureTransfer, MobileBertPretrain, Prediction, progressive_scope, unfreeze
 from ..phases import Phase
 from .base import GeneralContext, GeneralPlan, TaskContext, special_ids, trainer_config
@@ -32,6 +32,7 @@ def general(ctx: GeneralContext) -> GeneralPlan:
     g = ctx.p.general_distill.mobilebert
     teacher = BertForMaskedLM.from_pretrained(ctx.teacher_mlm)
     student = build_student(teacher.config, g.student, ctx.p.base.seed)
+    dropped = init_mobilebert_embeddings(student, teacher) if g.embedding_init == "teacher" else None
     n = student.config.num_hidden_layers
     layer_map = resolve_layer_map("uniform", n, teacher.config.num_hidden_layers)
     fm = g.feature_map.model_dump()
@@ -55,7 +56,8 @@ def general(ctx: GeneralContext) -> GeneralPlan:
     phases.append(Phase("joint", joint, trainer_config(j.optim, ctx, "pre-training distillation (all blocks)"),
                         prepare=lambda: unfreeze(student)))
     info = {"layer_map": layer_map, "progression": [p.name for p in phases],
-            "lower_blocks": "frozen" if pg.lower_lr_scale == 0 else f"lr x {pg.lower_lr_scale}"}
+            "lower_blocks": "frozen" if pg.lower_lr_scale == 0 else f"lr x {pg.lower_lr_scale}",
+            "embedding_init": g.embedding_init if dropped is None else f"teacher ({dropped:.1%} of variance dropped)"}
     return GeneralPlan(student, phases, info)
 
 
