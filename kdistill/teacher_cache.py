@@ -7,6 +7,8 @@ padding), stored in half precision on disk and read back per batch: later epochs
 
 Layout: `<cache_dir>/<key>/hidden.npy` and `scores.npy`, flat fp16 arrays holding each row unpadded
 ([n_hidden, len, width] then [n_scores, heads, len, len]), `offsets.npy` with each row's start in both, `meta.json`.
+A loss on attention probabilities gets the probabilities stored (the teacher's own softmax, formed once), one on
+pre-softmax scores the scores.
 The key is the content (teacher weights, the rows' token ids, the stored layers, the precision), as for the
 teacher-logit cache, so a changed teacher or row set never reads a stale cache. Only real tokens are stored: a loss
 that reads padded positions (TinyBERT's `mask_padding: false`) cannot use the cache.
@@ -35,7 +37,8 @@ FP16_MAX = 65504.0
 @dataclass(frozen=True)
 class FeatureSpec:
     hidden: tuple[int, ...]  # hidden_states indices to keep (0 = embedding output, l = layer l's output)
-    scores: tuple[int, ...]  # 1-based layers whose pre-softmax attention scores to keep
+    scores: tuple[int, ...]  # 1-based layers whose attention maps to keep
+    probs: bool = False  # keep the attention probabilities rather than the pre-softmax scores (no softmax per step)
 
     @property
     def deepest(self) -> int:
@@ -53,7 +56,7 @@ class TeacherFeatures:
     def __init__(self, path: Path):
         meta = json.loads((path / "meta.json").read_text())
         self.path = path
-        self.spec = FeatureSpec(tuple(meta["hidden"]), tuple(meta["scores"]))
+        self.spec = FeatureSpec(tuple(meta["hidden"]), tuple(meta["scores"]), bool(meta.get("probs", False)))
         self.width, self.heads = meta["width"], meta["heads"]
         self.lengths = np.load(path / "lengths.npy")
         offsets = np.load(path / "offsets.npy")
@@ -64,7 +67,8 @@ class TeacherFeatures:
 
     def lookup(self, rows: torch.Tensor, attention_mask: torch.Tensor):
         """(hidden, scores) shaped like the teacher's own: hidden[i] is [B, L, width] for a kept index i (else
-        None), scores[l - 1] is [B, heads, L, L] for a kept layer l (else None); padded positions hold zeros."""
+        None), scores[l - 1] is [B, heads, L, L] for a kept layer l (else None), scores or probabilities as
+        `spec.probs` says; padded positions hold zeros."""
         b, L = attention_mask.shape
         kh, ks, w, h = len(self.spec.hidden), len(self.spec.scores), self.width, self.heads
         hid = torch.zeros(kh, b, L, w, dtype=torch.float16)
@@ -116,7 +120,8 @@ def build_teacher_features(
     if need > 0.9 * free:
         print(f"[teacher_cache] not used: {need / 2**30:.2f} GiB needed, {free / 2**30:.2f} GiB free on {cache_dir}")
         return None
-    key = (f"v1 precision={precision} hidden={list(spec.hidden)} scores={list(spec.scores)} {module_digest(teacher)} "
+    key = (f"v1 precision={precision} hidden={list(spec.hidden)} scores={list(spec.scores)} probs={spec.probs} "
+           f"{module_digest(teacher)} "
            f"{dataset_digest(dataset, ('input_ids', 'token_type_ids'))}")
     path = cache_dir / hashlib.sha256(key.encode()).hexdigest()[:24]
     with open(path.with_suffix(".lock"), "w") as lock:
@@ -143,7 +148,7 @@ def build_teacher_features(
             batch = collate([dict(zip(rows, vals)) for vals in zip(*rows.values())])
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(precision, device):
-                t_hidden, t_scores = run_layers(teacher, batch, spec.deepest, bool(spec.scores), spec.scores)
+                t_hidden, t_scores = run_layers(teacher, batch, spec.deepest, bool(spec.scores), spec.scores, spec.probs)
             kept_h = torch.stack([t_hidden[i].float() for i in spec.hidden]) if spec.hidden else None
             kept_s = torch.stack([t_scores[l - 1].float() for l in spec.scores]) if spec.scores else None
             for t in (kept_h, kept_s):
@@ -167,7 +172,7 @@ def build_teacher_features(
         del hidden, scores
         np.save(tmp / "lengths.npy", n)
         np.save(tmp / "offsets.npy", offsets)
-        meta = {"hidden": list(spec.hidden), "scores": list(spec.scores), "width": width, "heads": heads,
+        meta = {"hidden": list(spec.hidden), "scores": list(spec.scores), "probs": spec.probs, "width": width, "heads": heads,
                 "rows": len(lengths), "bytes": need, "precision": precision, "key": key[:200]}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         os.replace(tmp, path)  # atomic: a cache is whole or absent

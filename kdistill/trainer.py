@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .dropout import install_fast_dropout
 from .errors import KdistillError
 from .fingerprint import dataset_digest, module_digest
 from .precision import autocast, grad_scaler
@@ -117,8 +118,9 @@ def clip_gradients(params: list, max_norm: float) -> None:
     if not grads or grads[0].device.type != "cpu":  # on an accelerator, reading the norm back would stall the queue
         torch.nn.utils.clip_grad_norm_(params, max_norm)
         return
-    norm = torch.nn.utils.get_total_norm(grads)
-    if norm > max_norm:
+    # sum of per-tensor dot products: BLAS reads each gradient once, at twice the speed of vector_norm here
+    norm = torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)) for g in grads]).sum().sqrt()
+    if not torch.isfinite(norm) or norm > max_norm:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
 
 
@@ -227,6 +229,7 @@ class Trainer:
     def train(self, resume: bool = True) -> TrainResult:
         cfg = self.cfg
         self.obj.to(self.device).train()
+        install_fast_dropout(self.obj)  # same dropout, a cheaper CPU mask (kdistill.dropout)
         params = [p for p in self.obj.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the objective has no trainable parameters")

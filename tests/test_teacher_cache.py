@@ -41,9 +41,14 @@ def test_losses_with_and_without_the_cache_agree(make_bert, tmp_path, attention)
     ds = rows()
     obj = intermediate(make_bert, attention)
     spec = obj.feature_spec()
-    assert spec == FeatureSpec((0, 2, 4), (2, 4))
+    assert spec == FeatureSpec((0, 2, 4), (2, 4), probs=attention == "probs")  # a probability loss reads stored probs
     feats = build_teacher_features(obj.teacher, ds, pad_collate, spec, tmp_path, budget_gb=1.0)
     assert feats is not None
+    if attention == "probs":  # each real query's stored distribution sums to one over the real keys
+        b = batch_of(ds, [0, 5, 7])
+        _, maps = feats.lookup(b["row"], b["attention_mask"])
+        sums = maps[1].sum(-1)[b["attention_mask"][:, None, :].expand(-1, maps[1].size(1), -1).bool()]
+        assert torch.allclose(sums, torch.ones_like(sums), atol=2e-3)
     for idx in ([0, 5, 7], [11, 2, 3, 4]):  # batches with padding of different lengths
         b = batch_of(ds, idx)
         obj.teacher_features = None

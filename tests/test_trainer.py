@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 
 from kdistill.objectives import Prediction, Supervised, teacher_logits
-from kdistill.trainer import NonFiniteLossError, Trainer, TrainerConfig, epoch_batches, pad_collate
+from kdistill.trainer import NonFiniteLossError, Trainer, TrainerConfig, clip_gradients, epoch_batches, pad_collate
 
 from .conftest import ROOT
 
@@ -92,6 +92,7 @@ def test_training_learns_and_best_checkpoint_is_selected(make_bert, tmp_path):
     res = Trainer(Supervised(model), ds, cfg, tmp_path / "c", eval_fn=eval_fn, select_metric="accuracy",
                   device=torch.device("cpu")).train()
     assert res.best_metric == max(evals) and res.best_metric > 0.7
+    model.eval()  # as the trainer evaluates: without dropout
     assert eval_fn(Supervised(model))["accuracy"] == res.best_metric  # best weights restored
 
 
@@ -192,3 +193,17 @@ def test_regression_task_uses_mse_soft_target_and_pearson(make_bert, tmp_path):
         assert torch.allclose(obj(b)["pred"], want, atol=1e-6)  # MSE to the teacher, temperature plays no part
     m = score(student, ds, "stsb")
     assert set(m) == {"pearson", "spearman"} and -1.0 <= m["pearson"] <= 1.0
+
+
+def test_clip_gradients_matches_clip_grad_norm():
+    torch.manual_seed(0)
+    for scale in (0.01, 10.0):  # within the bound (left as is) and above it (rescaled)
+        a = [torch.nn.Parameter(torch.zeros(s)) for s in ((7, 3), (5,), (2, 2, 2))]
+        b = [torch.nn.Parameter(torch.zeros(s)) for s in ((7, 3), (5,), (2, 2, 2))]
+        for p, q in zip(a, b):
+            p.grad = torch.randn(p.shape) * scale
+            q.grad = p.grad.clone()
+        clip_gradients(a, 1.0)
+        torch.nn.utils.clip_grad_norm_(b, 1.0)
+        for p, q in zip(a, b):
+            assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7)
