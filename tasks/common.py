@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -268,6 +269,18 @@ def stage_run(p: Params, stage: str):
         yield run
 
 
+_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^@/\s]*@")
+_SECRET_KEY = re.compile(r"password|passwd|secret|token|api_key|apikey|credential", re.IGNORECASE)
+
+
+def redact(key: str, value: str) -> str:
+    """A params value as it may be shown in MLflow: the password of a URI with credentials
+    (postgresql://user:pw@host/db) and the whole value of a key that names a secret become ***."""
+    if _SECRET_KEY.search(key.rsplit(".", 1)[-1]):
+        return "***"
+    return _URI_PASSWORD.sub(r"\g<head>:***@", value)
+
+
 def _flatten(d: dict, stage: str, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -275,5 +288,5 @@ def _flatten(d: dict, stage: str, prefix: str = "") -> dict:
         if isinstance(v, dict):
             out.update(_flatten(v, stage, key + "."))
         else:
-            out[key] = str(v)[:500]
+            out[key] = redact(key, str(v))[:500]
     return out
