@@ -103,8 +103,3 @@ class AttentionScores:
         for m in self.modules:
             m._kdistill_sink = m._kdistill_probs = None
 
-
-def scores_to_probs(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over keys with padded keys excluded, as the model itself computes it."""
-    key_mask = attention_mask[:, None, None, :].to(torch.bool)
-    return torch.softmax(scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min), dim=-1)

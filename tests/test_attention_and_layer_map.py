@@ -1,8 +1,14 @@
 import pytest
 import torch
 
-from kdistill.attention import AttentionCaptureError, AttentionScores, scores_to_probs
+from kdistill.attention import AttentionCaptureError, AttentionScores
 from kdistill.layer_map import LayerMapError, check_heads, resolve_layer_map
+
+
+def scores_to_probs(scores, attention_mask):
+    """The reference: softmax over keys with padded keys excluded, as the model itself computes it."""
+    key_mask = attention_mask[:, None, None, :].to(torch.bool)
+    return torch.softmax(scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min), dim=-1)
 
 
 def reference_scores(model, input_ids, token_type_ids=None):
