@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test pipeline smoke repro ui ui-stop schedule bench bench-textbrewer clean
+.PHONY: help setup test pipeline smoke repro ui ui-stop schedule serve loadtest bench bench-textbrewer clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
@@ -19,6 +19,8 @@ help:
 	@echo "make test      run the test suite"
 	@echo "make ui        start the Prefect UI (127.0.0.1:4200) and MLflow UI (127.0.0.1:5000); make ui-stop stops them"
 	@echo "make schedule  serve the flow as a Prefect deployment with the cron schedule from params.yaml"
+	@echo "make serve     serve a registered student over HTTP on 127.0.0.1 (MODEL=sst2-tinybert PORT=5001)"
+	@echo "make loadtest  bounded load on the served model: p50/p95/p99 latency, requests/s (REQUESTS=400 CLIENTS=4)"
 	@echo "make bench     CPU capability, the precision auto picks here, fp32 vs bf16 task-distillation throughput"
 	@echo "make bench-textbrewer  intermediate distillation vs TextBrewer 0.2.1 (installs it: benchmark-only)"
 
@@ -45,6 +47,18 @@ ui-stop:
 
 schedule:
 	$(PY) -m pipelines.schedule
+
+MODEL ?= sst2-tinybert
+PORT ?= 5001
+REQUESTS ?= 400
+CLIENTS ?= 4
+BATCH ?= 1
+
+serve:
+	$(PY) scripts/serve.py --model $(MODEL) --port $(PORT)
+
+loadtest:
+	$(PY) scripts/loadtest.py --url http://127.0.0.1:$(PORT) --requests $(REQUESTS) --clients $(CLIENTS) --batch $(BATCH)
 
 bench:
 	$(PY) scripts/bench_task_distill.py

@@ -244,6 +244,23 @@ class EvaluateParams(_Section):
     precision: PrecisionSpec | None = None  # dev scoring and latency (None: base.precision)
 
 
+class ExportParams(_Section):
+    """ONNX fp32 + dynamic int8 export of the teacher and each student, parity-checked, timed, registered."""
+
+    opset: int = Field(18, ge=17, le=23)
+    parity_atol: float = Field(1.0e-3, gt=0)  # max |logit diff| ONNX fp32 vs PyTorch fp32 over the whole dev set
+    int8_per_channel: bool = True
+    int8_reduce_range: bool = False  # 7-bit weights: for CPUs without VNNI if int8 accuracy suffers from saturation
+    int8_max_drop: float = Field(0.01, ge=0)  # int8 dev-metric drop (absolute) beyond which int8 is not registered
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = [1, 32]
+    seq_lens: list[Annotated[int, Field(ge=1)]] = [64, 128]
+    warmup: int = Field(3, ge=0)
+    repeats: int = Field(50, ge=5)  # interleaved rounds per shape (each round runs every variant once)
+    max_seconds_per_shape: float = Field(60.0, gt=0)  # rounds stop earlier once a shape has taken this long
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # intra-op threads of every variant while timed
+    serve_threads: int = Field(1, ge=1)  # intra-op threads of the served model (one request per core)
+
+
 class TrackingParams(_Section):
     mlflow_uri: str = "sqlite:///mlflow.db"  # relative sqlite paths resolve against the project root
     experiment_prefix: str = "kdistill"
@@ -266,6 +283,7 @@ class Params(_Section):
     general_distill: GeneralDistillParams = GeneralDistillParams()
     task_distill: TaskDistillParams = TaskDistillParams()
     evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
     tracking: TrackingParams = TrackingParams()
     schedule: ScheduleParams = ScheduleParams()
 

@@ -10,6 +10,15 @@ from .precision import autocast
 from .trainer import pad_collate
 
 
+def by_length(dataset, batch_size: int):
+    """(row indices, columns) of batches of rows sorted by length: little padding, any order restored by the indices."""
+    lengths = [len(x) for x in dataset["input_ids"]]
+    order = sorted(range(len(dataset)), key=lengths.__getitem__)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        yield idx, dataset[idx]
+
+
 @torch.no_grad()
 def predict(model, dataset, batch_size: int = 64, collate=pad_collate, precision: str = "fp32") -> torch.Tensor:
     """Logits for every row, in row order (batched by length, so little padding).
@@ -18,14 +27,9 @@ def predict(model, dataset, batch_size: int = 64, collate=pad_collate, precision
     """
     model.eval()
     device = next(model.parameters()).device
-    lengths = [len(x) for x in dataset["input_ids"]]
-    order = sorted(range(len(dataset)), key=lengths.__getitem__)
     out = None
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        rows = dataset[idx]
-        rows = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
-        b = collate(rows)
+    for idx, rows in by_length(dataset, batch_size):
+        b = collate([dict(zip(rows, vals)) for vals in zip(*rows.values())])
         with autocast(precision, device):
             logits = model(
                 input_ids=b["input_ids"].to(device),

@@ -15,7 +15,11 @@ def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metri
         "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
         f"model = AutoModelForSequenceClassification.from_pretrained(\"<this directory>\")\n"
         f"tokenizer = AutoTokenizer.from_pretrained(\"<this directory>\")\n```\n"
-        f"From the MLflow registry: `mlflow.transformers.load_model(\"models:/{registered_name or f'{task}-{recipe}'}@champion\")`.\n"
+        + ("A baseline is a control: it is neither exported to ONNX nor registered.\n" if baseline else
+           f"From the MLflow registry (the export stage registers the fastest ONNX Runtime variant that passed its parity "
+           f"check): `mlflow.pyfunc.load_model(\"models:/{registered_name or f'{task}-{recipe}'}@champion\").predict([\"a "
+           f"good movie\"])`. The ONNX files, and how to run each with ONNX Runtime alone, are in the export stage's "
+           f"`onnx/{recipe}/README.md`.\n")
     )
     metric_lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
     return f"""---

@@ -83,3 +83,48 @@ def model_profile(model, model_dir, batch_sizes, seq_lens, warmup, repeats, prec
             out["latency_ms"][f"bs{b}_seq{s}_p95"] = round(r["p95"], 3)
             out["throughput"][f"bs{b}_seq{s}"] = round(r["throughput"], 1)
     return out
+
+
+def interleaved_latency(runners: dict, batch: int, seq: int, warmup: int = 3, repeats: int = 20,
+                        max_seconds: float | None = None, vocab: int = 30522, seed: int = 0) -> dict[str, dict]:
+    """Latency of several ways to run a model on the same inputs, measured in turns so that machine noise (another
+    process, frequency changes) hits every runner alike: each round calls every runner once, in a shuffled order.
+
+    runners: name -> callable(input_ids, attention_mask) on int64 numpy arrays [batch, seq].
+    Stops after `repeats` rounds, or earlier once `max_seconds` have passed (never before 5 rounds).
+    Returns name -> {p50, p95, throughput, rounds}.
+    """
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, min(vocab, 20000), size=(batch, seq), dtype=np.int64)
+    mask = np.ones_like(ids)
+    names = list(runners)
+    for _ in range(warmup):
+        for n in names:
+            runners[n](ids, mask)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
+    for r in range(repeats):
+        for n in rng.permutation(names):
+            t0 = time.perf_counter()
+            runners[n](ids, mask)
+            times[n].append((time.perf_counter() - t0) * 1000)
+        if max_seconds is not None and r + 1 >= 5 and time.perf_counter() - start > max_seconds:
+            break
+    out = {}
+    for n, ts in times.items():
+        t = np.array(ts)
+        out[n] = {"p50": float(np.percentile(t, 50)), "p95": float(np.percentile(t, 95)),
+                  "throughput": float(batch / (np.median(t) / 1000)), "rounds": len(ts)}
+    return out
+
+
+def torch_runner(model, precision: str = "fp32"):
+    """A callable(input_ids, attention_mask) running a PyTorch model eagerly under a resolved precision."""
+
+    @torch.inference_mode()
+    def run(ids, mask):
+        with autocast(precision, next(model.parameters()).device):
+            return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+
+    model.eval()
+    return run

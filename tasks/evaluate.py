@@ -1,4 +1,6 @@
-"""Step 6, evaluate: dev metrics, CPU speed and size of teacher, students and baselines; report, plots, registry."""
+"""Step 6, evaluate: dev metrics, CPU speed and size of teacher, students and baselines; report, loss plots.
+
+The export stage (tasks/export.py) follows: ONNX variants, their timing, the score-vs-latency plot, the registry."""
 
 import csv
 from pathlib import Path
@@ -59,50 +61,6 @@ def plot_losses(paths, out_dir: Path) -> list[Path]:
     return made
 
 
-def plot_tradeoff(summary, out: Path, key: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, m in summary["models"].items():
-        ax.scatter(m["latency_ms"][key], m["score"], s=40)
-        ax.annotate(name, (m["latency_ms"][key], m["score"]), fontsize=8)
-    ax.set_xlabel(f"CPU latency {key} (ms)")
-    ax.set_ylabel(f"dev {summary['metric']}")
-    ax.set_title("quality vs speed")
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-
-
-def register(p, name, model_dir, metrics, metric_name, tok):
-    """Log with the transformers flavour, register as <task>-<recipe>; move `champion` only on improvement."""
-    from mlflow import MlflowClient
-
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    reg = f"{p.tracking.registry_prefix}{p.base.task}-{name}"
-    info = mlflow.transformers.log_model(
-        transformers_model={"model": model, "tokenizer": tok}, name=name, task="text-classification",
-        registered_model_name=reg, input_example=["a good movie"],
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "transformers"],
-    )
-    client = MlflowClient()
-    version = str(info.registered_model_version)
-    for k, v in metrics.items():
-        client.set_model_version_tag(reg, version, k, str(v))
-    try:
-        champ = client.get_model_version_by_alias(reg, "champion")
-        best = float(champ.tags.get(metric_name, "-inf"))
-    except Exception:  # noqa: BLE001 - no champion yet
-        best = float("-inf")
-    if metrics[metric_name] > best:
-        client.set_registered_model_alias(reg, "champion", version)
-        return version, True
-    return version, False
-
-
 def main() -> None:
     p, paths = setup("evaluate")
     spec = get_task(p.base.task)
@@ -137,17 +95,9 @@ def main() -> None:
                                 f"{name}/retention": m["retention"] or 0.0, f"{name}/size_mb": m["size_mb"]})
         write_json_atomic(rep / "summary.json", summary)
         pngs = plot_losses(paths, rep)
-        plot_tradeoff(summary, rep / "score_vs_latency.png", ref)
-        pngs.append(rep / "score_vs_latency.png")
         write_text_atomic(rep / "report.md", report_md(summary, ref, pngs, rep))
         for f in [rep / "summary.json", rep / "report.md", *pngs]:
             mlflow.log_artifact(str(f))
-        if p.tracking.register_models:
-            for name in RECIPES:
-                if name in summary["models"]:
-                    v, champ = register(p, name, paths.student(name), summary["models"][name]["metrics"], spec.metric, tok)
-                    print(f"[evaluate] registered {p.tracking.registry_prefix}{p.base.task}-{name} v{v}"
-                          f"{' (champion)' if champ else ''}")
     print(f"[evaluate] wrote {rep / 'summary.json'} and {rep / 'report.md'}")
 
 
@@ -174,7 +124,9 @@ def report_md(summary, ref, pngs, rep) -> str:
     lines += ["", "Published reference rows (not measured here):", "", "| model | score | params | speedup |", "|---|---|---|---|"]
     for name, scores, params, speed in PUBLISHED:
         lines.append(f"| {name} | {scores.get(task, float('nan'))} | {params} | {speed} |")
-    lines += ["", "## Plots", ""] + [f"![{png.stem}]({png.relative_to(rep)})" for png in pngs]
+    lines += ["", "ONNX Runtime fp32 and int8 variants, their parity checks and interleaved timings, the score-vs-latency plot "
+              "of every variant, and which variant each registered student serves: [deploy.md](deploy.md) (export stage).",
+              "", "## Plots", ""] + [f"![{png.stem}]({png.relative_to(rep)})" for png in pngs]
     return "\n".join(lines) + "\n"
 
 

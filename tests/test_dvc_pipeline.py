@@ -63,12 +63,15 @@ def test_the_flow_schedules_every_stage_of_dvc_yaml():
     from kdistill.recipes import RECIPES
 
     stages = load_stages(ROOT / "dvc.yaml")
-    assert len(stages) == 5 + 3 * len(RECIPES)
+    assert len(stages) == 6 + 3 * len(RECIPES)
     # evaluate reads the folders that hold every student and baseline
     assert stages["evaluate"].upstream >= {"teacher_finetune"} | {f"{s}@{r}" for s in ("task_distill", "baseline")
                                                                    for r in RECIPES}
     assert stages["baseline@tinybert"].upstream == {"general_distill@tinybert", "augment"}  # never waits for the teacher
     assert stages["prepare"].upstream == set()
+    # export reads evaluate's summary and every student: it runs last
+    assert stages["export"].upstream >= {"evaluate", "teacher_finetune"} | {f"task_distill@{r}" for r in RECIPES}
+    assert not stages["export"].downstream
 
 
 def test_committed_smoke_pipeline_is_what_generation_writes(tmp_path, monkeypatch):

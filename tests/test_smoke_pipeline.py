@@ -68,18 +68,30 @@ def test_smoke_profile_through_prefect_and_dvc(project):
     assert {"l1_fmt", "l1_at", "l6_fmt", "l6_at", "mlm", "kd", "fmt", "at"} <= set(mobile)  # per-block curves, then joint
     assert summary["models"]["mobilebert"]["flops_ratio"] < 1
 
+    # every student and the teacher exported; fp32 ONNX passed parity over the whole dev split; int8 measured
+    deploy = json.loads((out / "reports" / "deploy.json").read_text())
+    assert set(deploy["models"]) == {"teacher", *recipes}
+    for name, row in deploy["models"].items():
+        assert row["onnx-fp32"]["max_abs_logit_diff"] <= deploy["parity_atol"] and row["onnx-fp32"]["labels_differing"] == 0
+        assert "metric_drop" in row["onnx-int8"] and (out / "onnx" / name / "model.int8.onnx").is_file()
+    assert {f"{n}/{v}" for n in deploy["models"] for v in ("onnx-fp32", "onnx-int8")} <= set(deploy["timing"]["bs1_seq32"])
+    assert set(deploy["speedups"]) == set(recipes)
+    assert "ONNX Runtime alone" in (out / "onnx" / "tinybert" / "README.md").read_text()
+    assert "onnx-int8" in (out / "reports" / "deploy.md").read_text()
+
     # independent stages really ran side by side (start/end stamps the flow took around each stage)
     tl = json.loads((project / "work" / "outputs-smoke" / "timeline.json").read_text())["stages"]
-    assert len(tl) == 14
+    assert len(tl) == 15
     spans = list(tl.items())
     overlaps = [(a, b) for i, (a, x) in enumerate(spans) for b, y in spans[i + 1:]
                 if x["start"] < y["end"] and y["start"] < x["end"]]
     assert overlaps, tl
-    assert tl["evaluate"]["start"] >= max(v["end"] for k, v in tl.items() if k != "evaluate")
+    assert tl["evaluate"]["start"] >= max(v["end"] for k, v in tl.items() if k not in ("evaluate", "export"))
+    assert tl["export"]["start"] >= tl["evaluate"]["end"]
 
     # DVC is the record: the profile's lock holds every stage, and `dvc status` is clean
     lock = yaml.safe_load((project / "runs" / "smoke" / "dvc.lock").read_text())["stages"]
-    assert len(lock) == 14
+    assert len(lock) == 15
     dvc = str(project / ".venv" / "bin" / "dvc")
     st = subprocess.run([dvc, "status", "--json"], cwd=project, capture_output=True, text=True, check=True).stdout
     assert json.loads(st or "{}") == {} or all(not k.startswith("runs/smoke") for k in json.loads(st))
@@ -92,6 +104,13 @@ def test_smoke_profile_through_prefect_and_dvc(project):
         names = {r[0] for r in db.execute("select name from registered_models")}
     assert {f"smoke-sst2-{r}" for r in recipes} <= names
     assert not names & {f"sst2-{r}" for r in recipes}
+    # the champion is the pyfunc over the registered ONNX variant: text in, labels out
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    preds = mlflow.pyfunc.load_model("models:/smoke-sst2-tinybert@champion").predict(["a good movie", "a dull plot"])
+    assert list(preds.columns) == ["label", "probability"] and len(preds) == 2
+    assert set(preds["label"]) <= {0, 1}
 
     # a second run with nothing changed skips every stage on DVC's word, before any Prefect server starts
     again = _flow(project, "--profile", "smoke")

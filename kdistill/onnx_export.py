@@ -1,0 +1,122 @@
+"""ONNX export of a sequence classifier, dynamic int8 quantization, and the parity check against PyTorch.
+
+Exporter: torch.onnx (the dynamo exporter, torch's maintained path). Hugging Face Optimum's exporter was the other
+candidate; optimum-onnx pins transformers<4.58 and this project pins transformers 5, so it cannot be installed
+beside it. ONNX Runtime then fuses attention, GELU and LayerNorm itself when it loads the graph (ORT_ENABLE_ALL).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import KdistillError
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class ParityError(KdistillError):
+    """An exported model that does not compute what the PyTorch model computes."""
+
+
+def load_for_export(model_dir: str | Path):
+    from transformers import AutoModelForSequenceClassification
+
+    # eager attention: plain matmul/softmax ops, which every ONNX opset and ORT's attention fusion understand
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+
+
+def export_onnx(model, path: str | Path, opset: int = 18) -> Path:
+    """Export `model` (BERT-family classifier) to one self-contained .onnx file, dynamic batch and sequence axes."""
+    path = Path(path)
+    ids = torch.randint(5, 100, (2, 8))
+    example = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=1, max=model.config.max_position_embeddings)
+    dims = tuple({0: batch, 1: seq} for _ in INPUTS)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter warns about renamed axes it merges; nothing actionable
+        program = torch.onnx.export(model, example, dynamic_shapes=dims, input_names=list(INPUTS),
+                                    output_names=["logits"], opset_version=opset, dynamo=True, verbose=False)
+        program.save(str(path), external_data=False)
+    return path
+
+
+def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, reduce_range: bool = False) -> Path:
+    """Dynamic int8 quantization (weights int8 ahead of time, activations quantized per call): ONNX Runtime's."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # DefaultTensorType: shape inference cannot type every MatMul output of the exported graph; they are all float
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                     reduce_range=reduce_range, extra_options={"DefaultTensorType": 1})
+    return Path(dst)
+
+
+def session(path: str | Path, threads: int):
+    """An ONNX Runtime CPU session with every graph optimization and `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_session(sess, input_ids, attention_mask, token_type_ids=None) -> np.ndarray:
+    """Logits from a session for int64 arrays [batch, seq] (token_type_ids default to zeros)."""
+    names = {i.name for i in sess.get_inputs()}
+    feed = {"input_ids": np.asarray(input_ids, dtype=np.int64), "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
+    if "token_type_ids" in names:
+        feed["token_type_ids"] = (np.zeros_like(feed["input_ids"]) if token_type_ids is None
+                                  else np.asarray(token_type_ids, dtype=np.int64))
+    return sess.run(["logits"], feed)[0]
+
+
+def predict_onnx(sess, dataset, batch_size: int = 64) -> np.ndarray:
+    """Logits for every row of a tokenised split, in row order (batched by length, like evaluation.predict)."""
+    from .evaluation import by_length
+
+    out = None
+    for idx, rows in by_length(dataset, batch_size):
+        width = max(len(x) for x in rows["input_ids"])
+        ids = np.zeros((len(idx), width), dtype=np.int64)
+        mask, types = np.zeros_like(ids), np.zeros_like(ids)
+        for i, (x, t) in enumerate(zip(rows["input_ids"], rows["token_type_ids"])):
+            ids[i, : len(x)], mask[i, : len(x)], types[i, : len(t)] = x, 1, t
+        logits = run_session(sess, ids, mask, types)
+        if out is None:
+            out = np.empty((len(dataset), logits.shape[-1]), dtype=np.float32)
+        out[idx] = logits
+    return out
+
+
+@dataclass
+class Parity:
+    """How an exported model's logits compare with PyTorch's over a whole split."""
+
+    rows: int
+    max_abs_diff: float
+    labels_differing: int  # classification: rows whose argmax differs (regression: 0)
+
+    def check(self, name: str, atol: float) -> None:
+        if not np.isfinite(self.max_abs_diff) or self.max_abs_diff > atol or self.labels_differing:
+            raise ParityError(
+                f"{name}: ONNX fp32 export fails parity with PyTorch over {self.rows} dev rows: max |logit diff| "
+                f"{self.max_abs_diff:.2e} (export.parity_atol is {atol:.0e}), {self.labels_differing} predicted "
+                "labels differ; the export is wrong for this model (set KDISTILL_DEBUG=1 and report it)")
+
+
+def parity(reference: np.ndarray, exported: np.ndarray, regression: bool) -> Parity:
+    diff = float(np.abs(reference.astype(np.float64) - exported.astype(np.float64)).max()) if len(reference) else 0.0
+    differ = 0 if regression else int((reference.argmax(-1) != exported.argmax(-1)).sum())
+    return Parity(rows=len(reference), max_abs_diff=diff, labels_differing=differ)
+
+
+def file_mb(path: str | Path) -> float:
+    return os.path.getsize(path) / 2**20

@@ -1,0 +1,298 @@
+"""Step 7, export: each student and the teacher to ONNX (fp32) and dynamic int8; parity-checked over the whole dev
+set; PyTorch eager, ONNX Runtime fp32 and int8 timed interleaved; the fastest passing variant of each student
+registered in MLflow as `<task>-<recipe>`, with `champion` moved only when the dev metric improves.
+
+Fails (exit 2, outputs untouched) when an fp32 export's logits differ from PyTorch's by more than
+export.parity_atol or any predicted label differs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from datasets import load_from_disk
+from transformers import AutoTokenizer
+
+from kdistill.data import tokenize_task
+from kdistill.evaluation import predict
+from kdistill.glue import get_task
+from kdistill.io import atomic_dir, write_json_atomic, write_text_atomic
+from kdistill.metrics import task_metrics
+from kdistill.onnx_export import (export_onnx, file_mb, load_for_export, parity, predict_onnx, quantize_int8,
+                                  run_session, session)
+from kdistill.precision import resolve_threads
+from kdistill.recipes import RECIPES
+from kdistill.speed import interleaved_latency, torch_runner
+
+from .common import ROOT, cli, precision_for, runtime, setup, stage_run
+
+VARIANTS = ("onnx-fp32", "onnx-int8")
+FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
+
+
+def exported_models(paths) -> list[tuple[str, Path]]:
+    """The teacher (for a fair comparison) and every student; baselines are controls, not deployed."""
+    return [("teacher", paths.teacher)] + [(r, paths.student(r)) for r in RECIPES]
+
+
+def metrics_of(task: str, logits: np.ndarray, labels) -> dict[str, float]:
+    preds = logits[:, 0] if get_task(task).is_regression else logits.argmax(-1)
+    return task_metrics(task, preds.tolist(), labels)
+
+
+def export_one(name: str, model_dir: Path, out: Path, dev, p, threads: int) -> dict:
+    """fp32 + int8 ONNX files, tokenizer and card into `out`; parity and dev metrics of each variant."""
+    task, e = p.base.task, p.export
+    spec = get_task(task)
+    model = load_for_export(model_dir)
+    t0 = time.perf_counter()
+    export_onnx(model, out / FILES["onnx-fp32"], e.opset)
+    quantize_int8(out / FILES["onnx-fp32"], out / FILES["onnx-int8"], e.int8_per_channel, e.int8_reduce_range)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out / "tokenizer")
+    seconds = time.perf_counter() - t0
+    reference = predict(model, dev, precision="fp32").numpy()
+    row = {"export_seconds": round(seconds, 1), "pytorch-fp32": {"metrics": metrics_of(task, reference, dev["labels"])}}
+    for v in VARIANTS:
+        logits = predict_onnx(session(out / FILES[v], threads), dev)
+        par = parity(reference, logits, spec.is_regression)
+        if v == "onnx-fp32":
+            par.check(name, e.parity_atol)
+        row[v] = {"file": FILES[v], "size_mb": round(file_mb(out / FILES[v]), 2), "metrics": metrics_of(task, logits, dev["labels"]),
+                  "max_abs_logit_diff": par.max_abs_diff, "labels_differing": par.labels_differing}
+    drop = row["pytorch-fp32"]["metrics"][spec.metric] - row["onnx-int8"]["metrics"][spec.metric]
+    row["onnx-int8"]["metric_drop"] = round(drop, 6)
+    row["onnx-int8"]["registrable"] = drop <= e.int8_max_drop
+    print(f"[export] {name}: fp32 max |diff| {row['onnx-fp32']['max_abs_logit_diff']:.2e} (labels differing "
+          f"{row['onnx-fp32']['labels_differing']}), int8 {spec.metric} change {-drop:+.4f} "
+          f"({row['onnx-int8']['labels_differing']} labels differ), {seconds:.0f} s", flush=True)
+    return row
+
+
+def time_variants(names_dirs, onnx_root: Path, p, precision: str, threads: int) -> dict:
+    """shape -> '<model>/<variant>' -> {p50, p95, throughput, rounds}, every variant of every model interleaved."""
+    e = p.export
+    runners = {}
+    torch.set_num_threads(threads)
+    for name, model_dir in names_dirs:
+        runners[f"{name}/pytorch-{precision}"] = torch_runner(load_for_export(model_dir), precision)
+        for v in VARIANTS:
+            sess = session(onnx_root / name / FILES[v], threads)
+            runners[f"{name}/{v}"] = (lambda s: (lambda ids, mask: run_session(s, ids, mask)))(sess)
+    out = {}
+    for s in e.seq_lens:
+        for b in e.batch_sizes:
+            t0 = time.perf_counter()
+            out[f"bs{b}_seq{s}"] = interleaved_latency(runners, b, s, e.warmup, e.repeats, e.max_seconds_per_shape)
+            rounds = next(iter(out[f"bs{b}_seq{s}"].values()))["rounds"]
+            print(f"[export] timed batch {b} x {s} tokens: {len(runners)} variants, {rounds} interleaved rounds, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+def choose_variant(row: dict, timing: dict, name: str, ref: str) -> str:
+    """The fastest ONNX variant at the reference shape that passed: fp32 always (parity), int8 within int8_max_drop."""
+    ok = [v for v in VARIANTS if v == "onnx-fp32" or row["onnx-int8"]["registrable"]]
+    return min(ok, key=lambda v: timing[ref][f"{name}/{v}"]["p50"])
+
+
+def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, chosen: str, timing: dict, ref: str,
+                max_seq_len: int, regression: bool) -> str:
+    lines = [f"# {registered}: ONNX Runtime variants", "",
+             f"`models:/{registered}@champion` (MLflow pyfunc) runs **{chosen}** (`{FILES[chosen]}`): the fastest variant "
+             f"at {ref.replace('_', ', ')} that passed the export checks.", "",
+             "| variant | file | MB | dev " + metric + " | max abs logit diff vs PyTorch | labels differing | p50 ms " + ref + " |",
+             "|---|---|---|---|---|---|---|"]
+    for v in VARIANTS:
+        r = row[v]
+        lines.append(f"| {v} | `{r['file']}` | {r['size_mb']:.1f} | {r['metrics'][metric]:.4f} | {r['max_abs_logit_diff']:.2e} | "
+                     f"{r['labels_differing']} | {timing[ref][f'{name}/{v}']['p50']:.2f} |")
+    out = "probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)" if not regression else "score = logits[:, 0]"
+    lines += ["", "## Load with ONNX Runtime alone", "", "```python", "import numpy as np, onnxruntime as ort",
+              "from transformers import AutoTokenizer", 'tok = AutoTokenizer.from_pretrained("tokenizer")',
+              f'sess = ort.InferenceSession("{FILES[chosen]}", providers=["CPUExecutionProvider"])  # or "{FILES["onnx-fp32" if chosen == "onnx-int8" else "onnx-int8"]}"',
+              f'enc = tok(["a good movie"], truncation=True, max_length={max_seq_len}, padding=True, return_tensors="np")',
+              "feed = {i.name: enc[i.name].astype(np.int64) for i in sess.get_inputs()}",
+              'logits = sess.run(["logits"], feed)[0]', out, "```", "",
+              "## From the MLflow registry", "", "```python", "import mlflow",
+              f'model = mlflow.pyfunc.load_model("models:/{registered}@champion")',
+              'model.predict(["a good movie", "a dull plot"])  # DataFrame: label, probability (or score)', "```", "",
+              f"Served over HTTP: `make serve MODEL={registered}` (MLflow's model server, 127.0.0.1).", ""]
+    return "\n".join(lines)
+
+
+def register(p, name: str, out: Path, chosen: str, row: dict, metric: str, card: str) -> tuple[str, bool]:
+    """Log the pyfunc (ONNX Runtime, `chosen` variant) and register it; move `champion` only on improvement."""
+    from mlflow import MlflowClient
+
+    reg = f"{p.tracking.registry_prefix}{p.base.task}-{name}"
+    info = mlflow.pyfunc.log_model(
+        name=name, python_model=str(ROOT / "kdistill" / "serving_model.py"),
+        artifacts={"onnx": str(out / FILES[chosen]), "tokenizer": str(out / "tokenizer")},
+        model_config={"variant": chosen, "max_seq_len": p.base.max_seq_len, "threads": p.export.serve_threads,
+                      "regression": get_task(p.base.task).is_regression},
+        registered_model_name=reg, input_example=["a good movie"],
+        pip_requirements=["onnxruntime", "transformers", "pandas", "numpy"],
+    )
+    mlflow.log_artifacts(str(out), artifact_path=f"{name}-onnx")  # both variants and the tokenizer, beside the model
+    client = MlflowClient()
+    version = str(info.registered_model_version)
+    client.update_model_version(reg, version, description=card)
+    client.set_model_version_tag(reg, version, "variant", chosen)
+    for k, v in row[chosen]["metrics"].items():
+        client.set_model_version_tag(reg, version, k, str(v))
+    try:
+        champ = client.get_model_version_by_alias(reg, "champion")
+        best = float(champ.tags.get(metric, "-inf"))
+    except Exception:  # noqa: BLE001 - no champion yet
+        best = float("-inf")
+    if row[chosen]["metrics"][metric] > best:
+        client.set_registered_model_alias(reg, "champion", version)
+        return version, True
+    return version, False
+
+
+def plot_tradeoff(summary: dict, deploy: dict, out: Path, ref: str) -> None:
+    """Dev score vs latency of every model and runtime variant (eager PyTorch from evaluate, ONNX fp32, int8)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    marks = {"pytorch": "o", "onnx-fp32": "s", "onnx-int8": "^"}
+    for key, t in deploy["timing"][ref].items():
+        name, variant = key.split("/")
+        kind = "pytorch" if variant.startswith("pytorch") else variant
+        row = deploy["models"][name]
+        score = row["pytorch-fp32" if kind == "pytorch" else kind]["metrics"][summary["metric"]]
+        ax.scatter(t["p50"], score, marker=marks[kind], s=40, label=kind if name == "teacher" else None)
+        ax.annotate(f"{name}", (t["p50"], score), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"CPU latency, {ref.replace('_', ', ')}, p50 (ms, log scale)")
+    ax.set_ylabel(f"dev {summary['metric']}")
+    ax.set_title("quality vs speed, every runtime variant")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def deploy_md(deploy: dict, ref: str) -> str:
+    metric, models, timing = deploy["metric"], deploy["models"], deploy["timing"]
+    first_eager = next(k for k in timing[ref] if k.startswith("teacher/pytorch"))
+    eager = first_eager.split("/")[1]
+    lines = [f"# Deployment: ONNX Runtime fp32 and int8 against PyTorch eager ({deploy['task']})", "",
+             f"All variants timed interleaved in one run (each round runs every variant once, in a shuffled order), "
+             f"{deploy['threads']} intra-op thread(s), CPU capability {deploy['cpu_capability']}; PyTorch eager at "
+             f"{eager.removeprefix('pytorch-')}. Parity: ONNX fp32 vs PyTorch fp32 logits over all {deploy['dev_rows']} dev rows "
+             f"(threshold {deploy['parity_atol']:.0e}).", "",
+             f"| model | fp32 max abs diff | labels differing | int8 {metric} change | int8 labels differing | fp32 MB | int8 MB | registered variant |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in models.items():
+        lines.append(f"| {name} | {r['onnx-fp32']['max_abs_logit_diff']:.1e} | {r['onnx-fp32']['labels_differing']} | "
+                     f"{-r['onnx-int8']['metric_drop']:+.4f}{'' if r['onnx-int8']['registrable'] else ' (over int8_max_drop)'} | "
+                     f"{r['onnx-int8']['labels_differing']} | {r['onnx-fp32']['size_mb']:.1f} | {r['onnx-int8']['size_mb']:.1f} | "
+                     f"{r.get('registered_variant', '-')} |")
+    lines += ["", "Latency p50 / p95 (ms) and throughput (examples/s); speedup over the teacher in the same runtime:", "",
+              "| model | variant | " + " | ".join(timing) + " | speedup vs teacher (same variant) " + ref + " |",
+              "|---|---|" + "---|" * len(timing) + "---|"]
+    for key in timing[ref]:
+        name, variant = key.split("/")
+        cells = [f"{timing[s][key]['p50']:.2f} / {timing[s][key]['p95']:.2f} ({timing[s][key]['throughput']:.0f}/s)" for s in timing]
+        sp = timing[ref][f"teacher/{variant}"]["p50"] / timing[ref][key]["p50"]
+        lines.append(f"| {name} | {variant} | " + " | ".join(cells) + f" | {sp:.2f}x |")
+    lines += ["", "Each student against the teacher, at " + ref.replace("_", ", ") + ":", "",
+              "| student | FLOPs reduction | fastest variant | speedup same variant | share of FLOPs reduction | fastest vs eager teacher |",
+              "|---|---|---|---|---|---|"]
+    for name, s in deploy["speedups"].items():
+        lines.append(f"| {name} | {s['flops_reduction']:.2f}x | {s['fastest_variant']} | {s['speedup_same_variant']:.2f}x | "
+                     f"{s['share_of_flops_reduction']:.0%} | {s['fastest_vs_eager_teacher']:.2f}x |")
+    lines += ["", "![score vs latency](score_vs_latency.png)", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p, paths = setup("export")
+    e = p.export
+    task, spec = p.base.task, get_task(p.base.task)
+    summary_file = paths.reports / "summary.json"
+    if not summary_file.is_file():
+        from kdistill.errors import KdistillError
+
+        raise KdistillError(f"{summary_file}: missing; the export stage reads the evaluate stage's summary (run it first)")
+    summary = json.loads(summary_file.read_text())
+    threads = resolve_threads(e.threads)
+    precision = precision_for(p, p.evaluate.precision)
+    todo = [(n, d) for n, d in exported_models(paths) if d.is_dir()]
+    tok = AutoTokenizer.from_pretrained(paths.teacher)
+    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, task, p.base.max_seq_len)
+    ref = f"bs{e.batch_sizes[0]}_seq{e.seq_lens[0]}"
+    deploy = {"task": task, "metric": spec.metric, "threads": threads, "cpu_capability": runtime().cpu_capability,
+              "parity_atol": e.parity_atol, "dev_rows": len(dev), "reference_shape": ref, "models": {}}
+    with stage_run(p, "export"):
+        with atomic_dir(paths.root / "onnx") as tmp:
+            _export_all(p, todo, tmp, dev, deploy, summary, precision, threads, ref)
+        _publish(p, paths, deploy, summary, ref)
+    print(f"[export] wrote {paths.root / 'onnx'}, {paths.reports / 'deploy.md'}", flush=True)
+
+
+def _export_all(p, todo, tmp: Path, dev, deploy: dict, summary: dict, precision: str, threads: int, ref: str) -> None:
+    """Every model exported and checked, every variant timed, a card per student: all inside the temporary dir."""
+    task, spec = p.base.task, get_task(p.base.task)
+    for name, d in todo:
+        (tmp / name).mkdir()
+        deploy["models"][name] = export_one(name, d, tmp / name, dev, p, threads)
+    deploy["timing"] = time_variants(todo, tmp, p, precision, threads)
+    t = deploy["timing"][ref]
+    deploy["speedups"] = {}
+    for name, _ in todo[1:]:
+        fastest = min((k.split("/")[1] for k in t if k.startswith(f"{name}/")), key=lambda v: t[f"{name}/{v}"]["p50"])
+        flops = summary["models"].get(name, {}).get("flops_ratio")
+        same = t[f"teacher/{fastest}"]["p50"] / t[f"{name}/{fastest}"]["p50"]
+        eager_teacher = min(t[k]["p50"] for k in t if k.startswith("teacher/pytorch"))
+        deploy["speedups"][name] = {
+            "fastest_variant": fastest, "speedup_same_variant": same,
+            "flops_reduction": 1 / flops if flops else float("nan"),
+            "share_of_flops_reduction": same * flops if flops else float("nan"),
+            "fastest_vs_eager_teacher": eager_teacher / t[f"{name}/{fastest}"]["p50"]}
+        mlflow.log_metrics({f"{name}/speedup_{fastest}": same, f"{name}/speedup_vs_eager_teacher":
+                            deploy["speedups"][name]["fastest_vs_eager_teacher"]})
+    cards = {}
+    for name, _ in todo[1:]:
+        row = deploy["models"][name]
+        row["registered_variant"] = choose_variant(row, deploy["timing"], name, ref)
+        reg = f"{p.tracking.registry_prefix}{task}-{name}"
+        cards[name] = deploy_card(name, reg, task, spec.metric, row, row["registered_variant"], deploy["timing"], ref,
+                                  p.base.max_seq_len, spec.is_regression)
+        write_text_atomic(tmp / name / "README.md", cards[name])
+    deploy["cards"] = cards
+    for name, r in deploy["models"].items():
+        mlflow.log_metrics({f"{name}/onnx_fp32_max_abs_diff": r["onnx-fp32"]["max_abs_logit_diff"],
+                            f"{name}/int8_metric_change": -r["onnx-int8"]["metric_drop"]})
+
+
+def _publish(p, paths, deploy: dict, summary: dict, ref: str) -> None:
+    """Reports and plot, then the registry: only once every export passed and the ONNX dir is in place."""
+    rep = paths.reports
+    cards = deploy.pop("cards")
+    write_json_atomic(rep / "deploy.json", deploy)
+    plot_tradeoff(summary, deploy, rep / "score_vs_latency.png", ref)
+    write_text_atomic(rep / "deploy.md", deploy_md(deploy, ref))
+    for f in (rep / "deploy.json", rep / "deploy.md", rep / "score_vs_latency.png"):
+        mlflow.log_artifact(str(f))
+    if not p.tracking.register_models:
+        return
+    for name, card in cards.items():
+        row = deploy["models"][name]
+        v, champ = register(p, name, paths.root / "onnx" / name, row["registered_variant"], row, deploy["metric"], card)
+        print(f"[export] registered {p.tracking.registry_prefix}{p.base.task}-{name} v{v} ({row['registered_variant']})"
+              f"{' (champion)' if champ else ''}", flush=True)
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,191 @@
+"""The export step on tiny models: ONNX parity with PyTorch, int8, the registered pyfunc, MLflow's model server."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from transformers import MobileBertConfig, MobileBertForSequenceClassification
+
+from kdistill.config import Params
+from kdistill.onnx_export import (ParityError, export_onnx, parity, quantize_int8, run_session, session)
+from kdistill.speed import interleaved_latency
+
+from .conftest import ROOT
+
+
+def _tiny_mobilebert():
+    torch.manual_seed(0)
+    cfg = MobileBertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=48, intra_bottleneck_size=16, embedding_size=16, true_hidden_size=16,
+                           num_feedforward_networks=2, max_position_embeddings=64, normalization_type="no_norm",
+                           hidden_act="relu", attn_implementation="eager")
+    return MobileBertForSequenceClassification(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["bert", "mobilebert"])
+def test_onnx_export_computes_what_pytorch_computes_at_any_batch_and_length(kind, make_bert, tmp_path):
+    model = make_bert() if kind == "bert" else _tiny_mobilebert()
+    fp32 = export_onnx(model, tmp_path / "model.onnx")
+    int8 = quantize_int8(fp32, tmp_path / "model.int8.onnx")
+    s, q = session(fp32, 1), session(int8, 1)
+    g = torch.Generator().manual_seed(1)
+    for batch, seq in [(1, 3), (5, 17), (2, 40)]:  # shapes other than the export example's (2, 8): dynamic axes
+        ids = torch.randint(5, 30, (batch, seq), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, seq // 2:] = 0  # padding, which must be masked the same way
+        types = torch.zeros_like(ids)
+        types[:, seq // 3:] = 1
+        with torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.numpy()
+        got = run_session(s, ids.numpy(), mask.numpy(), types.numpy())
+        assert got.shape == ref.shape
+        par = parity(ref, got, regression=False)
+        assert par.max_abs_diff < 1e-4 and par.labels_differing == 0
+        par.check("tiny", atol=1e-3)  # passes
+        low = run_session(q, ids.numpy(), mask.numpy(), types.numpy())
+        assert low.shape == ref.shape and np.isfinite(low).all()
+        assert 0 < np.abs(low - ref).max() < 0.5  # really quantized, still close
+    assert (tmp_path / "model.int8.onnx").stat().st_size < (tmp_path / "model.onnx").stat().st_size
+
+
+def test_parity_failure_names_the_model_the_difference_and_the_threshold():
+    ref = np.array([[0.0, 1.0], [2.0, 0.0], [0.0, 0.5]])
+    bad = ref.copy()
+    bad[2] = [0.6, 0.5]  # one label flips
+    par = parity(ref, bad, regression=False)
+    assert par.labels_differing == 1 and par.max_abs_diff == pytest.approx(0.6)
+    with pytest.raises(ParityError, match=r"tinybert: .*6\.00e-01.*parity_atol is 1e-03.*1 predicted labels differ"):
+        par.check("tinybert", atol=1e-3)
+    with pytest.raises(ParityError):  # a NaN is never within tolerance
+        parity(ref, ref * np.nan, regression=True).check("x", atol=1.0)
+
+
+def test_interleaved_timing_runs_every_variant_once_per_round_in_turns():
+    calls = []
+    runners = {n: (lambda n: lambda ids, mask: calls.append((n, ids.shape)))(n) for n in ("a", "b", "c")}
+    out = interleaved_latency(runners, batch=2, seq=7, warmup=1, repeats=6)
+    assert set(out) == {"a", "b", "c"} and all(r["rounds"] == 6 for r in out.values())
+    assert all(shape == (2, 7) for _, shape in calls)
+    rounds = [sorted(n for n, _ in calls[3 * k: 3 * k + 3]) for k in range(7)]  # warm-up round, then 6 timed
+    assert all(r == ["a", "b", "c"] for r in rounds)
+    assert all(r["p50"] <= r["p95"] and r["throughput"] > 0 for r in out.values())
+    short = interleaved_latency(runners, batch=1, seq=3, warmup=0, repeats=1000, max_seconds=0.0)
+    assert all(r["rounds"] == 5 for r in short.values())  # the time bound stops it, never before 5 rounds
+
+
+@pytest.fixture
+def registered(make_bert, tiny_tokenizer, tmp_path, monkeypatch):
+    """A tiny classifier exported and registered as `t-sst2-tinybert` in a throw-away MLflow store."""
+    from tasks.export import register
+
+    model = make_bert(vocab=len(tiny_tokenizer))
+    out = tmp_path / "onnx"
+    out.mkdir()
+    export_onnx(model, out / "model.onnx")
+    tiny_tokenizer.save_pretrained(out / "tokenizer")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    p = Params.model_validate({"tracking": {"registry_prefix": "t-"}, "base": {"max_seq_len": 16}})
+    row = {"onnx-fp32": {"metrics": {"accuracy": 0.75}}}
+    mlflow.set_experiment("export-test")
+    with mlflow.start_run():
+        version, champion = register(p, "tinybert", out, "onnx-fp32", row, "accuracy", "# card")
+    return model, tiny_tokenizer, uri, version, champion, p, out
+
+
+def test_registered_student_is_an_onnx_pyfunc_and_champion_moves_only_on_improvement(registered):
+    from mlflow import MlflowClient
+
+    from tasks.export import register
+
+    model, tok, uri, version, champion, p, out = registered
+    assert champion
+    texts = ["the movie was good", "a dull boring plot", "great fun"]
+    served = mlflow.pyfunc.load_model("models:/t-sst2-tinybert@champion").predict(texts)
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**enc).logits.softmax(-1)
+    assert served["label"].tolist() == probs.argmax(-1).tolist()
+    assert np.allclose(served["probability"], probs.max(-1).values.numpy(), atol=1e-5)
+    client = MlflowClient()
+    v = client.get_model_version("t-sst2-tinybert", version)
+    assert v.tags["variant"] == "onnx-fp32" and v.description == "# card"
+
+    with mlflow.start_run():  # a worse run registers a version but keeps the champion
+        v2, moved = register(p, "tinybert", out, "onnx-fp32", {"onnx-fp32": {"metrics": {"accuracy": 0.5}}}, "accuracy", "")
+    assert not moved and str(client.get_model_version_by_alias("t-sst2-tinybert", "champion").version) == str(version)
+    with mlflow.start_run():
+        v3, moved = register(p, "tinybert", out, "onnx-fp32", {"onnx-fp32": {"metrics": {"accuracy": 0.9}}}, "accuracy", "")
+    assert moved and str(client.get_model_version_by_alias("t-sst2-tinybert", "champion").version) == str(v3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_make_serve_answers_on_loopback_and_stops_cleanly(registered, tmp_path):
+    model, tok, uri, *_ = registered
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", "t-sst2-tinybert",
+                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()[-3000:]
+                assert time.time() < deadline, "model server did not answer /ping within 120 s"
+                time.sleep(1)
+        texts = ["the movie was good", "a dull boring plot"]
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": texts}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        preds = json.loads(urllib.request.urlopen(req, timeout=30).read())["predictions"]
+        with torch.no_grad():
+            want = model(**tok(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
+        assert [r["label"] for r in preds] == want
+        # bound to loopback only
+        with socket.socket() as s:
+            s.settimeout(1)
+            addrs = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1"}
+            for a in addrs:
+                assert s.connect_ex((a, port)) != 0, f"server reachable on {a}"
+        load = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--url", f"http://127.0.0.1:{port}",
+                               "--requests", "20", "--clients", "2"], capture_output=True, text=True, timeout=120)
+        assert load.returncode == 0, load.stdout + load.stderr
+        assert "20 ok, 0 errors" in load.stdout and "p99" in load.stdout and "requests/s" in load.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    assert rc == 0
+    with pytest.raises(OSError):  # the port is free again: nothing left serving
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+
+
+def test_serve_names_a_missing_model(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", "sst2-nothing"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: models:/sst2-nothing@champion not found")
+    assert "Traceback" not in proc.stderr
