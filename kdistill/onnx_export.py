@@ -7,6 +7,7 @@ beside it. ONNX Runtime then fuses attention, GELU and LayerNorm itself when it 
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ def load_for_export(model_dir: str | Path):
 def export_onnx(model, path: str | Path, opset: int = 18) -> Path:
     """Export `model` (BERT-family classifier) to one self-contained .onnx file, dynamic batch and sequence axes."""
     path = Path(path)
+    # the exporter logs one warning per torchvision op it cannot register; no torchvision op is in a BERT
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     ids = torch.randint(5, 100, (2, 8))
     example = (ids, torch.ones_like(ids), torch.zeros_like(ids))
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=1, max=model.config.max_position_embeddings)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -68,7 +69,7 @@ def export_one(name: str, model_dir: Path, out: Path, dev, p, threads: int) -> d
     row["onnx-int8"]["metric_drop"] = round(drop, 6)
     row["onnx-int8"]["registrable"] = drop <= e.int8_max_drop
     print(f"[export] {name}: fp32 max |diff| {row['onnx-fp32']['max_abs_logit_diff']:.2e} (labels differing "
-          f"{row['onnx-fp32']['labels_differing']}), int8 {spec.metric} change {-drop:+.4f} "
+          f"{row['onnx-fp32']['labels_differing']}), int8 {spec.metric} change {0.0 - drop:+.4f} "
           f"({row['onnx-int8']['labels_differing']} labels differ), {seconds:.0f} s", flush=True)
     return row
 
@@ -127,9 +128,16 @@ def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, c
 
 def register(p, name: str, out: Path, chosen: str, row: dict, metric: str, card: str) -> tuple[str, bool]:
     """Log the pyfunc (ONNX Runtime, `chosen` variant) and register it; move `champion` only on improvement."""
+    reg = f"{p.tracking.registry_prefix}{p.base.task}-{name}"
+    with mlflow.start_run(run_name=f"register-{name}", nested=True), warnings.catch_warnings():
+        # a run of its own: MLflow logs model_config as params, which differ between the students
+        warnings.filterwarnings("ignore", message=".*integer column")  # `label` is an int column by design
+        return _register(p, name, reg, out, chosen, row, metric, card)
+
+
+def _register(p, name, reg, out, chosen, row, metric, card):
     from mlflow import MlflowClient
 
-    reg = f"{p.tracking.registry_prefix}{p.base.task}-{name}"
     info = mlflow.pyfunc.log_model(
         name=name, python_model=str(ROOT / "kdistill" / "serving_model.py"),
         artifacts={"onnx": str(out / FILES[chosen]), "tokenizer": str(out / "tokenizer")},
@@ -195,7 +203,7 @@ def deploy_md(deploy: dict, ref: str) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for name, r in models.items():
         lines.append(f"| {name} | {r['onnx-fp32']['max_abs_logit_diff']:.1e} | {r['onnx-fp32']['labels_differing']} | "
-                     f"{-r['onnx-int8']['metric_drop']:+.4f}{'' if r['onnx-int8']['registrable'] else ' (over int8_max_drop)'} | "
+                     f"{0.0 - r['onnx-int8']['metric_drop']:+.4f}{'' if r['onnx-int8']['registrable'] else ' (over int8_max_drop)'} | "
                      f"{r['onnx-int8']['labels_differing']} | {r['onnx-fp32']['size_mb']:.1f} | {r['onnx-int8']['size_mb']:.1f} | "
                      f"{r.get('registered_variant', '-')} |")
     lines += ["", "Latency p50 / p95 (ms) and throughput (examples/s); speedup over the teacher in the same runtime:", "",
