@@ -173,13 +173,17 @@ def plot_tradeoff(summary: dict, deploy: dict, out: Path, ref: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     marks = {"pytorch": "o", "onnx-fp32": "s", "onnx-int8": "^"}
+    colors = {name: plt.cm.tab10(i) for i, name in enumerate(deploy["models"])}  # colour: model; marker: runtime
     for key, t in deploy["timing"][ref].items():
         name, variant = key.split("/")
         kind = "pytorch" if variant.startswith("pytorch") else variant
         row = deploy["models"][name]
         score = row["pytorch-fp32" if kind == "pytorch" else kind]["metrics"][summary["metric"]]
-        ax.scatter(t["p50"], score, marker=marks[kind], s=40, label=kind if name == "teacher" else None)
-        ax.annotate(f"{name}", (t["p50"], score), fontsize=7)
+        ax.scatter(t["p50"], score, marker=marks[kind], s=45, color=colors[name])
+    for kind, m in marks.items():
+        ax.scatter([], [], marker=m, color="gray", label=kind)
+    for name, c in colors.items():
+        ax.scatter([], [], marker="o", color=c, label=name)
     ax.set_xscale("log")
     ax.set_xlabel(f"CPU latency, {ref.replace('_', ', ')}, p50 (ms, log scale)")
     ax.set_ylabel(f"dev {summary['metric']}")
