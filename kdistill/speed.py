@@ -32,7 +32,11 @@ def _latency(model, batch, seq, warmup, repeats, vocab) -> dict[str, float]:
         t0 = time.perf_counter()
         model(input_ids=ids, attention_mask=mask)
         times.append((time.perf_counter() - t0) * 1000)
-    t = np.array(times)
+    return _summary(times, batch)
+
+
+def _summary(times_ms: list[float], batch: int) -> dict[str, float]:
+    t = np.array(times_ms)
     return {"p50": float(np.percentile(t, 50)), "p95": float(np.percentile(t, 95)),
             "throughput": float(batch / (np.median(t) / 1000))}
 
@@ -110,12 +114,7 @@ def interleaved_latency(runners: dict, batch: int, seq: int, warmup: int = 3, re
             times[n].append((time.perf_counter() - t0) * 1000)
         if max_seconds is not None and r + 1 >= 5 and time.perf_counter() - start > max_seconds:
             break
-    out = {}
-    for n, ts in times.items():
-        t = np.array(ts)
-        out[n] = {"p50": float(np.percentile(t, 50)), "p95": float(np.percentile(t, 95)),
-                  "throughput": float(batch / (np.median(t) / 1000)), "rounds": len(ts)}
-    return out
+    return {n: {**_summary(ts, batch), "rounds": len(ts)} for n, ts in times.items()}
 
 
 def torch_runner(model, precision: str = "fp32"):

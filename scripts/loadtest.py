@@ -48,7 +48,7 @@ def main() -> int:
     texts = dev_sentences()
     lock, sent, lat, errors = threading.Lock(), [0], [], []
 
-    def client(k: int) -> None:
+    def client() -> None:
         while True:
             with lock:
                 if sent[0] >= a.requests:
@@ -68,7 +68,7 @@ def main() -> int:
             with lock:
                 (lat.append(dt) if ok else errors.append(str(body)[:200]))
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(a.clients)]
+    threads = [threading.Thread(target=client) for _ in range(a.clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()

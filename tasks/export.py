@@ -21,6 +21,7 @@ from transformers import AutoTokenizer
 
 from kdistill.data import tokenize_task
 from kdistill.evaluation import predict
+from kdistill.errors import KdistillError
 from kdistill.glue import get_task
 from kdistill.io import atomic_dir, write_json_atomic, write_text_atomic
 from kdistill.metrics import task_metrics
@@ -234,8 +235,6 @@ def main() -> None:
     task, spec = p.base.task, get_task(p.base.task)
     summary_file = paths.reports / "summary.json"
     if not summary_file.is_file():
-        from kdistill.errors import KdistillError
-
         raise KdistillError(f"{summary_file}: missing; the export stage reads the evaluate stage's summary (run it first)")
     summary = json.loads(summary_file.read_text())
     threads = resolve_threads(e.threads)
