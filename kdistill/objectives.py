@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 
 from . import losses as L
 from .fingerprint import dataset_digest, module_digest
+from .io import atomic_file
 from .attention import AttentionScores
 from .layer_map import check_heads, resolve_layer_map
 from .models import encoder_of
@@ -160,9 +160,8 @@ def teacher_logits(
             print(f"[teacher_logits] reusing {path}", flush=True)
             return torch.load(path)
         logits = predict(teacher, dataset, batch_size, collate, precision=precision)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(logits, tmp)
-        os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+        with atomic_file(path) as tmp:  # a reader sees the whole file or none
+            torch.save(logits, tmp)
     return logits
 
 

@@ -8,7 +8,6 @@ again, and resumes the interrupted phase from its last checkpoint.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .io import atomic_file
 from .trainer import Callback, Trainer, TrainerConfig, TrainResult
 
 
@@ -98,9 +98,8 @@ def run_phases(
             if phase.setup:
                 phase.setup()
             res = trainer.train()
-            tmp = done.with_name(f".{done.name}.tmp-{os.getpid()}")
-            torch.save({"fingerprint": trainer.fingerprint, "model": model.state_dict(), "result": res}, tmp)
-            os.replace(tmp, done)  # atomic: a snapshot is whole or absent
+            with atomic_file(done) as tmp:  # a snapshot is whole or absent
+                torch.save({"fingerprint": trainer.fingerprint, "model": model.state_dict(), "result": res}, tmp)
         results[phase.name] = res
         histories.append(_prefixed(res.history, phase.prefix))
         offset += res.steps

@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .fingerprint import dataset_digest, module_digest
+from .io import atomic_dir
 from .precision import autocast
 
 FP16_MAX = 65504.0
+
+
+class _Overflow(Exception):
+    """A teacher value too large for the half-precision cache: build nothing."""
 
 
 @dataclass(frozen=True)
@@ -129,53 +133,52 @@ def build_teacher_features(
         if (path / "meta.json").is_file():
             print(f"[teacher_cache] reusing {path}")
             return TeacherFeatures(path)
-        for stale in cache_dir.glob(f".{path.name}.tmp-*"):  # left by a killed build of this key
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = cache_dir / f".{path.name}.tmp-{os.getpid()}"
-        tmp.mkdir()
-        n = np.asarray(lengths, dtype=np.int64)
-        h_size, s_size = len(spec.hidden) * width * n, len(spec.scores) * heads * n**2
-        offsets = np.stack([np.concatenate([[0], np.cumsum(h_size)[:-1]]), np.concatenate([[0], np.cumsum(s_size)[:-1]])])
-        hidden = np.lib.format.open_memmap(tmp / "hidden.npy", "w+", np.float16, (max(1, int(h_size.sum())),))
-        scores = np.lib.format.open_memmap(tmp / "scores.npy", "w+", np.float16, (max(1, int(s_size.sum())),))
-        teacher.eval()
-        device = next(teacher.parameters()).device
-        order = sorted(range(len(dataset)), key=lengths.__getitem__)
-        bar = tqdm(total=len(order), desc="teacher cache", unit="row", dynamic_ncols=True, mininterval=1.0)
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            rows = dataset[idx]
-            batch = collate([dict(zip(rows, vals)) for vals in zip(*rows.values())])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast(precision, device):
-                t_hidden, t_scores = run_layers(teacher, batch, spec.deepest, bool(spec.scores), spec.scores, spec.probs)
-            kept_h = torch.stack([t_hidden[i].float() for i in spec.hidden]) if spec.hidden else None
-            kept_s = torch.stack([t_scores[l - 1].float() for l in spec.scores]) if spec.scores else None
-            for t in (kept_h, kept_s):
-                if t is not None and not bool(t.abs().max() < FP16_MAX):
-                    print(f"[teacher_cache] not used: a teacher value exceeds half precision's range ({FP16_MAX})")
-                    bar.close()
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return None
-            for j, r in enumerate(idx):
-                m = lengths[r]
-                if kept_h is not None:
-                    o = offsets[0, r]
-                    hidden[o : o + h_size[r]] = kept_h[:, j, :m].half().cpu().numpy().ravel()
-                if kept_s is not None:
-                    o = offsets[1, r]
-                    scores[o : o + s_size[r]] = kept_s[:, j, :, :m, :m].half().cpu().numpy().ravel()
-            bar.update(len(idx))
-        bar.close()
-        hidden.flush()
-        scores.flush()
-        del hidden, scores
-        np.save(tmp / "lengths.npy", n)
-        np.save(tmp / "offsets.npy", offsets)
-        meta = {"hidden": list(spec.hidden), "scores": list(spec.scores), "probs": spec.probs, "width": width, "heads": heads,
-                "rows": len(lengths), "bytes": need, "precision": precision, "key": key[:200]}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, path)  # atomic: a cache is whole or absent
+        try:
+            # atomic: a cache is whole or absent; stale temporaries of killed builds are removed first
+            with atomic_dir(path) as tmp:
+                n = np.asarray(lengths, dtype=np.int64)
+                h_size, s_size = len(spec.hidden) * width * n, len(spec.scores) * heads * n**2
+                offsets = np.stack([np.concatenate([[0], np.cumsum(h_size)[:-1]]), np.concatenate([[0], np.cumsum(s_size)[:-1]])])
+                hidden = np.lib.format.open_memmap(tmp / "hidden.npy", "w+", np.float16, (max(1, int(h_size.sum())),))
+                scores = np.lib.format.open_memmap(tmp / "scores.npy", "w+", np.float16, (max(1, int(s_size.sum())),))
+                teacher.eval()
+                device = next(teacher.parameters()).device
+                order = sorted(range(len(dataset)), key=lengths.__getitem__)
+                bar = tqdm(total=len(order), desc="teacher cache", unit="row", dynamic_ncols=True, mininterval=1.0)
+                for s in range(0, len(order), batch_size):
+                    idx = order[s : s + batch_size]
+                    rows = dataset[idx]
+                    batch = collate([dict(zip(rows, vals)) for vals in zip(*rows.values())])
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    with autocast(precision, device):
+                        t_hidden, t_scores = run_layers(teacher, batch, spec.deepest, bool(spec.scores), spec.scores, spec.probs)
+                    kept_h = torch.stack([t_hidden[i].float() for i in spec.hidden]) if spec.hidden else None
+                    kept_s = torch.stack([t_scores[l - 1].float() for l in spec.scores]) if spec.scores else None
+                    for t in (kept_h, kept_s):
+                        if t is not None and not bool(t.abs().max() < FP16_MAX):
+                            bar.close()
+                            raise _Overflow
+                    for j, r in enumerate(idx):
+                        m = lengths[r]
+                        if kept_h is not None:
+                            o = offsets[0, r]
+                            hidden[o : o + h_size[r]] = kept_h[:, j, :m].half().cpu().numpy().ravel()
+                        if kept_s is not None:
+                            o = offsets[1, r]
+                            scores[o : o + s_size[r]] = kept_s[:, j, :, :m, :m].half().cpu().numpy().ravel()
+                    bar.update(len(idx))
+                bar.close()
+                hidden.flush()
+                scores.flush()
+                del hidden, scores
+                np.save(tmp / "lengths.npy", n)
+                np.save(tmp / "offsets.npy", offsets)
+                meta = {"hidden": list(spec.hidden), "scores": list(spec.scores), "probs": spec.probs, "width": width, "heads": heads,
+                        "rows": len(lengths), "bytes": need, "precision": precision, "key": key[:200]}
+                (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        except _Overflow:
+            print(f"[teacher_cache] not used: a teacher value exceeds half precision's range ({FP16_MAX})")
+            return None
         print(f"[teacher_cache] built {path} ({need / 2**30:.2f} GiB, {len(lengths)} rows)")
     return TeacherFeatures(path)
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .dropout import install_fast_dropout
 from .errors import KdistillError
 from .fingerprint import dataset_digest, module_digest
+from .io import atomic_dir
 from .precision import autocast, grad_scaler
 
 
@@ -176,9 +177,10 @@ class Trainer:
         return {k: v.detach().clone() for k, v in self.obj.state_dict().items() if k in self._trainable_keys}
 
     def _save_checkpoint(self, step: int, epoch: int, next_batch: int, best: dict) -> None:
-        tmp = self.ckpt_dir.with_name(self.ckpt_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        with atomic_dir(self.ckpt_dir) as tmp:  # a checkpoint is whole or absent; the previous one stays until then
+            self._write_state(tmp / "state.pt", step, epoch, next_batch, best)
+
+    def _write_state(self, path: Path, step: int, epoch: int, next_batch: int, best: dict) -> None:
         torch.save(
             {
                 "fingerprint": self.fingerprint,
@@ -193,13 +195,8 @@ class Trainer:
                 "evals": self.evals,
                 "history": self.history,
             },
-            tmp / "state.pt",
+            path,
         )
-        old = self.ckpt_dir.with_name(self.ckpt_dir.name + ".old")
-        if self.ckpt_dir.exists():
-            os.replace(self.ckpt_dir, old)
-        os.replace(tmp, self.ckpt_dir)
-        shutil.rmtree(old, ignore_errors=True)
 
     def _load_checkpoint(self) -> dict | None:
         path = self.ckpt_dir / "state.pt"

@@ -17,7 +17,7 @@ import torch
 from kdistill.config import Params, load_params
 from kdistill.errors import KdistillError
 from kdistill.glue import load_split
-from kdistill.io import check_dir_target
+from kdistill.io import atomic_file, check_dir_target, disk_full_error, is_disk_full
 from kdistill.precision import Runtime, cpu_capability, resolve_precision, resolve_threads
 from kdistill.trainer import default_device
 from kdistill.validate import check_all
@@ -81,9 +81,14 @@ def cli(main, *args) -> None:
     """
     try:
         main(*args)
-    except KdistillError as exc:
+    except Exception as exc:
         if os.environ.get("KDISTILL_DEBUG") == "1":
             raise
+        if not isinstance(exc, KdistillError):
+            if not is_disk_full(exc):
+                raise
+            # a write outside the atomic helpers (MLflow's store, a log): still one line, naming the file if known
+            exc = disk_full_error(getattr(exc, "filename", None) or os.environ.get("KDISTILL_OUTPUTS", ROOT / "outputs"))
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
 
@@ -199,12 +204,10 @@ def write_loss_csv(path: Path, *histories: list[dict]) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def tracking_uri(p: Params) -> str:
