@@ -115,8 +115,10 @@ class TinyBertAugmenter:
     ):
         from transformers import AutoTokenizer, BertForMaskedLM
 
+        from .models import load_model
+
         self.tok = AutoTokenizer.from_pretrained(mlm_dir)
-        self.mlm = BertForMaskedLM.from_pretrained(mlm_dir).eval()
+        self.mlm = load_model(BertForMaskedLM, mlm_dir).eval()
         self.glove = glove or GloveNeighbours()
         self.aug_p, self.top_k, self.glove_k, self.seed, self.batch_size = aug_p, top_k, glove_k, seed, batch_size
         self.top_k = min(top_k, self.mlm.config.vocab_size - 1)

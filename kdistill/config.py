@@ -54,6 +54,8 @@ class BaseParams(_Section):
     task: Literal["sst2", "cola", "mrpc", "rte", "stsb"] = "sst2"
     data_dir: str = "data/glue"  # GLUE tsv root, or a `datasets` name such as "glue/sst2" (needs network)
     teacher: str = "offline:all-MiniLM-L6-v2"  # offline package, a local directory or a hub id
+    # pickle weights (pytorch_model.bin) can run code when loaded: a teacher must ship safetensors unless this is true
+    allow_pickle_weights: bool = False
     max_seq_len: int = Field(64, ge=8, le=512)
     max_train_examples: int | None = Field(None, ge=1)  # subsample the task's train split (None: all of it)
     eval_split: Literal["dev", "train", "test"] = "dev"

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, MobileBertConfig, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, BertConfig, MobileBertConfig, PreTrainedModel
 
 from .errors import KdistillError
 
@@ -40,8 +40,40 @@ def resolve_teacher(name: str) -> str:
     return name  # a hub id such as bert-base-uncased: needs network or a populated HF cache
 
 
-def teacher_config(name: str) -> BertConfig:
-    cfg = AutoConfig.from_pretrained(resolve_teacher(name))
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_model_dir(path: str | Path, allow_pickle: bool = False) -> None:
+    """Refuse, before loading, a model directory that would run code: remote code named in config.json (auto_map),
+    or weights only in pickle form (unpickling can execute anything), unless the user opted in to pickle."""
+    path = Path(path)
+    if not path.is_dir():
+        return  # a hub id: from_pretrained(use_safetensors=True) refuses pickle there
+    cfg = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    if cfg.get("auto_map"):
+        raise ModelSpecError(f"{path / 'config.json'}: 'auto_map' asks to run Python code shipped with the model; "
+                             "kdistill never enables trust_remote_code: use a model of a built-in architecture (BERT)")
+    if allow_pickle or any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(f.name for pattern in PICKLE_WEIGHTS for f in path.glob(pattern))
+    if pickles:
+        raise ModelSpecError(
+            f"{path}: weights only in pickle form ({', '.join(pickles)}), which can run code when loaded; convert them "
+            "to safetensors (model.save_pretrained(dir) writes model.safetensors), or, for a file you trust, set "
+            "base.allow_pickle_weights: true")
+    raise ModelSpecError(f"{path}: no model weights (expected model.safetensors)")
+
+
+def load_model(cls, path: str | Path, allow_pickle: bool = False, **kwargs):
+    """`cls.from_pretrained` with the safe defaults: safetensors only (unless opted in), never remote code."""
+    check_model_dir(path, allow_pickle)
+    return cls.from_pretrained(str(path), use_safetensors=None if allow_pickle else True, **kwargs)
+
+
+def teacher_config(name: str, allow_pickle: bool = False) -> BertConfig:
+    path = resolve_teacher(name)
+    check_model_dir(path, allow_pickle)
+    cfg = AutoConfig.from_pretrained(path)
     if cfg.model_type != "bert":
         raise ModelSpecError(f"teacher {name!r} is a {cfg.model_type!r} model; the engine distils BERT-architecture teachers")
     return cfg

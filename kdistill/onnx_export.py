@@ -28,8 +28,10 @@ class ParityError(KdistillError):
 def load_for_export(model_dir: str | Path):
     from transformers import AutoModelForSequenceClassification
 
+    from .models import load_model
+
     # eager attention: plain matmul/softmax ops, which every ONNX opset and ORT's attention fusion understand
-    return AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    return load_model(AutoModelForSequenceClassification, model_dir, attn_implementation="eager").eval()
 
 
 def export_onnx(model, path: str | Path, opset: int = 18) -> Path:

@@ -48,7 +48,7 @@ def check_teacher(p: Params) -> None:
     from .models import ModelSpecError, teacher_config
 
     try:
-        cfg = teacher_config(p.base.teacher)
+        cfg = teacher_config(p.base.teacher, p.base.allow_pickle_weights)
     except (ModelSpecError, OSError) as exc:
         raise ParamsError(f"params.yaml: key 'base.teacher': {exc}") from None
     check_against_teacher(p, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size)

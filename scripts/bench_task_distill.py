@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset
 from transformers import BertForSequenceClassification
 
-from kdistill.models import resolve_teacher, tinybert_config
+from kdistill.models import load_model, resolve_teacher, tinybert_config
 from kdistill.objectives import Prediction, teacher_logits
 from kdistill.precision import autocast, cpu_capability, native_cpu_bf16, resolve_precision, resolve_threads
 from kdistill.trainer import pad_collate
@@ -33,7 +33,7 @@ print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {arg
       f"{args.steps} steps x {args.rounds} interleaved rounds")
 
 torch.manual_seed(0)
-teacher = BertForSequenceClassification.from_pretrained(resolve_teacher("offline:all-MiniLM-L6-v2"), num_labels=2).eval()
+teacher = load_model(BertForSequenceClassification, resolve_teacher("offline:all-MiniLM-L6-v2"), num_labels=2).eval()
 n = args.batch * args.steps
 ds = Dataset.from_dict(
     {"input_ids": torch.randint(1000, 20000, (n, args.seq)).tolist(), "labels": [i % 2 for i in range(n)], "row": list(range(n))}

@@ -28,7 +28,7 @@ from transformers import BertModel, get_linear_schedule_with_warmup
 from kdistill.corpus import pack_corpus
 from kdistill.data import tokenize_task
 from kdistill.glue import load_split
-from kdistill.models import load_tokenizer, resolve_teacher, tinybert_config
+from kdistill.models import load_model, load_tokenizer, resolve_teacher, tinybert_config
 from kdistill.objectives import Intermediate
 from kdistill.precision import autocast, cpu_capability, resolve_precision, resolve_threads
 from kdistill.teacher_cache import features_for
@@ -66,7 +66,7 @@ lengths = [len(x) for x in ds["input_ids"]]
 steps = args.epochs * math.ceil(len(ds) / args.batch)
 n_examples = args.epochs * len(ds)
 
-teacher = BertModel.from_pretrained(teacher_dir, attn_implementation="sdpa").eval()
+teacher = load_model(BertModel, teacher_dir, attn_implementation="sdpa").eval()
 torch.manual_seed(SEED)
 student0 = BertModel(tinybert_config(teacher.config, 3, 192, 12, 768), add_pooling_layer=False)
 LAYERS = [2, 4, 6]

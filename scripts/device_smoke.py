@@ -23,7 +23,7 @@ from kdistill.corpus import pack_corpus
 from kdistill.data import tokenize_task
 from kdistill.evaluation import optim_to_trainer_config, score
 from kdistill.glue import get_task, load_split
-from kdistill.models import distilbert_student, every_other_layer, load_tokenizer, resolve_teacher, tinybert_config
+from kdistill.models import distilbert_student, every_other_layer, load_model, load_tokenizer, resolve_teacher, tinybert_config
 from kdistill.objectives import Intermediate, Prediction, Supervised, teacher_logits
 from kdistill.precision import cpu_capability, resolve_precision
 from kdistill.trainer import Trainer, default_device, pad_collate
@@ -70,7 +70,7 @@ def main() -> None:
         return res
 
     torch.manual_seed(p.base.seed)
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_src, num_labels=spec.num_labels, dtype=torch.float32)
+    teacher = load_model(AutoModelForSequenceClassification, teacher_src, num_labels=spec.num_labels, dtype=torch.float32)
     run("teacher fine-tune", Supervised(teacher), train, p.teacher_finetune.optim)
     teacher.to(device)
     t_metrics = score(teacher, dev, p.base.task, prec)
@@ -89,7 +89,7 @@ def main() -> None:
 
     def student_from_general():
         torch.manual_seed(p.base.seed)
-        return AutoModelForSequenceClassification.from_pretrained(work / "general", num_labels=spec.num_labels)
+        return load_model(AutoModelForSequenceClassification, work / "general", num_labels=spec.num_labels)
 
     t = p.task_distill.tinybert
     tiny = student_from_general()
@@ -109,7 +109,7 @@ def main() -> None:
         print(f"[{label}] dev {score(m.to(device), dev, p.base.task, prec)}", flush=True)
     if device.type == "cuda":  # the gradient-scaler path that `auto` takes on GPUs without bf16
         torch.manual_seed(p.base.seed)
-        t16 = AutoModelForSequenceClassification.from_pretrained(teacher_src, num_labels=spec.num_labels, dtype=torch.float32)
+        t16 = load_model(AutoModelForSequenceClassification, teacher_src, num_labels=spec.num_labels, dtype=torch.float32)
         run("teacher fine-tune fp16", Supervised(t16), train, p.teacher_finetune.optim, precision="fp16")
         print(f"[teacher fine-tune fp16] dev {score(t16.to(device), dev, p.base.task, 'fp16')}", flush=True)
     print("all steps finished on", device)

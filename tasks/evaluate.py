@@ -14,6 +14,7 @@ from kdistill.data import tokenize_task
 from kdistill.evaluation import score
 from kdistill.glue import get_task
 from kdistill.io import write_json_atomic, write_text_atomic
+from kdistill.models import load_model
 from kdistill.recipes import RECIPES
 from kdistill.speed import model_profile
 
@@ -78,7 +79,7 @@ def main() -> None:
             if not d.is_dir():
                 print(f"[evaluate] skipping {name}: {d} missing")
                 continue
-            model = AutoModelForSequenceClassification.from_pretrained(d).eval()
+            model = load_model(AutoModelForSequenceClassification, d).eval()
             metrics = score(model, dev, p.base.task, precision)
             prof = model_profile(model, d, e.batch_sizes, e.seq_lens, e.warmup, e.repeats, precision)
             summary["models"][name] = {"task": p.base.task, "metric": spec.metric, "score": metrics[spec.metric],

@@ -17,7 +17,7 @@ from kdistill.data import tokenize_task
 from kdistill.evaluation import score
 from kdistill.glue import get_task, label_names
 from kdistill.model_card import model_card
-from kdistill.models import count_parameters, load_tokenizer, save_model_atomic
+from kdistill.models import count_parameters, load_model, load_tokenizer, save_model_atomic
 from kdistill.objectives import teacher_logits
 from kdistill.phases import run_phases
 from kdistill.recipes.base import TaskContext
@@ -40,8 +40,8 @@ def main(which: str) -> None:
     tok = load_tokenizer(str(general if baseline else paths.teacher))
     train = tokenize_task(load_from_disk(str(paths.augmented / "train")), tok, p.base.task, p.base.max_seq_len)
     dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.task, p.base.max_seq_len)
-    student = AutoModelForSequenceClassification.from_pretrained(general, num_labels=spec.num_labels, **label_names(spec))
-    teacher = None if baseline else AutoModelForSequenceClassification.from_pretrained(paths.teacher)
+    student = load_model(AutoModelForSequenceClassification, general, num_labels=spec.num_labels, **label_names(spec))
+    teacher = None if baseline else load_model(AutoModelForSequenceClassification, paths.teacher)
     eval_precision = precision_for(p, p.evaluate.precision)
     out = paths.baseline(name) if baseline else paths.student(name)
 

@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification
 from kdistill.data import tokenize_task
 from kdistill.evaluation import optim_to_trainer_config, score
 from kdistill.glue import get_task, label_names
-from kdistill.models import load_tokenizer, resolve_teacher, save_model_atomic
+from kdistill.models import load_model, load_tokenizer, resolve_teacher, save_model_atomic
 from kdistill.objectives import Supervised
 from kdistill.trainer import Trainer
 
@@ -24,8 +24,8 @@ def main() -> None:
     train = first(load_from_disk(str(paths.data / "train")), n)
     train = tokenize_task(train, tok, p.base.task, p.base.max_seq_len)
     dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.task, p.base.max_seq_len)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_teacher(p.base.teacher), num_labels=spec.num_labels, **label_names(spec)
+    model = load_model(
+        AutoModelForSequenceClassification, resolve_teacher(p.base.teacher), p.base.allow_pickle_weights, num_labels=spec.num_labels, **label_names(spec)
     )
     eval_precision = precision_for(p, p.evaluate.precision)
     with stage_run(p, "teacher_finetune"):

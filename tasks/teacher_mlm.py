@@ -13,7 +13,7 @@ from datasets import load_from_disk
 from safetensors import safe_open
 from transformers import BertForMaskedLM
 
-from kdistill.models import load_tokenizer, resolve_teacher, save_model_atomic
+from kdistill.models import load_model, load_tokenizer, resolve_teacher, save_model_atomic
 from kdistill.objectives import MlmHeadFit, masked_token_accuracy
 from kdistill.phases import Phase, run_phases
 from kdistill.recipes.base import special_ids
@@ -42,7 +42,7 @@ def main() -> None:
         raise ParamsError(f"params.yaml: key 'teacher_mlm.heldout_sequences': {h.heldout_sequences} leaves no corpus "
                           f"sequence to fit on (the corpus has {len(corpus)}); use fewer")
     src = resolve_teacher(p.base.teacher)
-    teacher = BertForMaskedLM.from_pretrained(src)
+    teacher = load_model(BertForMaskedLM, src, p.base.allow_pickle_weights)
     special, mask_id = special_ids(tok)
     held = corpus.select(range(len(corpus) - h.heldout_sequences, len(corpus)))
     info = {"source": p.base.teacher}

@@ -20,6 +20,7 @@ from kdistill.onnx_export import (ParityError, export_onnx, parity, quantize_int
 from kdistill.speed import interleaved_latency
 
 from .conftest import ROOT
+from .listening import listening_addresses
 
 
 def _tiny_mobilebert():
@@ -160,7 +161,8 @@ def test_make_serve_answers_on_loopback_and_stops_cleanly(registered, tmp_path):
         with torch.no_grad():
             want = model(**tok(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
         assert [r["label"] for r in preds] == want
-        # bound to loopback only
+        # bound to loopback only: every listening socket of the server's process tree, and no answer elsewhere
+        assert {ip for ip, _ in listening_addresses(proc.pid)} == {"127.0.0.1"}
         with socket.socket() as s:
             s.settimeout(1)
             addrs = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1"}

@@ -6,7 +6,6 @@ thread pool in place of Prefect's, so it runs in seconds; the smoke-profile test
 
 import subprocess
 import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from transformers import BertForMaskedLM
 
-from ..models import distilbert_student, every_other_layer
+from ..models import distilbert_student, every_other_layer, load_model
 from ..objectives import DistilBertGeneral, Prediction
 from ..phases import Phase
 from .base import GeneralContext, GeneralPlan, TaskContext, special_ids, trainer_config
@@ -15,7 +15,7 @@ NEEDS_TEACHER_MLM = True
 
 def general(ctx: GeneralContext) -> GeneralPlan:
     g = ctx.p.general_distill.distilbert
-    teacher = BertForMaskedLM.from_pretrained(ctx.teacher_mlm)
+    teacher = load_model(BertForMaskedLM, ctx.teacher_mlm)
     layers = every_other_layer(teacher.config.num_hidden_layers) if g.init_layers == "every_other" else g.init_layers
     student = distilbert_student(teacher, layers)
     special, mask_id = special_ids(ctx.tokenizer)

@@ -13,7 +13,7 @@ from transformers import BertForMaskedLM, MobileBertForMaskedLM
 
 from ..config import OptimParams
 from ..layer_map import resolve_layer_map
-from ..models import init_mobilebert_embeddings, mobilebert_config
+from ..models import init_mobilebert_embeddings, load_model, mobilebert_config
 from ..objectives import FeatureTransfer, MobileBertPretrain, Prediction, progressive_scope, unfreeze
 from ..phases import Phase
 from .base import GeneralContext, GeneralPlan, TaskContext, special_ids, trainer_config
@@ -30,7 +30,7 @@ def build_student(teacher_cfg, shape, seed: int) -> MobileBertForMaskedLM:
 
 def general(ctx: GeneralContext) -> GeneralPlan:
     g = ctx.p.general_distill.mobilebert
-    teacher = BertForMaskedLM.from_pretrained(ctx.teacher_mlm)
+    teacher = load_model(BertForMaskedLM, ctx.teacher_mlm)
     student = build_student(teacher.config, g.student, ctx.p.base.seed)
     dropped = init_mobilebert_embeddings(student, teacher) if g.embedding_init == "teacher" else None
     n = student.config.num_hidden_layers

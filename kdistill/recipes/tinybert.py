@@ -6,7 +6,7 @@ from __future__ import annotations
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, BertModel
 
-from ..models import tinybert_config
+from ..models import load_model, tinybert_config
 from ..objectives import Intermediate, Prediction
 from ..phases import Phase
 from .base import GeneralContext, GeneralPlan, TaskContext, trainer_config
@@ -16,7 +16,7 @@ NEEDS_TEACHER_MLM = False
 
 def general(ctx: GeneralContext) -> GeneralPlan:
     g = ctx.p.general_distill.tinybert
-    teacher = AutoModel.from_pretrained(ctx.teacher)
+    teacher = load_model(AutoModel, ctx.teacher)
     s = g.student
     student = BertModel(tinybert_config(teacher.config, s.layers, s.hidden, s.heads, s.ffn), add_pooling_layer=True)
     obj = Intermediate(student, teacher, g.weights, g.layer_map, g.attention, g.shared_projection, g.mask_padding)
