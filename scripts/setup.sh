@@ -57,5 +57,13 @@ if [ -d .dvc ]; then
   "$VENV/bin/dvc" config core.check_update false >/dev/null 2>&1 || true
 fi
 
-# 4. check: every piece loads offline
+# 4. Chromium for the browser test of the two UIs (tests/test_ui_browser.py, make ui-screenshots): Debian's package,
+#    driven by Playwright (pinned in requirements.txt); no browser download. The test says why it skips without it.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+  echo "setup: installing Debian's chromium (browser test of the Prefect and MLflow UIs)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "setup: apt-get install chromium failed: the browser test of the UIs will be skipped"
+fi
+
+# 5. check: every piece loads offline
 "$VENV/bin/python" -m kdistill.check_setup || fail "post-install check (see above)"

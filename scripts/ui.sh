@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # make ui / make ui-stop: Prefect UI on 127.0.0.1:4200 and MLflow UI on 127.0.0.1:5000, in the background.
+# KDISTILL_PREFECT_PORT, KDISTILL_MLFLOW_PORT, KDISTILL_MLFLOW_STORE and KDISTILL_UI_RUN (pid/log folder) override.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=.run
+RUN=${KDISTILL_UI_RUN:-.run}
 mkdir -p "$RUN"
 BIN=$PWD/.venv/bin
+PREFECT_PORT=${KDISTILL_PREFECT_PORT:-4200}
+MLFLOW_PORT=${KDISTILL_MLFLOW_PORT:-5000}
+MLFLOW_STORE=${KDISTILL_MLFLOW_STORE:-sqlite:///$PWD/mlflow.db}
 export PREFECT_HOME=${PREFECT_HOME:-$PWD/.prefect} PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true
+# the UI's pages call this API address from the browser: the server's own, whatever port it was given
+export PREFECT_UI_API_URL=http://127.0.0.1:$PREFECT_PORT/api
 
 start_one() {  # name, port, health path, command...
   local name=$1 port=$2 health=$3; shift 3
@@ -36,8 +42,9 @@ stop_one() {
 
 case "${1:-}" in
   start)
-    start_one prefect 4200 api/health "$BIN/prefect" server start --host 127.0.0.1 --port 4200
-    start_one mlflow 5000 health "$BIN/mlflow" ui --backend-store-uri "sqlite:///$PWD/mlflow.db" --host 127.0.0.1 --port 5000 --workers 1
+    start_one prefect "$PREFECT_PORT" api/health "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    start_one mlflow "$MLFLOW_PORT" health "$BIN/mlflow" ui --backend-store-uri "$MLFLOW_STORE" --host 127.0.0.1 \
+      --port "$MLFLOW_PORT" --workers 1
     ;;
   stop) stop_one prefect; stop_one mlflow ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
