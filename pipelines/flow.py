@@ -13,6 +13,7 @@ under it (KDISTILL_PARENT_RUN_ID).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
@@ -285,6 +286,10 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     t0 = time.time()
+    # Prefect stops its temporary server in an exit handler that logs a line; handlers run last-registered first, so
+    # one registered now, before any server starts, prints the error after everything else
+    pending: list[str] = []
+    atexit.register(lambda: pending and print(f"error: {pending[0]}", file=sys.stderr, flush=True))
     try:
         preflight(args.profile)
         with pipeline_lock(args.profile):
@@ -296,7 +301,7 @@ def main() -> None:
     except KdistillError as exc:  # bad params, a failed stage, DVC's refusal: one line, last, exit 2
         if os.environ.get("KDISTILL_DEBUG") == "1":
             raise
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        pending.append(str(exc))
         sys.exit(2)
     print(f"pipeline ({args.profile}) finished in {time.time() - t0:.1f}s")
 

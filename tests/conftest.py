@@ -1,4 +1,5 @@
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,21 @@ def make_bert():
         return cls(cfg).eval()
 
     return make
+
+
+def copy_project(dst):
+    """The tracked and untracked (not ignored) files of the project, as a fresh git repo sharing .venv and .assets."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for f in files:
+        if f.startswith("runs/") or not (ROOT / f).is_file():
+            continue
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        (dst / f).write_bytes((ROOT / f).read_bytes())
+    for link in (".venv", ".assets"):
+        (dst / link).symlink_to(ROOT / link)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], cwd=dst, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=dst, check=True)
+    subprocess.run(git + ["commit", "-qm", "copy"], cwd=dst, check=True)
+    return dst

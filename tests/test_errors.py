@@ -1,10 +1,13 @@
 """Deliberate errors end a step or the pipeline with one line naming what is wrong, and exit status 2."""
 
 import os
+import sqlite3
 import subprocess
 import sys
 
-from .conftest import ROOT
+import pytest
+
+from .conftest import ROOT, copy_project
 
 
 def _run(args, tmp_path, **env):
@@ -103,3 +106,27 @@ def test_runs_of_a_killed_pipeline_are_marked_killed_at_the_next_start(tmp_path)
     assert status == {"pipeline-default": "KILLED", "teacher_finetune": "KILLED", "a user's notebook run": "RUNNING"}
     assert close_orphan_runs("kdistill-test") == 0 and own
     mlflow.set_tracking_uri(before)
+
+
+@pytest.mark.slow
+def test_a_stage_that_fails_later_ends_the_pipeline_with_its_line_and_a_failed_flow_run(tmp_path):
+    """Preflight cannot see a bad byte inside the corpus; the prepare stage does, and that line ends `make pipeline`
+    (printed last) and is the message of the Failed flow run in Prefect."""
+    project = copy_project(tmp_path / "proj")
+    (project / "data" / "corpus" / "bad.txt").write_bytes(b"A fine first paragraph.\n\nbad \xff byte here\n")
+    (project / "profiles" / "badcorpus.yaml").write_text("extends: smoke.yaml\nprepare: {corpus: data/corpus/bad.txt}\n")
+    env = {**os.environ, "PREFECT_HOME": str(project / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "HF_HUB_OFFLINE": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    for k in ("MLFLOW_TRACKING_URI", "KDISTILL_PARAMS", "KDISTILL_OUTPUTS", "KDISTILL_DEBUG"):
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, "-m", "pipelines.flow", "--profile", "badcorpus"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "bad.txt:3: not valid UTF-8" in last, proc.stderr[-2000:]
+    with sqlite3.connect(project / ".prefect" / "prefect.db") as db:
+        runs = db.execute("select fr.state_type, s.message from flow_run fr join flow_run_state s on s.id = fr.state_id"
+                          ).fetchall()
+    assert len(runs) == 1 and runs[0][0] == "FAILED", runs
+    assert "bad.txt:3: not valid UTF-8" in runs[0][1], runs

@@ -4,53 +4,70 @@ Runs in a copy of the project (a fresh git repo beside the real one, sharing .ve
 reads nor touches the developer's outputs, locks or MLflow store.
 """
 
+import hashlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
-from .conftest import ROOT
+from .conftest import copy_project
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("kdistill") / "proj"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()
-    for f in files:
-        if f.startswith("runs/") or not (ROOT / f).is_file():
-            continue
-        (dst / f).parent.mkdir(parents=True, exist_ok=True)
-        (dst / f).write_bytes((ROOT / f).read_bytes())
-    for link in (".venv", ".assets"):
-        (dst / link).symlink_to(ROOT / link)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(git + ["init", "-q"], cwd=dst, check=True)
-    subprocess.run(git + ["add", "-A"], cwd=dst, check=True)
-    subprocess.run(git + ["commit", "-qm", "copy"], cwd=dst, check=True)
-    return dst
+    return copy_project(tmp_path_factory.mktemp("kdistill") / "proj")
 
 
-def _flow(project, *args):
+@pytest.fixture(scope="module")
+def smoke_run(project):
+    """The smoke profile run once, uninterrupted, in `project`; the student weights it ended with."""
+    proc = _flow(project, "--profile", "smoke", **SECRET_ENV)
+    weights = {}
+    if proc.returncode == 0:
+        for f in sorted((project / "outputs-smoke" / "students").glob("*/model.safetensors")):
+            weights[f.parent.name] = load_file(f)
+    return proc, weights
+
+
+def _flow_env(project) -> dict:
     env = {**os.environ, "PREFECT_HOME": str(project / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "HF_HUB_OFFLINE": "1",
            "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("KDISTILL_PARAMS", None)
-    env.pop("KDISTILL_OUTPUTS", None)
-    return subprocess.run([sys.executable, "-m", "pipelines.flow", *args], cwd=project, env=env, capture_output=True,
-                          text=True)
+    for k in ("MLFLOW_TRACKING_URI", "KDISTILL_PARAMS", "KDISTILL_OUTPUTS", "KDISTILL_DEBUG"):
+        env.pop(k, None)
+    return env
+
+
+def _flow(project, *args, **env):
+    return subprocess.run([sys.executable, "-m", "pipelines.flow", *args], cwd=project, env={**_flow_env(project), **env},
+                          capture_output=True, text=True)
+
+
+# credentials a user may have in the environment: none may reach MLflow, Prefect, DVC's records or the logs
+SECRET = "kdistill-test-secret-7f3a9c"
+SECRET_ENV = {"HF_TOKEN": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET,
+              "DATABASE_URL": f"postgresql://user:{SECRET}@127.0.0.1:9/db"}
 
 
 @pytest.mark.slow
-def test_smoke_profile_through_prefect_and_dvc(project):
-    proc = _flow(project, "--profile", "smoke")
+def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
+    proc, _ = smoke_run
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
     out = project / "outputs-smoke"
+
+    # no credential from the environment was written anywhere the run leaves records or logs
+    stores = [project / "mlflow.db", project / ".prefect", project / "runs", project / "work",
+              project / "outputs-smoke", project / "mlruns", project / "mlartifacts"]
+    files = [f for s in stores for f in ([s] if s.is_file() else s.rglob("*")) if f.is_file()]
+    assert len(files) > 50 and not [f for f in files if SECRET.encode() in f.read_bytes()]
+    assert SECRET not in proc.stdout + proc.stderr
 
     # every model evaluated and reported
     summary = json.loads((out / "reports" / "summary.json").read_text())
@@ -129,3 +146,98 @@ def test_smoke_profile_through_prefect_and_dvc(project):
     st = subprocess.run([dvc, "status", "--json", "runs/smoke/dvc.yaml"], cwd=project, capture_output=True, text=True,
                         check=True).stdout
     assert set(json.loads(st)) == {"runs/smoke/dvc.yaml:task_distill@distilbert"}  # evaluate follows once it re-ran
+
+
+def _kill_everything(proc, project) -> None:
+    """SIGKILL the pipeline as a crash would: the flow's process group and anything else running in the project
+    (the stage processes, the temporary Prefect server)."""
+    import psutil
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    for other in psutil.process_iter(["cwd", "cmdline"]):
+        try:
+            if other.info["cwd"] and other.info["cwd"].startswith(str(project)):
+                other.kill()
+        except psutil.Error:
+            pass
+    time.sleep(1)
+
+
+def _start_flow(project):
+    return subprocess.Popen([sys.executable, "-m", "pipelines.flow", "--profile", "smoke"], cwd=project,
+                            env=_flow_env(project), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _recorded(project) -> set:
+    lock = project / "runs" / "smoke" / "dvc.lock"
+    try:
+        return set((yaml.safe_load(lock.read_text()) or {}).get("stages", {}))
+    except (OSError, yaml.YAMLError):
+        return set()
+
+
+def _until(cond, proc, seconds=900, what=""):
+    deadline = time.time() + seconds
+    while not cond():
+        assert proc.poll() is None, f"the pipeline ended (rc {proc.returncode}) before {what}"
+        assert time.time() < deadline, f"no {what} within {seconds} s"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_kill_9_inside_a_training_stage_and_between_stages_then_a_rerun_ends_as_if_uninterrupted(smoke_run,
+                                                                                                 tmp_path_factory):
+    base, weights = smoke_run
+    assert base.returncode == 0 and weights, "the uninterrupted run failed: see the test above"
+    project = copy_project(tmp_path_factory.mktemp("killed") / "proj")
+    ckpt = project / "work" / "outputs-smoke" / "teacher_finetune" / "state.pt"
+
+    # 1. SIGKILL inside teacher fine-tuning, once its step-2 checkpoint (of 4 steps) is on disk
+    proc = _start_flow(project)
+    _until(ckpt.is_file, proc, what="a teacher fine-tuning checkpoint")
+    _kill_everything(proc, project)
+    assert ckpt.is_file() and "teacher_finetune" not in _recorded(project)  # killed mid-stage, nothing recorded for it
+
+    # 2. SIGKILL between stages: the moment teacher_finetune is recorded in dvc.lock
+    proc = _start_flow(project)
+    _until(lambda: "teacher_finetune" in _recorded(project), proc, what="teacher_finetune in dvc.lock")
+    _kill_everything(proc, project)
+    log = (project / "work" / "outputs-smoke" / "logs" / "teacher_finetune.log").read_text()
+    assert "resumed from step 2" in log  # the second run went on from the first one's checkpoint
+    assert len(_recorded(project)) < 15
+
+    # 3. run again: it completes, and ends where the uninterrupted run ended
+    again = _flow(project, "--profile", "smoke")
+    assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
+    assert "as KILLED" in again.stdout + again.stderr  # the runs the second, killed run left RUNNING
+    assert len(_recorded(project)) == 15
+    for recipe, want in weights.items():
+        got = load_file(project / "outputs-smoke" / "students" / recipe / "model.safetensors")
+        assert got.keys() == want.keys()
+        # Same seeds, data order and step counts. Stages side by side split the 2 CPUs, so a stage may run with 1 or
+        # 2 threads depending on what was left to do: float sums in another order differ in the last bits only.
+        worst = max(float((got[k].float() - want[k].float()).abs().max()) for k in want)
+        assert worst <= 1e-4, (recipe, worst)
+
+    # the records are intact: DVC clean, every cache file matches its hash, MLflow's database sound, no run RUNNING
+    dvc = str(project / ".venv" / "bin" / "dvc")
+    st = subprocess.run([dvc, "status", "--json", "runs/smoke/dvc.yaml"], cwd=project, capture_output=True, text=True,
+                        check=True).stdout
+    assert json.loads(st or "{}") == {}
+    cache = list((project / ".dvc" / "cache" / "files" / "md5").glob("*/*"))
+    assert cache
+    for f in cache:
+        digest = f.parent.name + f.name.removesuffix(".dir")
+        assert hashlib.md5(f.read_bytes()).hexdigest() == digest or f.name.endswith(".dir"), f
+        if f.name.endswith(".dir"):
+            json.loads(f.read_text())
+    with sqlite3.connect(project / "mlflow.db") as db:
+        assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+        status = dict(db.execute("select status, count(*) from runs group by status").fetchall())
+    assert "RUNNING" not in status and status.get("KILLED", 0) >= 2, status
+    assert [p.name for p in (project / "outputs-smoke").rglob(".*") if ".tmp-" in p.name] == []
