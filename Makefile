@@ -10,13 +10,14 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test pipeline smoke repro ui ui-stop ui-screenshots schedule serve loadtest bench bench-textbrewer clean
+.PHONY: help setup test pipeline smoke repro push pull ui ui-stop ui-screenshots schedule serve loadtest bench bench-textbrewer clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
 	@echo "make pipeline  run the six-stage pipeline (Prefect flow over DVC stages, MLflow tracking)"
 	@echo "make smoke     the same six stages on a few rows and tiny models"
 	@echo "make test      run the test suite"
+	@echo "make push      send the default pipeline's outputs to the DVC remote (default ../kdistill-dvc-remote); make pull fetches them"
 	@echo "make ui        start the Prefect UI (127.0.0.1:4200) and MLflow UI (127.0.0.1:5000); make ui-stop stops them"
 	@echo "make ui-screenshots  check both UIs in headless Chromium (needs make ui + make schedule), PNGs to docs/ui/"
 	@echo "make schedule  serve the flow as a Prefect deployment with the cron schedule from params.yaml"
@@ -39,6 +40,12 @@ smoke:
 
 repro:
 	dvc repro dvc.yaml
+
+push:
+	dvc push dvc.yaml
+
+pull:
+	dvc pull dvc.yaml
 
 ui:
 	@bash scripts/ui.sh start

@@ -14,7 +14,7 @@ from kdistill.config import load_params
 
 from .flow import ROOT, distill_pipeline
 
-DEFAULT_API = "http://127.0.0.1:4200/api"
+DEFAULT_API = f"http://127.0.0.1:{os.environ.get('KDISTILL_PREFECT_PORT', '4200')}/api"  # `make ui`'s server
 
 
 def build_deployment(profile: str = "default"):
@@ -38,7 +38,11 @@ def api_healthy(api_url: str) -> bool:
 
 
 def main() -> None:
-    os.environ.setdefault("PREFECT_API_URL", DEFAULT_API)
+    if not os.environ.get("PREFECT_API_URL"):
+        # Prefect read its settings when .flow imported it, with no API URL: it would poll a temporary server of its
+        # own, not the UI's. Start again with the URL set, so runs triggered in the UI are the ones this executes.
+        os.environ["PREFECT_API_URL"] = DEFAULT_API
+        os.execv(sys.executable, [sys.executable, "-m", "pipelines.schedule", *sys.argv[1:]])
     api = os.environ["PREFECT_API_URL"]
     if not api_healthy(api):
         sys.exit(f"no Prefect server answers at {api}: start one with `make ui` (or set PREFECT_API_URL)")

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from .conftest import copy_project
+from .conftest import ROOT, copy_project
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,43 @@ def _flow(project, *args, **env):
 SECRET = "kdistill-test-secret-7f3a9c"
 SECRET_ENV = {"HF_TOKEN": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET,
               "DATABASE_URL": f"postgresql://user:{SECRET}@127.0.0.1:9/db"}
+
+
+def _git(cwd, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                   capture_output=True)
+
+
+@pytest.mark.slow
+def test_dvc_push_then_a_fresh_clone_pulls_every_output_without_recomputing(project, smoke_run, tmp_path):
+    proc, _ = smoke_run
+    assert proc.returncode == 0, "the smoke run failed: see test_smoke_profile_through_prefect_and_dvc"
+    dvc = str(ROOT / ".venv" / "bin" / "dvc")
+    listed = subprocess.run([dvc, "remote", "list"], cwd=project, capture_output=True, text=True, check=True).stdout
+    assert f"shared\t{project.parent / 'kdistill-dvc-remote'}" in listed.replace("  ", "\t")  # the committed default
+    remote = tmp_path / "remote"
+    subprocess.run([dvc, "remote", "modify", "--local", "shared", "url", str(remote)], cwd=project, check=True)
+    push = subprocess.run([dvc, "push", "runs/smoke/dvc.yaml"], cwd=project, capture_output=True, text=True)
+    assert push.returncode == 0, push.stdout + push.stderr
+
+    _git(project, "add", "-A")
+    # reports are DVC outputs kept in git (cache: false), as reports/ is for the default profile
+    _git(project, "add", "-f", "outputs-smoke/reports")
+    _git(project, "commit", "-qm", "smoke run records")
+    clone = tmp_path / "clone"
+    _git(tmp_path, "clone", "-q", str(project), str(clone))
+    for link in (".venv", ".assets"):
+        (clone / link).symlink_to(ROOT / link)
+    subprocess.run([dvc, "remote", "modify", "--local", "shared", "url", str(remote)], cwd=clone, check=True)
+    pull = subprocess.run([dvc, "pull", "runs/smoke/dvc.yaml"], cwd=clone, capture_output=True, text=True)
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+    st = subprocess.run([dvc, "status", "--json", "runs/smoke/dvc.yaml"], cwd=clone, capture_output=True, text=True,
+                        check=True).stdout
+    assert json.loads(st or "{}") == {}  # every stage up to date: nothing to recompute
+    assert not (clone / "work").exists()  # and nothing was: no stage ran in the clone
+    for rel in ("outputs-smoke/students/tinybert/model.safetensors", "outputs-smoke/onnx/tinybert/model.int8.onnx",
+                "outputs-smoke/reports/summary.json"):
+        assert (clone / rel).read_bytes() == (project / rel).read_bytes(), rel
 
 
 @pytest.mark.slow

@@ -102,13 +102,14 @@ def test_prefect_and_mlflow_uis_show_the_deployment_the_champions_and_the_loss_c
             assert addrs and {ip for ip, _ in addrs} == {"127.0.0.1"}, (name, addrs)
 
         api = f"http://127.0.0.1:{prefect_port}/api"
-        schedule = subprocess.Popen([sys.executable, "-m", "pipelines.schedule"], cwd=ROOT,
-                                    env={**env, "PREFECT_API_URL": api}, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        # as `make schedule` runs it: no PREFECT_API_URL, the server of `make ui` (its port) by default
+        schedule_log = tmp_path / "schedule.log"
+        schedule = subprocess.Popen([sys.executable, "-m", "pipelines.schedule"], cwd=ROOT, env=env,
+                                    stdout=schedule_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         p = load_params(ROOT / "params.yaml")
         deadline = time.time() + 180
         while not _deployment_exists(api, p.schedule.deployment):
-            assert schedule.poll() is None, schedule.stdout.read()[-3000:]
+            assert schedule.poll() is None, schedule_log.read_text()[-3000:]
             assert time.time() < deadline, "the deployment was not registered within 180 s"
             time.sleep(2)
 
@@ -123,6 +124,9 @@ def test_prefect_and_mlflow_uis_show_the_deployment_the_champions_and_the_loss_c
             ui_check.check_mlflow_run(page, f"http://127.0.0.1:{mlflow_port}", exp_id, run_id,
                                       "task_distill@tinybert", ["attn", "emb", "hidn", "pred"], shots)
             browser.close()
+        # the deployment is served from the UI's server itself, not from a temporary one of its own
+        served = schedule_log.read_text()
+        assert f"on {api}" in served and "temporary server" not in served, served[-3000:]
         assert {f.name for f in shots.iterdir()} == {"prefect-deployments.png", "prefect-deployment.png",
                                                      "mlflow-models.png", "mlflow-run-losses.png"}
     finally:
