@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test pipeline smoke repro push pull ui ui-stop ui-screenshots schedule serve loadtest bench bench-textbrewer clean
+.PHONY: help setup test pipeline smoke repro push pull ui ui-stop ui-screenshots schedule worker serve loadtest bench bench-textbrewer clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
@@ -20,7 +20,8 @@ help:
 	@echo "make push      send the default pipeline's outputs to the DVC remote (default ../kdistill-dvc-remote); make pull fetches them"
 	@echo "make ui        start the Prefect UI (127.0.0.1:4200) and MLflow UI (127.0.0.1:5000); make ui-stop stops them"
 	@echo "make ui-screenshots  check both UIs in headless Chromium (needs make ui + make schedule), PNGs to docs/ui/"
-	@echo "make schedule  serve the flow as a Prefect deployment with the cron schedule from params.yaml"
+	@echo "make schedule  register the flow as a Prefect deployment on the work pool, cron from params.yaml"
+	@echo "make worker    a Prefect process worker for that pool: runs scheduled and UI-triggered flow runs"
 	@echo "make serve     serve a registered student over HTTP on 127.0.0.1 (MODEL=sst2-tinybert PORT=5001)"
 	@echo "make loadtest  bounded load on the served model: p50/p95/p99 latency, requests/s (REQUESTS=400 CLIENTS=4)"
 	@echo "make bench     CPU capability, the precision auto picks here, fp32 vs bf16 task-distillation throughput"
@@ -58,6 +59,9 @@ ui-screenshots:
 
 schedule:
 	$(PY) -m pipelines.schedule
+
+worker:
+	$(PY) -m pipelines.worker
 
 MODEL ?= sst2-tinybert
 PORT ?= 5001

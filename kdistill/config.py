@@ -274,6 +274,8 @@ class TrackingParams(_Section):
 class ScheduleParams(_Section):
     cron: str = "0 3 * * *"
     deployment: str = "nightly"
+    # the Prefect work pool (process type) the deployment targets: `make worker` on any machine serves it
+    work_pool: str = Field("kdistill", min_length=1)
 
 
 class Params(_Section):

@@ -1,7 +1,9 @@
-"""`make schedule`: serve the pipeline as a Prefect deployment with the cron schedule from params.yaml.
+"""`make schedule`: the pipeline as a Prefect deployment on a work pool, with the cron schedule from params.yaml.
 
-It registers the deployment with the Prefect API (the local server from `make ui` by default, so it appears in the
-UI at http://127.0.0.1:4200) and then keeps running, starting flow runs when the schedule comes due. Stop with Ctrl-C.
+It registers the deployment with the Prefect API (the server of `make ui` by default, so it appears in the UI at
+http://127.0.0.1:4200) on the process work pool `schedule.work_pool`, creating the pool when missing, and returns.
+Scheduled runs, and runs triggered from the UI, are executed by whichever worker polls that pool: `make worker`, on
+this machine or any other that has the project at the same path and reaches the server.
 """
 
 from __future__ import annotations
@@ -15,18 +17,44 @@ from kdistill.config import load_params
 from .flow import ROOT, distill_pipeline
 
 DEFAULT_API = f"http://127.0.0.1:{os.environ.get('KDISTILL_PREFECT_PORT', '4200')}/api"  # `make ui`'s server
+ENTRYPOINT = "pipelines/flow.py:distill_pipeline"
+
+
+def deployment_settings(profile: str = "default") -> dict:
+    p = load_params(ROOT / "params.yaml")
+    return dict(name=p.schedule.deployment, cron=p.schedule.cron, parameters={"profile": profile},
+                description=f"kdistill pipeline ({profile}), cron '{p.schedule.cron}' from params.yaml",
+                tags=["kdistill", p.base.task])
 
 
 def build_deployment(profile: str = "default"):
-    """The deployment object (flow + cron from params.yaml), ready to `.apply()` or to serve."""
+    """The deployment object (flow + cron from params.yaml), ready to `.apply()` or to serve in-process."""
+    return distill_pipeline.to_deployment(**deployment_settings(profile))
+
+
+def ensure_work_pool(name: str) -> None:
+    """Create the process work pool `name` unless it exists (a worker needs it, and so does a deployment)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            try:
+                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+                print(f"created Prefect work pool '{name}' (process)")
+            except ObjectAlreadyExists:  # created by a worker starting at the same moment
+                pass
+
+
+def deploy(profile: str = "default"):
+    """Register the deployment on the work pool: code from this project directory, run by a worker of the pool."""
     p = load_params(ROOT / "params.yaml")
-    return distill_pipeline.to_deployment(
-        name=p.schedule.deployment,
-        cron=p.schedule.cron,
-        parameters={"profile": profile},
-        description=f"kdistill pipeline ({profile}), cron '{p.schedule.cron}' from params.yaml",
-        tags=["kdistill", p.base.task],
-    )
+    ensure_work_pool(p.schedule.work_pool)
+    source = distill_pipeline.from_source(source=str(ROOT), entrypoint=ENTRYPOINT)
+    return source.deploy(work_pool_name=p.schedule.work_pool, print_next_steps=False, **deployment_settings(profile))
 
 
 def api_healthy(api_url: str) -> bool:
@@ -37,20 +65,26 @@ def api_healthy(api_url: str) -> bool:
         return False
 
 
-def main() -> None:
+def with_api_url(module: str) -> str:
+    """The API URL, after making sure Prefect sees it: Prefect reads its settings once, when first imported, so a
+    process started without PREFECT_API_URL would talk to a temporary server of its own, not the UI's; start again."""
     if not os.environ.get("PREFECT_API_URL"):
-        # Prefect read its settings when .flow imported it, with no API URL: it would poll a temporary server of its
-        # own, not the UI's. Start again with the URL set, so runs triggered in the UI are the ones this executes.
         os.environ["PREFECT_API_URL"] = DEFAULT_API
-        os.execv(sys.executable, [sys.executable, "-m", "pipelines.schedule", *sys.argv[1:]])
+        os.execv(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]])
     api = os.environ["PREFECT_API_URL"]
     if not api_healthy(api):
-        sys.exit(f"no Prefect server answers at {api}: start one with `make ui` (or set PREFECT_API_URL)")
-    from prefect import serve
+        sys.exit(f"error: no Prefect server answers at {api}: start one with `make ui` (or set PREFECT_API_URL)")
+    return api
 
-    dep = build_deployment(os.environ.get("KDISTILL_PROFILE", "default"))
-    print(f"serving deployment 'kdistill-pipeline/{dep.name}' on {api} with schedule {dep.schedules}")
-    serve(dep)
+
+def main() -> None:
+    api = with_api_url("pipelines.schedule")
+    profile = os.environ.get("KDISTILL_PROFILE", "default")
+    p = load_params(ROOT / "params.yaml")
+    dep_id = deploy(profile)
+    print(f"deployment 'kdistill-pipeline/{p.schedule.deployment}' ({dep_id}) on {api}: cron '{p.schedule.cron}', "
+          f"profile {profile}, work pool '{p.schedule.work_pool}'. Runs start when a worker polls the pool: "
+          "`make worker` (here, or on any machine with this project at the same path)")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,82 @@ def test_dvc_push_then_a_fresh_clone_pulls_every_output_without_recomputing(proj
         assert (clone / rel).read_bytes() == (project / rel).read_bytes(), rel
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(url, path, body):
+    import urllib.request
+
+    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_a_worker_of_the_work_pool_runs_a_deployment_run_triggered_on_the_server(project, smoke_run, tmp_path):
+    """`make schedule` registers the deployment on the pool, `make worker` polls it; a run triggered on the server (as
+    the UI's Run button does) is executed by that worker and ends Completed. After the smoke run every stage is up to
+    date, so the flow run checks each with DVC and completes in about a minute."""
+    proc, _ = smoke_run
+    assert proc.returncode == 0, "the smoke run failed: see test_smoke_profile_through_prefect_and_dvc"
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**_flow_env(project), "PREFECT_HOME": str(tmp_path / "prefect"), "KDISTILL_PREFECT_PORT": str(port),
+           "KDISTILL_PROFILE": "smoke"}
+    env.pop("PREFECT_API_URL", None)
+    procs = []
+
+    def start(args, log):
+        procs.append(subprocess.Popen(args, cwd=project, env=env, stdout=(tmp_path / log).open("w"),
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+        return procs[-1]
+
+    try:
+        server = start([str(ROOT / ".venv" / "bin" / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                        str(port)], "server.log")
+        _until(lambda: _healthy(api), server, seconds=180, what="the Prefect server")
+        dep = subprocess.run([sys.executable, "-m", "pipelines.schedule"], cwd=project, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert dep.returncode == 0 and "work pool 'kdistill'" in dep.stdout, dep.stdout + dep.stderr
+        worker = start([sys.executable, "-m", "pipelines.worker"], "worker.log")
+        deployment = _api(api, "/deployments/filter", {"limit": 5})[0]
+        assert deployment["work_pool_name"] == "kdistill" and deployment["parameters"] == {"profile": "smoke"}
+        run = _api(api, f"/deployments/{deployment['id']}/create_flow_run", {})
+        state = {}
+
+        def finished():
+            state.update(_api(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})[0]["state"])
+            return state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+        _until(finished, worker, seconds=900, what="the end of the flow run")
+        log = (tmp_path / "worker.log").read_text()
+        assert state["type"] == "COMPLETED", log[-3000:]
+        assert "up to date (dvc status)" in log and "temporary server" not in log  # the worker ran it, on this server
+    finally:
+        for p in reversed(procs):
+            try:
+                os.killpg(p.pid, signal.SIGINT)
+                p.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def _healthy(api) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{api}/health", timeout=3) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
     proc, _ = smoke_run
