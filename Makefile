@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test pipeline smoke repro push pull ui ui-stop ui-screenshots schedule worker serve loadtest bench bench-textbrewer clean
+.PHONY: help setup test pipeline smoke repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-textbrewer clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
@@ -20,6 +20,7 @@ help:
 	@echo "make push      send the default pipeline's outputs to the DVC remote (default ../kdistill-dvc-remote); make pull fetches them"
 	@echo "make ui        start the Prefect UI (127.0.0.1:4200) and MLflow UI (127.0.0.1:5000); make ui-stop stops them"
 	@echo "make ui-screenshots  check both UIs in headless Chromium (needs make ui + make schedule), PNGs to docs/ui/"
+	@echo "make mlflow-server  a shared MLflow tracking server on 127.0.0.1:5050 over PostgreSQL (make mlflow-server-stop)"
 	@echo "make schedule  register the flow as a Prefect deployment on the work pool, cron from params.yaml"
 	@echo "make worker    a Prefect process worker for that pool: runs scheduled and UI-triggered flow runs"
 	@echo "make serve     serve a registered student over HTTP on 127.0.0.1 (MODEL=sst2-tinybert PORT=5001)"
@@ -53,6 +54,12 @@ ui:
 
 ui-stop:
 	@bash scripts/ui.sh stop
+
+mlflow-server:
+	@bash scripts/mlflow_server.sh start
+
+mlflow-server-stop:
+	@bash scripts/mlflow_server.sh stop
 
 ui-screenshots:
 	$(PY) scripts/ui_check.py --out docs/ui

@@ -252,7 +252,9 @@ def experiment(p: Params):
     mlflow.set_tracking_uri(tracking_uri(p))
     name = f"{p.tracking.experiment_prefix}-{p.base.task}"
     if mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name, artifact_location=(ROOT / "mlartifacts" / name).as_uri())
+        # a local store keeps artifacts beside the project; a tracking server stores (and serves) them itself
+        local = not tracking_uri(p).startswith(("http://", "https://"))
+        mlflow.create_experiment(name, artifact_location=(ROOT / "mlartifacts" / name).as_uri() if local else None)
     mlflow.set_experiment(name)
     return name
 
