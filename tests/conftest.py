@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -65,3 +66,20 @@ def copy_project(dst):
     subprocess.run(git + ["add", "-A"], cwd=dst, check=True)
     subprocess.run(git + ["commit", "-qm", "copy"], cwd=dst, check=True)
     return dst
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flow_env(project) -> dict:
+    """The environment `python -m pipelines.flow` gets in a copy of the project: its own Prefect home, no outside
+    tracking URI, params or outputs overrides."""
+    env = {**os.environ, "PREFECT_HOME": str(project / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "HF_HUB_OFFLINE": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}
+    for k in ("MLFLOW_TRACKING_URI", "KDISTILL_PARAMS", "KDISTILL_OUTPUTS", "KDISTILL_DEBUG"):
+        env.pop(k, None)
+    return env

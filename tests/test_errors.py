@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT, copy_project
+from .conftest import ROOT, copy_project, flow_env, free_port
 
 
 def _run(args, tmp_path, **env):
@@ -49,16 +49,8 @@ def test_the_pipeline_refuses_an_unknown_profile_before_any_server_starts(tmp_pa
     assert "Traceback" not in proc.stderr and "temporary server" not in proc.stdout + proc.stderr
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_unreachable_tracking_server_stops_the_pipeline_before_any_work(tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = _run(["pipelines.flow", "--profile", "smoke"], tmp_path,
                 MLFLOW_TRACKING_URI=f"http://user:secret@127.0.0.1:{port}")
     assert proc.returncode == 2
@@ -115,11 +107,7 @@ def test_a_stage_that_fails_later_ends_the_pipeline_with_its_line_and_a_failed_f
     project = copy_project(tmp_path / "proj")
     (project / "data" / "corpus" / "bad.txt").write_bytes(b"A fine first paragraph.\n\nbad \xff byte here\n")
     (project / "profiles" / "badcorpus.yaml").write_text("extends: smoke.yaml\nprepare: {corpus: data/corpus/bad.txt}\n")
-    env = {**os.environ, "PREFECT_HOME": str(project / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "HF_HUB_OFFLINE": "1",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
-    for k in ("MLFLOW_TRACKING_URI", "KDISTILL_PARAMS", "KDISTILL_OUTPUTS", "KDISTILL_DEBUG"):
-        env.pop(k, None)
+    env = flow_env(project)
     proc = subprocess.run([sys.executable, "-m", "pipelines.flow", "--profile", "badcorpus"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]

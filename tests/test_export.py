@@ -19,7 +19,7 @@ from kdistill.config import Params
 from kdistill.onnx_export import (ParityError, export_onnx, parity, quantize_int8, run_session, session)
 from kdistill.speed import interleaved_latency
 
-from .conftest import ROOT
+from .conftest import ROOT, free_port
 from .listening import listening_addresses
 
 
@@ -130,16 +130,10 @@ def test_registered_student_is_an_onnx_pyfunc_and_champion_moves_only_on_improve
     assert moved and str(client.get_model_version_by_alias("t-sst2-tinybert", "champion").version) == str(v3)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_make_serve_answers_on_loopback_and_stops_cleanly(registered, tmp_path):
     model, tok, uri, *_ = registered
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", "t-sst2-tinybert",
                              "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

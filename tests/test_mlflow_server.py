@@ -12,21 +12,13 @@ import sys
 
 import pytest
 
-from .conftest import ROOT, copy_project
+from .conftest import ROOT, copy_project, flow_env, free_port
 from .listening import listening_addresses
 
 SCRIPT = ["bash", str(ROOT / "scripts" / "mlflow_server.sh")]
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and shutil.which("sudo") is None,
     reason="creating a PostgreSQL cluster needs root (or sudo) to run as the postgres user")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _psql(port: str, db: str, sql: str) -> str:
@@ -37,7 +29,7 @@ def _psql(port: str, db: str, sql: str) -> str:
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port, db = _free_port(), f"kdistill_test_{secrets.token_hex(4)}"
+    port, db = free_port(), f"kdistill_test_{secrets.token_hex(4)}"
     env = {**os.environ, "KDISTILL_UI_RUN": str(tmp_path / "run"), "KDISTILL_MLFLOW_SERVER_PORT": str(port),
            "KDISTILL_PG_DB": db}
     started = subprocess.run(SCRIPT + ["start"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -67,11 +59,7 @@ def test_the_smoke_profile_tracks_registers_and_aliases_over_http_on_postgresql(
     text = prof.read_text()
     assert "tracking: {experiment_prefix: kdistill-smoke, registry_prefix: smoke-}" in text
     prof.write_text(text.replace("registry_prefix: smoke-}", f"registry_prefix: smoke-, mlflow_uri: '{url}'}}"))
-    env = {**os.environ, "PREFECT_HOME": str(project / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "HF_HUB_OFFLINE": "1",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}
-    for k in ("MLFLOW_TRACKING_URI", "KDISTILL_PARAMS", "KDISTILL_OUTPUTS", "KDISTILL_DEBUG"):
-        env.pop(k, None)
+    env = flow_env(project)
     proc = subprocess.run([sys.executable, "-m", "pipelines.flow", "--profile", "smoke"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

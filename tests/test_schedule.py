@@ -1,7 +1,6 @@
 """A real Prefect server on loopback: the pipeline deployment registers with its cron schedule from params.yaml."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,18 +11,12 @@ import pytest
 
 from kdistill.config import load_params
 
-from .conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import ROOT, free_port
 
 
 @pytest.fixture
 def prefect_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     prefect = Path(sys.executable).parent / "prefect"
     log = open(tmp_path / "server.log", "w")

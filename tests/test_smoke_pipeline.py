@@ -17,7 +17,9 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from .conftest import ROOT, copy_project
+from pipelines.schedule import api_healthy
+
+from .conftest import ROOT, copy_project, flow_env, free_port
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +38,8 @@ def smoke_run(project):
     return proc, weights
 
 
-def _flow_env(project) -> dict:
-    env = {**os.environ, "PREFECT_HOME": str(project / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "HF_HUB_OFFLINE": "1",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}
-    for k in ("MLFLOW_TRACKING_URI", "KDISTILL_PARAMS", "KDISTILL_OUTPUTS", "KDISTILL_DEBUG"):
-        env.pop(k, None)
-    return env
-
-
 def _flow(project, *args, **env):
-    return subprocess.run([sys.executable, "-m", "pipelines.flow", *args], cwd=project, env={**_flow_env(project), **env},
+    return subprocess.run([sys.executable, "-m", "pipelines.flow", *args], cwd=project, env={**flow_env(project), **env},
                           capture_output=True, text=True)
 
 
@@ -190,14 +183,6 @@ def test_dvc_push_then_a_fresh_clone_pulls_every_output_without_recomputing(proj
         assert (clone / rel).read_bytes() == (project / rel).read_bytes(), rel
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _api(url, path, body):
     import urllib.request
 
@@ -214,9 +199,9 @@ def test_a_worker_of_the_work_pool_runs_a_deployment_run_triggered_on_the_server
     date, so the flow run checks each with DVC and completes in about a minute."""
     proc, _ = smoke_run
     assert proc.returncode == 0, "the smoke run failed: see test_smoke_profile_through_prefect_and_dvc"
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**_flow_env(project), "PREFECT_HOME": str(tmp_path / "prefect"), "KDISTILL_PREFECT_PORT": str(port),
+    env = {**flow_env(project), "PREFECT_HOME": str(tmp_path / "prefect"), "KDISTILL_PREFECT_PORT": str(port),
            "KDISTILL_PROFILE": "smoke"}
     env.pop("PREFECT_API_URL", None)
     procs = []
@@ -229,7 +214,7 @@ def test_a_worker_of_the_work_pool_runs_a_deployment_run_triggered_on_the_server
     try:
         server = start([str(ROOT / ".venv" / "bin" / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                         str(port)], "server.log")
-        _until(lambda: _healthy(api), server, seconds=180, what="the Prefect server")
+        _until(lambda: api_healthy(api), server, seconds=180, what="the Prefect server")
         dep = subprocess.run([sys.executable, "-m", "pipelines.schedule"], cwd=project, env=env, capture_output=True,
                              text=True, timeout=300)
         assert dep.returncode == 0 and "work pool 'kdistill'" in dep.stdout, dep.stdout + dep.stderr
@@ -256,16 +241,6 @@ def test_a_worker_of_the_work_pool_runs_a_deployment_run_triggered_on_the_server
                 os.killpg(p.pid, signal.SIGKILL)
 
 
-def _healthy(api) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{api}/health", timeout=3) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def _kill_everything(proc, project) -> None:
     """SIGKILL the pipeline as a crash would: the flow's process group and anything else running in the project
     (the stage processes, the temporary Prefect server)."""
@@ -287,7 +262,7 @@ def _kill_everything(proc, project) -> None:
 
 def _start_flow(project):
     return subprocess.Popen([sys.executable, "-m", "pipelines.flow", "--profile", "smoke"], cwd=project,
-                            env=_flow_env(project), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=flow_env(project), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 
 

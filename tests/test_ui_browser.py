@@ -7,7 +7,6 @@ Servers are started the way users start them (`scripts/ui.sh start` = `make ui`,
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 from kdistill.config import Params, load_params
 from kdistill.onnx_export import export_onnx
 
-from .conftest import ROOT
+from .conftest import ROOT, free_port
 from .listening import listening_addresses
 
 spec = importlib.util.spec_from_file_location("ui_check", ROOT / "scripts" / "ui_check.py")
@@ -34,12 +33,6 @@ except ImportError:  # pragma: no cover - requirements.txt pins it
 pytestmark = pytest.mark.skipif(
     sync_playwright is None or ui_check.find_chromium() is None,
     reason="needs Playwright and Debian's chromium (make setup installs both; apt-get failed or is missing here)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(url: str, proc=None, seconds: int = 180) -> None:
@@ -83,7 +76,7 @@ def _store(tmp_path, make_bert, tiny_tokenizer):
 def test_prefect_and_mlflow_uis_show_the_deployment_the_champions_and_the_loss_charts(tmp_path, make_bert,
                                                                                       tiny_tokenizer):
     uri, exp_id, run_id, models = _store(tmp_path, make_bert, tiny_tokenizer)
-    prefect_port, mlflow_port = _free_port(), _free_port()
+    prefect_port, mlflow_port = free_port(), free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "MLFLOW_DISABLE_TELEMETRY": "true", "KDISTILL_UI_RUN": str(tmp_path / "run"),
            "KDISTILL_PREFECT_PORT": str(prefect_port), "KDISTILL_MLFLOW_PORT": str(mlflow_port),
