@@ -10,12 +10,13 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test pipeline smoke repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-textbrewer clean
+.PHONY: help setup test pipeline smoke repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-prepare bench-ddp bench-textbrewer clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
 	@echo "make pipeline  run the six-stage pipeline (Prefect flow over DVC stages, MLflow tracking)"
 	@echo "make smoke     the same six stages on a few rows and tiny models"
+	@echo "               NPROC=2 (either): each training stage data-parallel in 2 processes (torchrun, gloo/NCCL)"
 	@echo "make test      run the test suite"
 	@echo "make push      send the default pipeline's outputs to the DVC remote (default ../kdistill-dvc-remote); make pull fetches them"
 	@echo "make ui        start the Prefect UI (127.0.0.1:4200) and MLflow UI (127.0.0.1:5000); make ui-stop stops them"
@@ -26,6 +27,8 @@ help:
 	@echo "make serve     serve a registered student over HTTP on 127.0.0.1 (MODEL=sst2-tinybert PORT=5001)"
 	@echo "make loadtest  bounded load on the served model: p50/p95/p99 latency, requests/s (REQUESTS=400 CLIENTS=4)"
 	@echo "make bench     CPU capability, the precision auto picks here, fp32 vs bf16 task-distillation throughput"
+	@echo "make bench-prepare  corpus packing tokens/s and peak RSS, shipped corpus vs repeated REPEAT=20 times"
+	@echo "make bench-ddp     training examples/s with 1 and NPROC=2 processes (torchrun), same global batches"
 	@echo "make bench-textbrewer  intermediate distillation vs TextBrewer 0.2.1 (installs it: benchmark-only)"
 
 setup:
@@ -34,11 +37,14 @@ setup:
 test:
 	$(PY) -m pytest tests
 
+# NPROC=2: every training stage runs data-parallel in 2 processes (torchrun; overrides base.nproc)
+NPROC_ENV = $(if $(NPROC),KDISTILL_NPROC=$(NPROC) ,)
+
 pipeline:
-	$(PY) -m pipelines.flow
+	$(NPROC_ENV)$(PY) -m pipelines.flow
 
 smoke:
-	$(PY) -m pipelines.flow --profile smoke
+	$(NPROC_ENV)$(PY) -m pipelines.flow --profile smoke
 
 repro:
 	dvc repro dvc.yaml
@@ -92,3 +98,11 @@ bench-textbrewer:
 
 clean:
 	rm -rf outputs work reports mlruns mlartifacts mlflow.db .prefect
+
+REPEAT ?= 20
+bench-prepare:
+	$(PY) scripts/bench_prepare.py --repeat $(REPEAT)
+
+STEPS ?= 40
+bench-ddp:
+	$(PY) scripts/bench_data_parallel.py --nproc $(or $(NPROC),2) --steps $(STEPS)

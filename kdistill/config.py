@@ -64,12 +64,16 @@ class BaseParams(_Section):
     precision: PrecisionSpec = "auto"
     threads: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"  # auto: this process's CPUs, split among stages run together
     max_parallel: Annotated[int, Field(ge=1)] | Literal["auto"] = 2  # stages the flow runs side by side (auto: one per 2 CPUs)
+    # data-parallel processes per training stage (torchrun; `make pipeline NPROC=2` overrides): same global batches,
+    # gradients summed across processes. auto: one per CUDA device, else 1
+    nproc: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
 
 
 class PrepareParams(_Section):
     corpus: str = "data/corpus/enwiki_sample.txt"
     corpus_seq_len: int = Field(128, ge=8, le=512)
     max_documents: int | None = Field(None, ge=1)
+    num_proc: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"  # packing processes (datasets.map); auto: the stage's CPUs
 
 
 class AugmentParams(_Section):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from .data import row_lengths
 
 from .glue import get_task
 from .metrics import task_metrics
@@ -12,10 +15,9 @@ from .trainer import pad_collate
 
 def by_length(dataset, batch_size: int):
     """(row indices, columns) of batches of rows sorted by length: little padding, any order restored by the indices."""
-    lengths = [len(x) for x in dataset["input_ids"]]
-    order = sorted(range(len(dataset)), key=lengths.__getitem__)
+    order = np.argsort(row_lengths(dataset), kind="stable")
     for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+        idx = order[s : s + batch_size].tolist()
         yield idx, dataset[idx]
 
 

@@ -23,11 +23,20 @@ def module_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def dataset_digest(dataset, columns=("input_ids", "token_type_ids", "labels")) -> str:
-    """sha256 of the named columns that the dataset has, in row order."""
+def dataset_digest(dataset, columns=("input_ids", "token_type_ids", "labels"), batch_rows: int = 65_536) -> str:
+    """sha256 of the named columns that the dataset has, in row order: the JSON text of each column's list of
+    values, fed in batches so that a corpus larger than memory is never held whole."""
     h = hashlib.sha256()
     for col in columns:
         if col in dataset.column_names:
             h.update(col.encode())
-            h.update(json.dumps(list(dataset[col])).encode())
+            h.update(b"[")
+            first = True
+            for batch in dataset.select_columns([col]).with_format("arrow").iter(batch_size=batch_rows):
+                values = batch[col].to_pylist()
+                if not values:
+                    continue
+                h.update((b"" if first else b", ") + json.dumps(values)[1:-1].encode())
+                first = False
+            h.update(b"]")
     return h.hexdigest()

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import distributed
 from . import losses as L
 from .fingerprint import dataset_digest, module_digest
 from .io import atomic_file
@@ -153,6 +154,8 @@ def teacher_logits(
     key = f"precision={precision} {module_digest(teacher)} {dataset_digest(dataset, ('input_ids', 'token_type_ids'))}"
     path = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if distributed.world().active:
+        return _sharded_teacher_logits(teacher, dataset, collate, batch_size, precision, path)
     # Stages running side by side want the same logits: the first computes them, the others wait and read.
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -163,6 +166,32 @@ def teacher_logits(
         with atomic_file(path) as tmp:  # a reader sees the whole file or none
             torch.save(logits, tmp)
     return logits
+
+
+def _sharded_teacher_logits(teacher, dataset, collate, batch_size: int, precision: str, path: Path) -> torch.Tensor:
+    """teacher_logits for a data-parallel stage: each rank computes a block of rows, every rank gets them all,
+    rank 0 writes the cache. Rank 0 alone holds the lock that other stages take, so the ranks never wait on it."""
+    from .evaluation import predict
+
+    w = distributed.world()
+    lock = open(path.with_suffix(".lock"), "w") if w.main else None
+    try:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if distributed.rank0_value(path.is_file()):
+            if w.main:
+                print(f"[teacher_logits] reusing {path}", flush=True)
+            return torch.load(path)
+        mine = distributed.shard_rows(len(dataset))
+        part = predict(teacher, dataset.select(mine), batch_size, collate, precision=precision)
+        logits = torch.cat(distributed.gather_objects(part))
+        if w.main:
+            with atomic_file(path) as tmp:
+                torch.save(logits, tmp)
+        return logits
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 class Prediction(_WithTeacher):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .io import atomic_file
 from .trainer import Callback, Trainer, TrainerConfig, TrainResult
 
@@ -93,16 +94,20 @@ def run_phases(
         if snap is not None and snap.get("fingerprint") == trainer.fingerprint:
             model.load_state_dict(snap["model"])
             res = snap["result"]
-            tqdm.write(f"[{phase.config.desc}] already finished ({res.steps} steps): loaded {done}")
+            if distributed.world().main:
+                tqdm.write(f"[{phase.config.desc}] already finished ({res.steps} steps): loaded {done}")
         else:
             if phase.setup:
                 phase.setup()
             res = trainer.train()
-            with atomic_file(done) as tmp:  # a snapshot is whole or absent
-                torch.save({"fingerprint": trainer.fingerprint, "model": model.state_dict(), "result": res}, tmp)
+            if distributed.world().main:
+                with atomic_file(done) as tmp:  # a snapshot is whole or absent
+                    torch.save({"fingerprint": trainer.fingerprint, "model": model.state_dict(), "result": res}, tmp)
         results[phase.name] = res
         histories.append(_prefixed(res.history, phase.prefix))
         offset += res.steps
-    for f in done_files:
-        f.unlink(missing_ok=True)
+    distributed.barrier()  # every rank has read the snapshots it needed before rank 0 removes them
+    if distributed.world().main:
+        for f in done_files:
+            f.unlink(missing_ok=True)
     return PhasesResult(results, histories)

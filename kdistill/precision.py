@@ -101,11 +101,13 @@ def available_cpus() -> int:
 
 
 def resolve_threads(spec: int | str) -> int:
-    """`auto` -> this process's CPUs; the flow sets KDISTILL_THREADS to its share when stages run side by side."""
+    """`auto` -> this process's CPUs; the flow sets KDISTILL_THREADS to its share when stages run side by side,
+    and the processes torchrun starts on one machine (LOCAL_WORLD_SIZE) split that share."""
+    if spec != "auto":
+        return int(spec)
     env = os.environ.get("KDISTILL_THREADS")
-    if spec == "auto" and env:
-        return max(1, int(env))
-    return available_cpus() if spec == "auto" else int(spec)
+    cpus = max(1, int(env)) if env else available_cpus()
+    return max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,9 @@ class Runtime:
     precision: str
     threads: int
     cpu_capability: str
+    processes: int = 1  # data-parallel processes of the stage (torchrun); threads are per process
 
     def describe(self) -> str:
-        return f"device {self.device}, precision {self.precision}, {self.threads} threads, CPU capability {self.cpu_capability}"
+        procs = f"{self.processes} processes x " if self.processes > 1 else ""
+        return (f"device {self.device}, precision {self.precision}, {procs}{self.threads} threads, "
+                f"CPU capability {self.cpu_capability}")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .data import row_lengths
 from .fingerprint import dataset_digest, module_digest
 from .io import atomic_dir
 from .precision import autocast
@@ -113,7 +114,7 @@ def build_teacher_features(
 
     cfg = teacher.config
     width, heads = cfg.hidden_size, cfg.num_attention_heads
-    lengths = [len(x) for x in dataset["input_ids"]]
+    lengths = row_lengths(dataset)
     need = cache_bytes(lengths, spec, width, heads)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,7 @@ def build_teacher_features(
                 scores = np.lib.format.open_memmap(tmp / "scores.npy", "w+", np.float16, (max(1, int(s_size.sum())),))
                 teacher.eval()
                 device = next(teacher.parameters()).device
-                order = sorted(range(len(dataset)), key=lengths.__getitem__)
+                order = np.argsort(lengths, kind="stable").tolist()
                 bar = tqdm(total=len(order), desc="teacher cache", unit="row", dynamic_ncols=True, mininterval=1.0)
                 for s in range(0, len(order), batch_size):
                     idx = order[s : s + batch_size]

@@ -4,6 +4,10 @@ An objective is an nn.Module whose forward(batch) returns a dict of unweighted s
 `weights` dict says how they add up. The trainer owns everything else: batching (dynamic padding, length grouping),
 AdamW with linear warm-up, accumulation, clipping, autocast, periodic evaluation with best-state selection, and
 checkpoints that hold model, optimizer, scheduler, RNG states and data position.
+
+Under torchrun the same loop is data-parallel (kdistill.distributed): each rank computes its share of every global
+batch, losses are weighted by that share and gradients summed across ranks, so N processes take the steps one
+process would; rank 0 alone evaluates, logs and writes checkpoints (holding every rank's RNG state).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
+from .data import row_lengths
 from .dropout import install_fast_dropout
 from .errors import KdistillError
 from .fingerprint import dataset_digest, module_digest
@@ -85,18 +91,20 @@ def pad_collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
     return batch
 
 
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group: bool = True) -> list[list[int]]:
-    """A deterministic batch order for one epoch (a function of seed and epoch alone, so resuming can replay it).
+def epoch_batches(lengths, batch_size: int, seed: int, epoch: int, group: bool = True) -> list[torch.Tensor]:
+    """A deterministic batch order for one epoch (a function of seed and epoch alone, so resuming can replay it):
+    a list of index tensors (no Python list of every row, for corpora larger than memory).
 
-    Length grouping: shuffle, sort within windows of 50 batches by length, then shuffle the batches, so padding
-    is small but the order stays random.
+    Length grouping: shuffle, sort within windows of 50 batches by length (longest first, ties in shuffled order),
+    then shuffle the batches, so padding is small but the order stays random.
     """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(len(lengths), generator=g).tolist()
+    lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
+    perm = torch.randperm(len(lengths), generator=g)
     if group:
         window = batch_size * 50
-        perm = [i for s in range(0, len(perm), window) for i in sorted(perm[s : s + window], key=lambda j: -lengths[j])]
-    batches = [perm[s : s + batch_size] for s in range(0, len(perm), batch_size)]
+        perm = torch.cat([w[torch.sort(-lengths[w], stable=True).indices] for w in perm.split(window)]) if len(perm) else perm
+    batches = list(perm.split(batch_size))
     order = torch.randperm(len(batches), generator=g).tolist() if group else range(len(batches))
     return [batches[i] for i in order]
 
@@ -159,6 +167,8 @@ class Trainer:
         self.select_metric = select_metric
         self.callbacks = list(callbacks)
         self.device = device or default_device()
+        self.world = distributed.world()
+        distributed.broadcast_module(objective)  # every rank starts from rank 0's weights
         # The fingerprint ties a checkpoint to its run: a checkpoint left by other settings is not resumed.
         # ...and to what it started from: the objective's initial weights, the teacher and the training rows.
         teacher = getattr(objective, "teacher", None)
@@ -166,7 +176,7 @@ class Trainer:
               "teacher": module_digest(teacher) if teacher is not None else None,
               "data": dataset_digest(train_dataset), **(fingerprint or {})}
         self.fingerprint = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        self.lengths = [len(x) for x in train_dataset["input_ids"]]
+        self.lengths = row_lengths(train_dataset)
         per_epoch = math.ceil(len(self.lengths) / config.batch_size)
         self.batches_per_epoch = per_epoch
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch / config.grad_accum))
@@ -176,17 +186,21 @@ class Trainer:
         return {k: v.detach().clone() for k, v in self.obj.state_dict().items() if k in self._trainable_keys}
 
     def _save_checkpoint(self, step: int, epoch: int, next_batch: int, best: dict) -> None:
+        rngs = distributed.gather_objects(_rng_state())  # every rank's dropout/masking streams, for an exact resume
+        if not self.world.main:
+            return
         with atomic_dir(self.ckpt_dir) as tmp:  # a checkpoint is whole or absent; the previous one stays until then
-            self._write_state(tmp / "state.pt", step, epoch, next_batch, best)
+            self._write_state(tmp / "state.pt", step, epoch, next_batch, best, rngs)
 
-    def _write_state(self, path: Path, step: int, epoch: int, next_batch: int, best: dict) -> None:
+    def _write_state(self, path: Path, step: int, epoch: int, next_batch: int, best: dict, rngs: list) -> None:
         torch.save(
             {
                 "fingerprint": self.fingerprint,
                 "objective": self._trainable_state(),
                 "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(),
-                "rng": _rng_state(),
+                "rng": rngs[0],
+                "rng_ranks": rngs,
                 "step": step,
                 "epoch": epoch,
                 "next_batch": next_batch,
@@ -203,13 +217,14 @@ class Trainer:
             return None
         state = torch.load(path, map_location=self.device, weights_only=False)
         if state.get("fingerprint") != self.fingerprint:
-            tqdm.write(f"[{self.cfg.desc}] ignoring checkpoint {path}: it belongs to other settings or data")
+            if self.world.main:
+                tqdm.write(f"[{self.cfg.desc}] ignoring checkpoint {path}: it belongs to other settings or data")
             return None
         return state
 
     # -- loop --------------------------------------------------------------------------------------------------
     def _evaluate(self, step: int, best: dict) -> None:
-        if self.eval_fn is None:
+        if self.eval_fn is None or not self.world.main:  # the others wait for rank 0 at the next step's reduction
             return
         self.obj.eval()
         metrics = self.eval_fn(self.obj)
@@ -258,46 +273,60 @@ class Trainer:
         best: dict = {}
         step, epoch, next_batch, resumed_from = 0, 0, 0, None
         state = self._load_checkpoint() if resume else None
+        w = self.world
         if state is None:
-            seed_everything(cfg.seed)
+            seed_everything(cfg.seed + 1_000_003 * w.rank)  # rank 0 draws what a one-process run draws
         else:
             missing = self.obj.load_state_dict(state["objective"], strict=False)
             if missing.unexpected_keys:
                 raise RuntimeError(f"checkpoint has unexpected keys {missing.unexpected_keys[:5]}")
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"])
+            rngs = state.get("rng_ranks") or [state["rng"]]
             step, epoch, next_batch = state["step"], state["epoch"], state["next_batch"]
+            if len(rngs) == w.size:
+                _set_rng_state(rngs[w.rank])
+            else:  # saved with another process count: same batches and weights, fresh random streams
+                seed_everything(cfg.seed + 1_000_003 * w.rank + step)
             best, self.evals, resumed_from = state["best"], state["evals"], step
             self.history = state.get("history", [])
-            tqdm.write(f"[{cfg.desc}] resumed from step {step} (epoch {epoch}, batch {next_batch})")
+            if w.main:
+                tqdm.write(f"[{cfg.desc}] resumed from step {step} (epoch {epoch}, batch {next_batch})"
+                           + (f" on {w.size} processes" if w.active else ""))
 
         if cfg.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"TrainerConfig.precision must be resolved to fp32, bf16 or fp16 (got {cfg.precision!r})")
         scaler = grad_scaler(cfg.precision, self.device)
-        bar = tqdm(total=total, initial=step, desc=cfg.desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(total=total, initial=step, desc=cfg.desc, unit="step", dynamic_ncols=True, mininterval=1.0,
+                   disable=not w.main)
         micro = 0
         done = step >= total
         while not done:
             batches = epoch_batches(self.lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_grouping)
             for bi in range(next_batch, len(batches)):
-                rows = self.ds[batches[bi]]
+                rows_of_batch = batches[bi].tolist()
+                mine = rows_of_batch[w.rank :: w.size]
+                share = len(mine) / len(rows_of_batch)  # this rank's part of the batch mean
+                # a short last batch may leave a rank no row: it runs one with weight 0 to join the reductions
+                rows = self.ds[mine or rows_of_batch[:1]]
                 rows = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
                 batch = {k: v.to(self.device) for k, v in self.collate(rows).items()}
                 with autocast(cfg.precision, self.device):
                     comps = self.obj(batch)
-                for name, value in comps.items():
-                    if not torch.isfinite(value):
+                values = self._batch_means(comps, share)
+                for name, value in values.items():
+                    if not math.isfinite(value):
                         raise NonFiniteLossError(
-                            f"[{cfg.desc}] step {step + 1}: loss component '{name}' is {value.item()}; "
+                            f"[{cfg.desc}] step {step + 1}: loss component '{name}' is {value}; "
                             f"stopping (the last good checkpoint in {self.ckpt_dir} is kept)"
                         )
                 loss = sum(self.obj.weights.get(k, 0.0) * v for k, v in comps.items())
-                scaled = loss / cfg.grad_accum
+                scaled = loss * share / cfg.grad_accum if w.active else loss / cfg.grad_accum
                 (scaler.scale(scaled) if scaler else scaled).backward()
                 micro += 1
                 if micro % cfg.grad_accum:
                     continue
+                distributed.reduce_gradients(params)  # before unscaling: an overflow on any rank skips the step on all
                 if scaler:  # fp16: unscale before clipping; the scaler skips steps whose gradients overflowed
                     scaler.unscale_(self.opt)
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -309,12 +338,13 @@ class Trainer:
                 self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
                 step += 1
-                values = {k: float(v.detach()) for k, v in comps.items()}
-                self.history.append({"step": step, "loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0], **values})
-                for cb in self.callbacks:
-                    cb.on_step(step, values, float(loss.detach()), self.sched.get_last_lr()[0])
+                total_loss = sum(self.obj.weights.get(k, 0.0) * v for k, v in values.items())
+                self.history.append({"step": step, "loss": total_loss, "lr": self.sched.get_last_lr()[0], **values})
+                if w.main:
+                    for cb in self.callbacks:
+                        cb.on_step(step, values, total_loss, self.sched.get_last_lr()[0])
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+                bar.set_postfix(loss=f"{total_loss:.4f}", refresh=False)
                 if cfg.eval_every and step % cfg.eval_every == 0:
                     self._evaluate(step, best)
                 if step % cfg.checkpoint_every == 0 and step < total:
@@ -333,9 +363,19 @@ class Trainer:
             self._evaluate(step, best)
         if best.get("state") is not None:
             self.obj.load_state_dict(best["state"], strict=False)
+        if self.eval_fn is not None:
+            distributed.broadcast_module(self.obj)  # rank 0 chose the best state: every rank goes on from it
         # The run is complete: its checkpoint has served (resuming is for interrupted runs only).
-        self.clear_checkpoint()
+        if w.main:
+            self.clear_checkpoint()
         return TrainResult(step, best.get("value"), best.get("step"), self.evals, resumed_from, self.history)
+
+    def _batch_means(self, comps: dict[str, torch.Tensor], share: float) -> dict[str, float]:
+        """Each component's value over the whole global batch: the ranks' shares of it, summed."""
+        if not self.world.active:
+            return {k: float(v.detach()) for k, v in comps.items()}
+        vals = torch.stack([v.detach().float() for v in comps.values()]) * share
+        return dict(zip(comps, distributed.all_reduce_sum(vals).tolist()))
 
     def clear_checkpoint(self) -> None:
         shutil.rmtree(self.ckpt_dir, ignore_errors=True)

@@ -6,7 +6,9 @@ import contextlib
 import csv
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import datasets
 import torch
 
+from kdistill import distributed
 from kdistill.config import Params, load_params
 from kdistill.errors import KdistillError
 from kdistill.glue import load_split
@@ -74,12 +77,20 @@ class Paths:
 _runtime: Runtime | None = None
 
 
-def cli(main, *args) -> None:
+def cli(main, *args, parallel: bool = False) -> None:
     """Run a step: a deliberate error (bad params, data, model spec, ...) ends it with one line and exit status 2.
 
-    KDISTILL_DEBUG=1 shows the traceback; unexpected exceptions always keep theirs.
+    KDISTILL_DEBUG=1 shows the traceback; unexpected exceptions always keep theirs. A training step
+    (`parallel=True`) whose resolved process count (base.nproc, or KDISTILL_NPROC) is above 1 starts itself again
+    under torchrun, after the params and inputs have been checked here once.
     """
     try:
+        if parallel and "WORLD_SIZE" not in os.environ:
+            p = load_params(params_file())
+            check_all(p, ROOT)
+            n = resolve_nproc(p.base.nproc)
+            if n > 1:
+                sys.exit(_torchrun(n))
         main(*args)
     except Exception as exc:
         if os.environ.get("KDISTILL_DEBUG") == "1":
@@ -89,8 +100,49 @@ def cli(main, *args) -> None:
                 raise
             # a write outside the atomic helpers (MLflow's store, a log): still one line, naming the file if known
             exc = disk_full_error(getattr(exc, "filename", None) or os.environ.get("KDISTILL_OUTPUTS", ROOT / "outputs"))
+        if "KDISTILL_ERROR_FILE" in os.environ:  # a torchrun rank: the launcher repeats the first error, last
+            with open(os.environ["KDISTILL_ERROR_FILE"], "a") as f:
+                f.write(f"{exc}\n")
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def resolve_nproc(spec: int | str) -> int:
+    """Processes per training stage: KDISTILL_NPROC (`make pipeline NPROC=2`) over base.nproc; `auto` is one per
+    CUDA device, else 1 (on a CPU one process with every core is as fast as several sharing them)."""
+    spec = os.environ.get("KDISTILL_NPROC") or spec
+    if spec == "auto":
+        return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+    try:
+        n = int(spec)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise KdistillError(f"KDISTILL_NPROC / base.nproc: {spec!r} is not a process count; use a whole number >= 1 or auto")
+    return n
+
+
+def _torchrun(n: int) -> int:
+    """This step again as `torchrun --standalone --nproc-per-node n -m <module> <args>`; its exit status.
+
+    torchrun stops every rank when one fails or is killed; the step's checkpoints make the next run resume."""
+    module = sys.modules["__main__"].__spec__.name
+    with tempfile.NamedTemporaryFile("r", prefix="kdistill-rank-errors-", suffix=".txt") as errors:
+        env = {**os.environ, "KDISTILL_ERROR_FILE": errors.name, "KDISTILL_PREFLIGHT_DONE": "1",
+               # each rank sets its own thread count (setup); this only keeps torchrun from warning about it
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+               "--max-restarts=0", "-m", module, *sys.argv[1:]]
+        print(f"[{module}] data-parallel: {n} processes (torchrun, "
+              f"{'nccl' if torch.cuda.is_available() else 'gloo'})", flush=True)
+        rc = subprocess.run(cmd, env=env).returncode
+        said = errors.read().splitlines()
+    if rc == 0:
+        return 0
+    if said:
+        raise KdistillError(said[0])
+    raise KdistillError(f"{module}: a training process failed or was killed (torchrun exit {rc}); running the step "
+                        "again resumes every process from the last checkpoint")
 
 
 def precision_for(p: Params, spec: str | None = None) -> str:
@@ -103,16 +155,20 @@ def runtime() -> Runtime:
     return _runtime
 
 
+def params_file() -> Path:
+    path = Path(os.environ.get("KDISTILL_PARAMS", ROOT / "params.yaml"))
+    return path if path.is_absolute() else ROOT / path
+
+
 def setup(stage: str) -> tuple[Params, Paths]:
     global _runtime
-    params_file = Path(os.environ.get("KDISTILL_PARAMS", ROOT / "params.yaml"))
-    if not params_file.is_absolute():
-        params_file = ROOT / params_file
-    p = load_params(params_file)
-    check_all(p, ROOT)
+    world = distributed.init_from_env()
+    p = load_params(params_file())
+    if os.environ.get("KDISTILL_PREFLIGHT_DONE") != "1":  # the torchrun launcher checked them once for every rank
+        check_all(p, ROOT)
     threads = resolve_threads(p.base.threads)
     torch.set_num_threads(threads)
-    _runtime = Runtime(str(default_device()), precision_for(p), threads, cpu_capability())
+    _runtime = Runtime(str(default_device()), precision_for(p), threads, cpu_capability(), world.size)
     # new heads (classifier, fitted MLM head) start from seeded weights: reruns agree and checkpoints match their run
     torch.manual_seed(p.base.seed)
     # datasets writes cache files beside the data it maps; our inputs are DVC outputs that must stay untouched
@@ -121,8 +177,9 @@ def setup(stage: str) -> tuple[Params, Paths]:
     out = Path(os.environ.get("KDISTILL_OUTPUTS", ROOT / "outputs"))
     paths = Paths(out if out.is_absolute() else ROOT / out)
     check_dir_target(paths.root)
-    print(f"[{stage}] params {params_file}, outputs {paths.root}", flush=True)
-    print(f"[{stage}] {_runtime.describe()}", flush=True)
+    if world.main:
+        print(f"[{stage}] params {params_file()}, outputs {paths.root}", flush=True)
+        print(f"[{stage}] {_runtime.describe()}", flush=True)
     return p, paths
 
 
@@ -261,9 +318,13 @@ def experiment(p: Params):
 
 @contextlib.contextmanager
 def stage_run(p: Params, stage: str):
-    """An MLflow run for this stage, nested under the flow's parent run when the flow passes one."""
+    """An MLflow run for this stage, nested under the flow's parent run when the flow passes one (rank 0 of a
+    data-parallel stage only: the other ranks get None)."""
     import mlflow
 
+    if not distributed.world().main:
+        yield None
+        return
     experiment(p)
     parent = os.environ.get("KDISTILL_PARENT_RUN_ID")
     with mlflow.start_run(run_name=stage, parent_run_id=parent, nested=bool(parent)) as run:

@@ -10,6 +10,7 @@ import mlflow
 from datasets import load_from_disk
 
 from kdistill import recipes
+from kdistill.distributed import world
 from kdistill.io import atomic_dir, write_json_atomic
 from kdistill.models import load_tokenizer, resolve_teacher
 from kdistill.phases import run_phases
@@ -32,9 +33,12 @@ def main(name: str) -> None:
     with stage_run(p, f"general_distill@{name}"):
         ctx = GeneralContext(p, resolve_teacher(p.base.teacher), paths.teacher_mlm, tok, lambda s: precision_for(p, s))
         plan = recipe.general(ctx)
-        mlflow.log_params({k: str(v) for k, v in plan.info.items()})
+        if world().main:
+            mlflow.log_params({k: str(v) for k, v in plan.info.items()})
         logs = PhaseLogs()
         res = run_phases(plan.phases, corpus, paths.work / f"general_{name}", plan.student, callbacks=logs)
+        if not world().main:
+            return  # rank 0 saves
         logs.flush()
         write_loss_csv(paths.reports_for(f"general_distill_{name}"), *res.histories)
         with atomic_dir(out) as tmp:
@@ -49,4 +53,4 @@ def main(name: str) -> None:
 
 
 if __name__ == "__main__":
-    cli(main, sys.argv[1] if len(sys.argv) > 1 else "")
+    cli(main, sys.argv[1] if len(sys.argv) > 1 else "", parallel=True)

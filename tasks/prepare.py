@@ -1,8 +1,13 @@
 """Step 1, corpus prep: task splits and the packed pre-training corpus as Arrow datasets."""
 
+import shutil
+
+import pyarrow.compute as pc
+
 from kdistill.corpus import pack_corpus
 from kdistill.io import atomic_dir, write_json_atomic
 from kdistill.models import load_tokenizer
+from kdistill.precision import resolve_threads
 
 from .common import ROOT, cli, load_task_splits, setup
 
@@ -11,14 +16,23 @@ def main() -> None:
     p, paths = setup("prepare")
     train, dev = load_task_splits(p)  # reads and validates every row before anything is written
     tok = load_tokenizer(p.base.teacher)
-    corpus = pack_corpus(ROOT / p.prepare.corpus, tok, p.prepare.corpus_seq_len, p.prepare.max_documents)
+    num_proc = resolve_threads(p.prepare.num_proc)
+    scratch = paths.work / "prepare"  # intermediate Arrow files: outside the DVC output, removed when saved
+    shutil.rmtree(scratch, ignore_errors=True)
+    corpus = pack_corpus(ROOT / p.prepare.corpus, tok, p.prepare.corpus_seq_len, p.prepare.max_documents,
+                         num_proc=num_proc, work_dir=scratch)
     with atomic_dir(paths.data) as tmp:
         train.save_to_disk(str(tmp / "train"))
         dev.save_to_disk(str(tmp / "dev"))
         corpus.save_to_disk(str(tmp / "corpus"))
+        docs = pc.count_distinct(corpus.data.column("doc")).as_py()
         write_json_atomic(tmp / "stats.json", {"task": p.base.task, "train": len(train), "dev": len(dev),
-                                               "corpus_sequences": len(corpus), "corpus_documents": len(set(corpus["doc"]))})
-    print(f"[prepare] train {len(train)}, {p.base.eval_split} {len(dev)}, corpus {len(corpus)} sequences")
+                                               "corpus_sequences": len(corpus), "corpus_documents": docs})
+    sequences = len(corpus)
+    del corpus  # its memory map points into the scratch directory
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"[prepare] train {len(train)}, {p.base.eval_split} {len(dev)}, corpus {sequences} sequences "
+          f"from {docs} documents ({num_proc} processes)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from transformers import AutoModelForSequenceClassification
 
 from kdistill import recipes
 from kdistill.data import tokenize_task
+from kdistill.distributed import world
 from kdistill.evaluation import score
 from kdistill.glue import get_task, label_names
 from kdistill.model_card import model_card
@@ -58,6 +59,8 @@ def main(which: str) -> None:
         res = run_phases(phases, train, paths.work / stage.replace("@", "_"), student,
                          eval_fn=lambda obj: score(obj.student, dev, p.base.task, eval_precision),
                          select_metric=spec.metric, callbacks=logs)
+        if not world().main:
+            return  # rank 0 scores, times and saves
         logs.flush()
         write_loss_csv(paths.reports_for(stage.replace("@", "_")), *res.histories)
         metrics = score(student, dev, p.base.task, eval_precision)
@@ -77,4 +80,4 @@ def main(which: str) -> None:
 
 
 if __name__ == "__main__":
-    cli(main, sys.argv[1] if len(sys.argv) > 1 else "")
+    cli(main, sys.argv[1] if len(sys.argv) > 1 else "", parallel=True)

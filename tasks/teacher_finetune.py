@@ -7,6 +7,7 @@ from datasets import load_from_disk
 from transformers import AutoModelForSequenceClassification
 
 from kdistill.data import tokenize_task
+from kdistill.distributed import world
 from kdistill.evaluation import optim_to_trainer_config, score
 from kdistill.glue import get_task, label_names
 from kdistill.models import load_model, load_tokenizer, resolve_teacher, save_model_atomic
@@ -35,6 +36,8 @@ def main() -> None:
         res = Trainer(Supervised(model), train, cfg, paths.work / "teacher_finetune",
                       eval_fn=lambda obj: score(obj.student, dev, p.base.task, eval_precision), select_metric=spec.metric,
                       callbacks=[log], fingerprint={"stage": "teacher_finetune", "task": p.base.task}).train()
+        if not world().main:
+            return  # rank 0 scores and saves
         log.flush()
         write_loss_csv(paths.reports_for("teacher_finetune"), res.history)
         metrics = score(model, dev, p.base.task, eval_precision)
@@ -46,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, parallel=True)

@@ -13,6 +13,7 @@ from datasets import load_from_disk
 from safetensors import safe_open
 from transformers import BertForMaskedLM
 
+from kdistill.distributed import world
 from kdistill.models import load_model, load_tokenizer, resolve_teacher, save_model_atomic
 from kdistill.objectives import MlmHeadFit, masked_token_accuracy
 from kdistill.phases import Phase, run_phases
@@ -56,9 +57,12 @@ def main() -> None:
             logs = PhaseLogs()
             res = run_phases([Phase("head", fit, cfg)], corpus.select(range(len(corpus) - h.heldout_sequences)),
                              paths.work / "teacher_mlm", teacher, callbacks=logs)
-            logs.flush()
-            write_loss_csv(paths.reports_for("teacher_mlm"), *res.histories)
+            if world().main:
+                logs.flush()
+                write_loss_csv(paths.reports_for("teacher_mlm"), *res.histories)
             info["head"] = "fitted on the frozen encoder"
+        if not world().main:
+            return  # rank 0 measures and saves
         acc = masked_token_accuracy(teacher, held, pad_collate, p=h.mlm_probability, special_ids=special, mask_token_id=mask_id)
         info["heldout_masked_token_accuracy"] = acc
         mlflow.log_metric("heldout_masked_token_accuracy", acc)
@@ -67,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, parallel=True)
