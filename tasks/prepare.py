@@ -17,20 +17,21 @@ def main() -> None:
     train, dev = load_task_splits(p)  # reads and validates every row before anything is written
     tok = load_tokenizer(p.base.teacher)
     num_proc = resolve_threads(p.prepare.num_proc)
-    scratch = paths.work / "prepare"  # intermediate Arrow files: outside the DVC output, removed when saved
-    shutil.rmtree(scratch, ignore_errors=True)
-    corpus = pack_corpus(ROOT / p.prepare.corpus, tok, p.prepare.corpus_seq_len, p.prepare.max_documents,
-                         num_proc=num_proc, work_dir=scratch)
     with atomic_dir(paths.data) as tmp:
+        # the packing's intermediate Arrow files live inside the temporary output: a full disk or a kill leaves
+        # nothing behind, and they are removed before the output is renamed into place
+        scratch = tmp / ".packing"
+        corpus = pack_corpus(ROOT / p.prepare.corpus, tok, p.prepare.corpus_seq_len, p.prepare.max_documents,
+                             num_proc=num_proc, work_dir=scratch)
         train.save_to_disk(str(tmp / "train"))
         dev.save_to_disk(str(tmp / "dev"))
         corpus.save_to_disk(str(tmp / "corpus"))
         docs = pc.count_distinct(corpus.data.column("doc")).as_py()
         write_json_atomic(tmp / "stats.json", {"task": p.base.task, "train": len(train), "dev": len(dev),
                                                "corpus_sequences": len(corpus), "corpus_documents": docs})
-    sequences = len(corpus)
-    del corpus  # its memory map points into the scratch directory
-    shutil.rmtree(scratch, ignore_errors=True)
+        sequences = len(corpus)
+        del corpus  # its memory map points into the scratch directory
+        shutil.rmtree(scratch)
     print(f"[prepare] train {len(train)}, {p.base.eval_split} {len(dev)}, corpus {sequences} sequences "
           f"from {docs} documents ({num_proc} processes)")
 

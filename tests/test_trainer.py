@@ -169,11 +169,24 @@ def test_checkpoint_is_resumed_only_by_the_same_start_weights_teacher_and_data(m
     assert trainer(make_bert("seq", seed=2)).train().resumed_from == 2  # the same run resumes
 
 
+def _reference_batches(lengths, batch_size, seed, epoch):
+    """The order as first written, with Python lists: the tensor version must keep it (runs stay reproducible)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    window = batch_size * 50
+    perm = [i for s in range(0, len(perm), window) for i in sorted(perm[s : s + window], key=lambda j: -lengths[j])]
+    batches = [perm[s : s + batch_size] for s in range(0, len(perm), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
 def test_epoch_batches_are_deterministic_grouped_and_complete():
     lengths = [i % 17 + 1 for i in range(1000)]
-    a = epoch_batches(lengths, 32, seed=1, epoch=0)
-    assert a == epoch_batches(lengths, 32, seed=1, epoch=0)
-    assert a != epoch_batches(lengths, 32, seed=1, epoch=1)
+    a = [b.tolist() for b in epoch_batches(lengths, 32, seed=1, epoch=0)]
+    assert a == [b.tolist() for b in epoch_batches(lengths, 32, seed=1, epoch=0)]
+    assert a != [b.tolist() for b in epoch_batches(lengths, 32, seed=1, epoch=1)]
+    assert a == _reference_batches(lengths, 32, seed=1, epoch=0)
+    mixed = [(i * 7919) % 61 + 1 for i in range(5003)]  # many ties, a short last window and batch
+    assert [b.tolist() for b in epoch_batches(mixed, 16, 3, 2)] == _reference_batches(mixed, 16, 3, 2)
     assert sorted(i for b in a for i in b) == list(range(1000))
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a) / len(a)
     assert spread < 3  # length grouping keeps padding small
