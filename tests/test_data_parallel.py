@@ -129,3 +129,16 @@ def test_without_torchrun_everything_is_one_process():
     t = torch.ones(3)
     assert distributed.all_reduce_sum(t) is t and t.tolist() == [1.0, 1.0, 1.0]
     assert distributed.rank0_value("x") == "x" and distributed.gather_objects(4) == [4]
+
+
+def test_a_stage_launched_on_two_processes_fails_with_the_ranks_error_last(tmp_path):
+    """NPROC=2 relaunches a training step under torchrun; a rank's deliberate error ends the step with that one
+    line last (after torchrun's own failure report) and exit status 2, as a one-process step would."""
+    env = {**os.environ, "KDISTILL_PARAMS": "runs/smoke/params.yaml", "KDISTILL_OUTPUTS": str(tmp_path / "out"),
+           "KDISTILL_NPROC": "2", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "tasks.task_distill", "tinybert"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "data-parallel: 2 processes (torchrun, gloo)" in proc.stdout
+    assert "2 processes x 1 threads" in proc.stdout  # each rank's share of the CPUs
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'out' / 'teacher'}: no such model directory"
