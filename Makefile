@@ -24,6 +24,7 @@ help:
 	@echo "make mlflow-server  a shared MLflow tracking server on 127.0.0.1:5050 over PostgreSQL (make mlflow-server-stop)"
 	@echo "make schedule  register the flow as a Prefect deployment on the work pool, cron from params.yaml"
 	@echo "make worker    a Prefect process worker for that pool: runs scheduled and UI-triggered flow runs"
+	@echo "               POOL=<schedule.training_pool>: a worker (e.g. on a GPU machine) for the training stages"
 	@echo "make serve     serve a registered student over HTTP on 127.0.0.1 (MODEL=sst2-tinybert PORT=5001)"
 	@echo "make loadtest  bounded load on the served model: p50/p95/p99 latency, requests/s (REQUESTS=400 CLIENTS=4)"
 	@echo "make bench     CPU capability, the precision auto picks here, fp32 vs bf16 task-distillation throughput"
@@ -74,7 +75,7 @@ schedule:
 	$(PY) -m pipelines.schedule
 
 worker:
-	$(PY) -m pipelines.worker
+	$(PY) -m pipelines.worker $(if $(POOL),--pool $(POOL),)
 
 MODEL ?= sst2-tinybert
 PORT ?= 5001

@@ -280,6 +280,10 @@ class ScheduleParams(_Section):
     deployment: str = "nightly"
     # the Prefect work pool (process type) the deployment targets: `make worker` on any machine serves it
     work_pool: str = Field("kdistill", min_length=1)
+    # a second pool for the training stages (e.g. one whose workers have GPUs): each runs as a flow run of the
+    # deployment kdistill-stage/<pool> on a worker of that pool (`make worker POOL=<pool>`), on machines sharing the
+    # project directory; null: every stage runs where the flow runs
+    training_pool: str | None = Field(None, min_length=1)
 
 
 class Params(_Section):

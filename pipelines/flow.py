@@ -16,9 +16,6 @@ import argparse
 import atexit
 import json
 import os
-import re
-import threading
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,11 +26,10 @@ from kdistill.errors import KdistillError
 from kdistill.precision import available_cpus
 
 from .dvc_record import DvcRecord
+from .remote_stage import deploy_stage_flow, is_training, run_on_pool, stage_deployment
+from .stage_exec import StageFailed, _echo, run_command
 from .run_lock import pipeline_lock
 from .stage_graph import ROOT, Stage, load_stages, pipeline_file
-
-_PROGRESS = re.compile(r"\d+%\||\d+/\d+ \[")  # tqdm bar lines
-_print_lock = threading.Lock()
 
 
 def _env(parent_run_id: str | None, threads: int) -> dict:
@@ -43,22 +39,6 @@ def _env(parent_run_id: str | None, threads: int) -> dict:
     if parent_run_id:
         env["KDISTILL_PARENT_RUN_ID"] = parent_run_id
     return env
-
-
-def _echo(stage: str, line: str) -> None:
-    with _print_lock:
-        sys.stdout.write(f"{stage:>27} | {line}\n")
-        sys.stdout.flush()
-
-
-class StageFailed(KdistillError):
-    """The stage's own command failed: worth one retry (training resumes from its checkpoint)."""
-
-
-def _reason(tail: list[str]) -> str:
-    """The stage's own one-line error when it gave one (tasks.common.cli), else its last lines."""
-    said = [line.removeprefix("error: ") for line in tail if line.startswith("error: ")]
-    return said[-1] if said else "\n".join(tail[-8:])
 
 
 def _retry_only_failed_commands(task, task_run, state) -> bool:
@@ -73,38 +53,22 @@ def _retry_only_failed_commands(task, task_run, state) -> bool:
 
 
 def execute_stage(stage: Stage, threads: int, parent_run_id: str | None, record: DvcRecord, log_dir: Path,
-                  log=None) -> dict:
-    """One DVC stage: skipped when DVC says it is up to date; else its command, then `dvc commit`."""
+                  log=None, training_pool: str | None = None) -> dict:
+    """One DVC stage: skipped when DVC says it is up to date; else its command (on the training pool's worker when
+    one is set and this is a training stage), then `dvc commit` here."""
     say = log.info if log else (lambda msg, *a: _echo(stage.name, msg % a))
     if not record.stale(stage.target):
         say("%s is up to date (dvc status)", stage.name)
         return {"ran": False}
     t0 = time.time()
-    say("running %s with %d thread(s): %s", stage.name, threads, stage.cmd)
-    log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{stage.name.replace('@', '_')}.log"
-    # Output goes to this terminal prefixed with the stage name (progress bars every 20 s, as stages interleave),
-    # and in full to the stage's log file; the tail of a failed stage goes into the error.
-    tail: list[str] = []
-    last_bar = 0.0
-    with open(log_file, "w") as full:
-        proc = subprocess.Popen(stage.cmd, shell=True, cwd=stage.wdir, env=_env(parent_run_id, threads),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in proc.stdout:  # text mode: tqdm's \r updates arrive as lines
-            line = line.rstrip()
-            if not line:
-                continue
-            full.write(line + "\n")
-            is_bar = bool(_PROGRESS.search(line))
-            if not is_bar or time.time() - last_bar > 20 or "100%|" in line:
-                _echo(stage.name, line)
-                last_bar = time.time() if is_bar else last_bar
-            if not is_bar:
-                tail = (tail + [line])[-15:]
-        rc = proc.wait()
+    if training_pool and is_training(stage.name):
+        say("sending %s to work pool '%s': %s", stage.name, training_pool, stage.cmd)
+        run_on_pool(training_pool, stage, parent_run_id, log_file)
+    else:
+        say("running %s with %d thread(s): %s", stage.name, threads, stage.cmd)
+        run_command(stage.name, stage.cmd, stage.wdir, _env(parent_run_id, threads), log_file)
     t1 = time.time()
-    if rc:
-        raise StageFailed(f"stage {stage.name} failed (exit {rc}): {_reason(tail)} (full log: {log_file})")
     record.commit(stage.target)
     say("%s done in %.1fs (recorded in dvc.lock)", stage.name, t1 - t0)
     return {"ran": True, "start": t0, "end": t1, "seconds": t1 - t0, "threads": threads}
@@ -112,9 +76,10 @@ def execute_stage(stage: Stage, threads: int, parent_run_id: str | None, record:
 
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_only_failed_commands, cache_policy=None,
       task_run_name="{stage.name}")
-def run_stage(stage: Stage, threads: int, parent_run_id: str | None, record: DvcRecord, log_dir: Path) -> dict:
+def run_stage(stage: Stage, threads: int, parent_run_id: str | None, record: DvcRecord, log_dir: Path,
+              training_pool: str | None = None) -> dict:
     """A DVC stage as a Prefect task (retried once: training stages resume from their checkpoint)."""
-    return execute_stage(stage, threads, parent_run_id, record, log_dir, get_run_logger())
+    return execute_stage(stage, threads, parent_run_id, record, log_dir, get_run_logger(), training_pool)
 
 
 def resolve_parallel(spec: int | str, cpus: int) -> int:
@@ -219,10 +184,14 @@ def _run_pipeline(profile: str) -> dict:
     prior = ROOT / "pipelines" / "stage_seconds.reference.json"
     seconds = json.loads(prior.read_text()) if profile == "default" and prior.is_file() else {}
     seconds.update(json.loads(known.read_text()) if known.is_file() else {})
+    pool = p.schedule.training_pool
+    if pool:
+        deploy_stage_flow(pool)  # idempotent: the stage deployment follows this project's code
+        print(f"training stages go to work pool '{pool}' (deployment {stage_deployment(pool)})")
     with mlflow.start_run(run_name=f"pipeline-{profile}") as parent:
         results, errors = schedule(
             stages, parallel, cpus,
-            lambda st, threads: run_stage.submit(st, threads, parent.info.run_id, record, log_dir), seconds)
+            lambda st, threads: run_stage.submit(st, threads, parent.info.run_id, record, log_dir, pool), seconds)
         tl = timeline(results)
         for name, v in tl["stages"].items():
             mlflow.log_metric(f"stage_seconds/{name.replace('@', '_')}", v["seconds"])
@@ -270,7 +239,14 @@ def preflight(profile: str) -> None:
     src = ROOT / ("params.yaml" if profile == "default" else f"profiles/{profile}.yaml")
     if not src.is_file():
         pipeline_file(profile)  # raises the error that lists the profiles
-    check_tracking(load_params(src))
+    p = load_params(src)
+    check_tracking(p)
+    if p.schedule.training_pool and not os.environ.get("PREFECT_API_URL"):
+        raise KdistillError(
+            f"{src.relative_to(ROOT)}: key 'schedule.training_pool' ({p.schedule.training_pool!r}) sends training stages "
+            "to a work pool, which needs a Prefect server and a worker: run the flow through `make schedule` + `make "
+            f"worker` (or with PREFECT_API_URL set) with `make worker POOL={p.schedule.training_pool}` running, or set "
+            "it to null")
 
 
 def up_to_date(profile: str) -> bool:

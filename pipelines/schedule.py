@@ -15,6 +15,7 @@ import urllib.request
 from kdistill.config import load_params
 
 from .flow import ROOT, distill_pipeline
+from .work_pool import ensure_work_pool
 
 DEFAULT_API = f"http://127.0.0.1:{os.environ.get('KDISTILL_PREFECT_PORT', '4200')}/api"  # `make ui`'s server
 ENTRYPOINT = "pipelines/flow.py:distill_pipeline"
@@ -30,23 +31,6 @@ def deployment_settings(profile: str = "default") -> dict:
 def build_deployment(profile: str = "default"):
     """The deployment object (flow + cron from params.yaml), ready to `.apply()` or to serve in-process."""
     return distill_pipeline.to_deployment(**deployment_settings(profile))
-
-
-def ensure_work_pool(name: str) -> None:
-    """Create the process work pool `name` unless it exists (a worker needs it, and so does a deployment)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_work_pool(name)
-        except ObjectNotFound:
-            try:
-                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
-                print(f"created Prefect work pool '{name}' (process)")
-            except ObjectAlreadyExists:  # created by a worker starting at the same moment
-                pass
 
 
 def deploy(profile: str = "default"):

@@ -59,3 +59,20 @@ def test_deployment_is_registered_with_its_cron_schedule(prefect_server):
             assert crons == [p.schedule.cron]
             assert all(s.active for s in dep.schedules)
             assert dep.parameters == {"profile": "default"}
+
+
+def test_a_training_pool_without_a_prefect_server_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    """`schedule.training_pool` needs workers on a Prefect server; `make pipeline` (a temporary server of its own,
+    no worker) would wait forever for the training stages, so its preflight refuses, naming the key."""
+    import pipelines.flow as flow
+    from kdistill.errors import KdistillError
+
+    text = (ROOT / "params.yaml").read_text().replace("training_pool: null", "training_pool: gpu")
+    assert "training_pool: gpu" in text
+    (tmp_path / "params.yaml").write_text(text)
+    monkeypatch.setattr(flow, "ROOT", tmp_path)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with pytest.raises(KdistillError, match=r"params.yaml: key 'schedule.training_pool' \('gpu'\).*make worker POOL=gpu"):
+        flow.preflight("default")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    flow.preflight("default")  # with a server named, the flow may send training stages to its workers

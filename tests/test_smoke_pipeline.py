@@ -195,10 +195,17 @@ def _api(url, path, body):
 @pytest.mark.slow
 def test_a_worker_of_the_work_pool_runs_a_deployment_run_triggered_on_the_server(project, smoke_run, tmp_path):
     """`make schedule` registers the deployment on the pool, `make worker` polls it; a run triggered on the server (as
-    the UI's Run button does) is executed by that worker and ends Completed. After the smoke run every stage is up to
-    date, so the flow run checks each with DVC and completes in about a minute."""
+    the UI's Run button does) is executed by that worker and ends Completed. With `schedule.training_pool` set, the
+    one stale training stage (its output removed) runs as a flow run on that pool's worker (`make worker POOL=...`),
+    and the flow records it in dvc.lock; every other stage is up to date or runs with the flow."""
     proc, _ = smoke_run
     assert proc.returncode == 0, "the smoke run failed: see test_smoke_profile_through_prefect_and_dvc"
+    params = project / "profiles" / "smoke.yaml"  # a profile is complete on its own: the key goes there
+    original = params.read_text()
+    params.write_text(original + "schedule: {training_pool: kdistill-train}\n")
+    import shutil
+
+    shutil.rmtree(project / "outputs-smoke" / "baselines" / "tinybert")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**flow_env(project), "PREFECT_HOME": str(tmp_path / "prefect"), "KDISTILL_PREFECT_PORT": str(port),
@@ -219,6 +226,7 @@ def test_a_worker_of_the_work_pool_runs_a_deployment_run_triggered_on_the_server
                              text=True, timeout=300)
         assert dep.returncode == 0 and "work pool 'kdistill'" in dep.stdout, dep.stdout + dep.stderr
         worker = start([sys.executable, "-m", "pipelines.worker"], "worker.log")
+        trainer = start([sys.executable, "-m", "pipelines.worker", "--pool", "kdistill-train"], "worker-train.log")
         deployment = _api(api, "/deployments/filter", {"limit": 5})[0]
         assert deployment["work_pool_name"] == "kdistill" and deployment["parameters"] == {"profile": "smoke"}
         run = _api(api, f"/deployments/{deployment['id']}/create_flow_run", {})
@@ -232,7 +240,17 @@ def test_a_worker_of_the_work_pool_runs_a_deployment_run_triggered_on_the_server
         log = (tmp_path / "worker.log").read_text()
         assert state["type"] == "COMPLETED", log[-3000:]
         assert "up to date (dvc status)" in log and "temporary server" not in log  # the worker ran it, on this server
+        assert "sending baseline@tinybert to work pool 'kdistill-train'" in log
+        stage_runs = _api(api, "/flow_runs/filter", {"flow_runs": {"name": {"any_": ["baseline@tinybert"]}}})
+        assert [(r["state"]["type"], r["work_pool_name"]) for r in stage_runs] == [("COMPLETED", "kdistill-train")]
+        assert "baseline@tinybert" in (tmp_path / "worker-train.log").read_text()
+        assert trainer.poll() is None
+        assert (project / "outputs-smoke" / "baselines" / "tinybert" / "model.safetensors").is_file()
+        status = subprocess.run([str(ROOT / ".venv" / "bin" / "dvc"), "status", "runs/smoke/dvc.yaml"], cwd=project,
+                                capture_output=True, text=True, timeout=300)
+        assert "up to date" in status.stdout, status.stdout  # recorded by the flow after the pool's run
     finally:
+        params.write_text(original)
         for p in reversed(procs):
             try:
                 os.killpg(p.pid, signal.SIGINT)
