@@ -16,6 +16,22 @@ WORDS = (
 ).split()
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_restored():
+    """`mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI in os.environ, so a test that points MLflow at its own
+    server would leak that server's address into every later test (and into the subprocesses they start)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in __import__("sys").modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # None unsets the variable and mlflow's own global
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def tiny_config(layers=2, hidden=24, heads=4, ffn=48, vocab=None, **kw):
     return BertConfig(
         vocab_size=vocab or (5 + len(WORDS)),
