@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test pipeline smoke repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-prepare bench-ddp bench-textbrewer clean
+.PHONY: help setup test pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-prepare bench-ddp bench-textbrewer clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
@@ -18,6 +18,9 @@ help:
 	@echo "make smoke     the same six stages on a few rows and tiny models"
 	@echo "               NPROC=2 (either): each training stage data-parallel in 2 processes (torchrun, gloo/NCCL)"
 	@echo "make test      run the test suite"
+	@echo "make ablation  task distillation with each augmentation (none/wordnet/tinybert): reports/ablation.md"
+	@echo "make seeds     task distillation and baselines over 3 seeds, mean and std: reports/seeds.md"
+	@echo "               PROFILE=smoke (either): on the smoke profile's pipeline instead of the default one"
 	@echo "make push      send the default pipeline's outputs to the DVC remote (default ../kdistill-dvc-remote); make pull fetches them"
 	@echo "make ui        start the Prefect UI (127.0.0.1:4200) and MLflow UI (127.0.0.1:5000); make ui-stop stops them"
 	@echo "make ui-screenshots  check both UIs in headless Chromium (needs make ui + make schedule), PNGs to docs/ui/"
@@ -46,6 +49,14 @@ pipeline:
 
 smoke:
 	$(NPROC_ENV)$(PY) -m pipelines.flow --profile smoke
+
+PROFILE_ARG = $(if $(PROFILE),--profile $(PROFILE),)
+
+ablation:
+	$(NPROC_ENV)$(PY) -m pipelines.study ablation $(PROFILE_ARG)
+
+seeds:
+	$(NPROC_ENV)$(PY) -m pipelines.study seeds $(PROFILE_ARG)
 
 repro:
 	dvc repro dvc.yaml

@@ -91,15 +91,20 @@ class GloveNeighbours:
         self.vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(1e-8)
         self.words = words
         self.index = {w: i for i, w in enumerate(words)}
+        self._cache: dict[tuple[str, int], list[str]] = {}  # a scan of 400k vectors per word: words repeat a lot
 
     def neighbours(self, word: str, k: int) -> list[str]:
-        i = self.index.get(word.lower())
-        if i is None:
-            return []
-        sims = self.vecs @ self.vecs[i]
-        top = np.argpartition(-sims, k + 1)[: k + 1]
-        top = top[np.argsort(-sims[top])]
-        return [self.words[j] for j in top if j != i][:k]
+        key = (word.lower(), k)
+        if key not in self._cache:
+            i = self.index.get(key[0])
+            if i is None:
+                self._cache[key] = []
+            else:
+                sims = self.vecs @ self.vecs[i]
+                top = np.argpartition(-sims, k + 1)[: k + 1]
+                top = top[np.argsort(-sims[top])]
+                self._cache[key] = [self.words[j] for j in top if j != i][:k]
+        return self._cache[key]
 
 
 class TinyBertAugmenter:
@@ -152,7 +157,9 @@ class TinyBertAugmenter:
             for i, w in enumerate(words):
                 if rng.random() >= self.aug_p or not any(c.isalpha() for c in w):
                     continue
-                single = len(self.tok.tokenize(w)) == 1
+                pieces = self.tok.tokenize(w)
+                # an unknown word ([UNK]) has no masked-LM meaning of its own: GloVe, like a multi-piece word
+                single = len(pieces) == 1 and pieces[0] != self.tok.unk_token
                 chosen.append((i, single))
                 if single:
                     queries.append((words, i))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import KdistillError
 from .precision import PrecisionSpec
@@ -77,7 +77,7 @@ class PrepareParams(_Section):
 
 
 class AugmentParams(_Section):
-    method: Literal["wordnet", "tinybert", "none"] = "wordnet"
+    method: Literal["wordnet", "tinybert", "none"] = "wordnet"  # keep in step with AugmentMethod below
     copies: int = Field(2, ge=0, le=100)  # augmented copies per training example (N_a)
     aug_p: float = Field(0.3, gt=0.0, le=1.0)  # probability that a word is replaced
     max_examples: int | None = Field(None, ge=1)  # augment only the first N training examples
@@ -286,6 +286,49 @@ class ScheduleParams(_Section):
     training_pool: str | None = Field(None, min_length=1)
 
 
+AugmentMethod = Literal["wordnet", "tinybert", "none"]
+
+
+def _distinct(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError(f"each value at most once: {values}")
+    return values
+
+
+def _known_recipes(names: list[str]) -> list[str]:
+    known = list(GeneralDistillParams.model_fields)
+    if set(names) - set(known):
+        raise ValueError(f"unknown recipe(s) {sorted(set(names) - set(known))}; known: {', '.join(known)}")
+    return _distinct(names)
+
+
+class AblationParams(_Section):
+    """`make ablation`: task distillation of `recipes` again with each augmentation `methods` (other keys as set)."""
+
+    methods: list[AugmentMethod] = Field(["none", "wordnet", "tinybert"], min_length=1)
+    recipes: list[str] = Field(["tinybert", "distilbert"], min_length=1)
+
+    _methods_once = field_validator("methods")(_distinct)
+    _recipes_known = field_validator("recipes")(_known_recipes)
+
+
+class SeedsParams(_Section):
+    """`make seeds`: augmentation, task distillation and (with baselines) the no-teacher controls once per seed."""
+
+    seeds: list[int] = Field([42, 43, 44], min_length=2)
+    recipes: list[str] = Field(["tinybert", "distilbert"], min_length=1)
+    baselines: bool = True
+
+    _seeds_once = field_validator("seeds")(_distinct)
+    _recipes_known = field_validator("recipes")(_known_recipes)
+
+
+class StudiesParams(_Section):
+    # both reuse the pipeline's prepared data, teachers and general students (stages of `make pipeline` they run first)
+    ablation: AblationParams = AblationParams()
+    seeds: SeedsParams = SeedsParams()
+
+
 class Params(_Section):
     base: BaseParams = BaseParams()
     prepare: PrepareParams = PrepareParams()
@@ -298,6 +341,7 @@ class Params(_Section):
     export: ExportParams = ExportParams()
     tracking: TrackingParams = TrackingParams()
     schedule: ScheduleParams = ScheduleParams()
+    studies: StudiesParams = StudiesParams()
 
     @model_validator(mode="after")
     def _cross_checks(self):

@@ -161,34 +161,57 @@ def distill_pipeline(profile: str = "default") -> dict:
 
 
 def _run_pipeline(profile: str) -> dict:
-    import mlflow
-    from prefect.artifacts import create_markdown_artifact
-
     from kdistill.config import load_params
-    from tasks.common import Paths, experiment
 
     dvc_file, params_file, out_root = pipeline_file(profile)
     p = load_params(params_file)
-    record = DvcRecord()
     stages = load_stages(dvc_file)
-    cpus = available_cpus() if p.base.threads == "auto" else int(p.base.threads)
-    parallel = resolve_parallel(p.base.max_parallel, cpus)
-    print(f"pipeline {profile}: {len(stages)} stages from {dvc_file.relative_to(ROOT)}, up to {parallel} at once, "
-          f"{cpus} CPU(s)")
-    closed = close_orphan_runs(experiment(p))  # experiment() also points MLflow at the tracking store
-    if closed:
-        print(f"marked {closed} MLflow run(s) of an earlier, killed pipeline as KILLED")
-    log_dir = ROOT / "work" / out_root.name / "logs"
-    known = ROOT / "work" / out_root.name / "stage_seconds.json"  # each stage's last time, to order ready stages
     # until this machine has timed its own runs, the reference times shipped for the default profile order them
     prior = ROOT / "pipelines" / "stage_seconds.reference.json"
     seconds = json.loads(prior.read_text()) if profile == "default" and prior.is_file() else {}
+    print(f"pipeline {profile}: {len(stages)} stages from {dvc_file.relative_to(ROOT)}")
+    tl = run_graph(stages, p, f"pipeline-{profile}", ROOT / "work" / out_root.name, seconds)
+    report = _reports(out_root) / "report.md"
+    if report.is_file() and tl["stages"]:
+        import mlflow
+        from prefect.artifacts import create_markdown_artifact
+
+        md = report.read_text() + "\n## Stage times\n\n" + format_timeline(tl) + "\n"
+        create_markdown_artifact(key=f"distillation-report-{profile}", markdown=md, description="teacher vs students")
+        with mlflow.start_run(run_id=tl["mlflow_run_id"]):
+            mlflow.log_text(md, "report.md")
+    return tl
+
+
+def _reports(out_root: Path) -> Path:
+    from tasks.common import Paths
+
+    return Paths(out_root).reports
+
+
+def run_graph(stages: dict[str, Stage], p, run_name: str, work_dir: Path, seconds: dict | None = None) -> dict:
+    """Run a linked stage graph (side by side as it allows) under one parent MLflow run; the timeline, also kept in
+    work_dir with each stage's time (which orders the next run's ready stages). Raises the first stage failure."""
+    import mlflow
+
+    from tasks.common import experiment
+
+    record = DvcRecord()
+    cpus = available_cpus() if p.base.threads == "auto" else int(p.base.threads)
+    parallel = resolve_parallel(p.base.max_parallel, cpus)
+    print(f"{run_name}: {len(stages)} stages, up to {parallel} at once, {cpus} CPU(s)")
+    closed = close_orphan_runs(experiment(p))  # experiment() also points MLflow at the tracking store
+    if closed:
+        print(f"marked {closed} MLflow run(s) of an earlier, killed pipeline as KILLED")
+    log_dir = work_dir / "logs"
+    known = work_dir / "stage_seconds.json"
+    seconds = dict(seconds or {})
     seconds.update(json.loads(known.read_text()) if known.is_file() else {})
     pool = p.schedule.training_pool
     if pool:
         deploy_stage_flow(pool)  # idempotent: the stage deployment follows this project's code
         print(f"training stages go to work pool '{pool}' (deployment {stage_deployment(pool)})")
-    with mlflow.start_run(run_name=f"pipeline-{profile}") as parent:
+    with mlflow.start_run(run_name=run_name) as parent:
         results, errors = schedule(
             stages, parallel, cpus,
             lambda st, threads: run_stage.submit(st, threads, parent.info.run_id, record, log_dir, pool), seconds)
@@ -204,12 +227,7 @@ def _run_pipeline(profile: str) -> dict:
             name, exc = next(iter(errors.items()))
             raise exc if isinstance(exc, KdistillError) else KdistillError(f"stage {name}: {exc!r}")
         print("\n" + format_timeline(tl))
-        report = Paths(out_root).reports / "report.md"
-        if report.is_file() and tl["stages"]:
-            md = report.read_text() + "\n## Stage times\n\n" + format_timeline(tl) + "\n"
-            create_markdown_artifact(key=f"distillation-report-{profile}", markdown=md, description="teacher vs students")
-            mlflow.log_text(md, "report.md")
-    return tl
+    return {**tl, "mlflow_run_id": parent.info.run_id}
 
 
 def close_orphan_runs(experiment_name: str) -> int:
@@ -259,14 +277,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="default", help="default (params.yaml) or the name of a file in profiles/")
     args = ap.parse_args()
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     t0 = time.time()
-    # Prefect stops its temporary server in an exit handler that logs a line; handlers run last-registered first, so
-    # one registered now, before any server starts, prints the error after everything else
-    pending: list[str] = []
-    atexit.register(lambda: pending and print(f"error: {pending[0]}", file=sys.stderr, flush=True))
-    try:
+
+    def run() -> None:
         preflight(args.profile)
         with pipeline_lock(args.profile):
             if up_to_date(args.profile):
@@ -274,12 +287,27 @@ def main() -> None:
                       f"({time.time() - t0:.1f}s)")
                 return
             distill_pipeline(args.profile)
-    except KdistillError as exc:  # bad params, a failed stage, DVC's refusal: one line, last, exit 2
+        print(f"pipeline ({args.profile}) finished in {time.time() - t0:.1f}s")
+
+    exit_on_error(run)
+
+
+def exit_on_error(run) -> None:
+    """Run a flow entry point; a deliberate error (bad params, a failed stage, DVC's refusal) ends it with one line,
+    printed last, and exit status 2."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect stops its temporary server in an exit handler that logs a line; handlers run last-registered first, so
+    # one registered now, before any server starts, prints the error after everything else
+    pending: list[str] = []
+    atexit.register(lambda: pending and print(f"error: {pending[0]}", file=sys.stderr, flush=True))
+    try:
+        run()
+    except KdistillError as exc:
         if os.environ.get("KDISTILL_DEBUG") == "1":
             raise
         pending.append(str(exc))
         sys.exit(2)
-    print(f"pipeline ({args.profile}) finished in {time.time() - t0:.1f}s")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,12 @@ def load_stages(dvc_file: Path, root: Path = ROOT) -> dict[str, Stage]:
         target = s.name if rel == Path("dvc.yaml") else f"{rel}:{s.name}"
         stages[s.name] = Stage(s.name, target, s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd),
                                Path(s.wdir), deps, outs)
+    return link_stages(stages)
+
+
+def link_stages(stages: dict[str, Stage]) -> dict[str, Stage]:
+    """Link each stage to the stages whose outputs it reads (also across dvc.yaml files: a study reads the
+    pipeline's teacher)."""
     for a in stages.values():
         for b in stages.values():
             # a dep on an output, inside one, or on a folder that holds one (evaluate reads outputs/students)
@@ -57,6 +63,18 @@ def load_stages(dvc_file: Path, root: Path = ROOT) -> dict[str, Stage]:
                 a.upstream.add(b.name)
                 b.downstream.add(a.name)
     return stages
+
+
+def closure(stages: dict[str, Stage], names: set[str]) -> dict[str, Stage]:
+    """`names` and every stage they read from, directly or not, with links restricted to that set."""
+    keep, todo = set(), list(names)
+    while todo:
+        n = todo.pop()
+        if n not in keep:
+            keep.add(n)
+            todo += stages[n].upstream
+    return {n: Stage(s.name, s.target, s.cmd, s.wdir, s.deps, s.outs, s.upstream & keep, s.downstream & keep)
+            for n, s in stages.items() if n in keep}
 
 
 # --- per-profile pipelines -----------------------------------------------------------------------------------------

@@ -30,13 +30,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Paths:
-    """Where each step writes; `KDISTILL_OUTPUTS` moves the whole tree (the smoke profile uses its own)."""
+    """Where each step writes; `KDISTILL_OUTPUTS` moves the whole tree (the smoke profile uses its own).
+
+    `shared` (KDISTILL_SHARED_OUTPUTS): a study cell (pipelines/study.py) reads the prepared data, the teachers and
+    the general students of a finished pipeline there, and writes only its own augmented split and task students.
+    """
 
     root: Path
+    shared: Path | None = None
+
+    @property
+    def upstream(self) -> Path:
+        return self.shared or self.root
 
     @property
     def data(self) -> Path:
-        return self.root / "data"
+        return self.upstream / "data"
 
     @property
     def augmented(self) -> Path:
@@ -44,15 +53,15 @@ class Paths:
 
     @property
     def teacher(self) -> Path:
-        return self.root / "teacher"
+        return self.upstream / "teacher"
 
     @property
     def teacher_mlm(self) -> Path:
         """The teacher with an MLM head (fitted when it had none): stage teacher_mlm."""
-        return self.root / "teacher_mlm"
+        return self.upstream / "teacher_mlm"
 
     def general(self, recipe: str) -> Path:
-        return self.root / "general" / recipe
+        return self.upstream / "general" / recipe
 
     def student(self, recipe: str) -> Path:
         return self.root / "students" / recipe
@@ -175,7 +184,9 @@ def setup(stage: str) -> tuple[Params, Paths]:
     datasets.disable_caching()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(os.environ.get("KDISTILL_OUTPUTS", ROOT / "outputs"))
-    paths = Paths(out if out.is_absolute() else ROOT / out)
+    shared = os.environ.get("KDISTILL_SHARED_OUTPUTS")
+    paths = Paths(out if out.is_absolute() else ROOT / out,
+                  None if not shared else Path(shared) if Path(shared).is_absolute() else ROOT / shared)
     check_dir_target(paths.root)
     if world.main:
         print(f"[{stage}] params {params_file()}, outputs {paths.root}", flush=True)

@@ -3,6 +3,7 @@
 The export stage (tasks/export.py) follows: ONNX variants, their timing, the score-vs-latency plot, the registry."""
 
 import csv
+import json
 from pathlib import Path
 
 import mlflow
@@ -96,13 +97,29 @@ def main() -> None:
                                 f"{name}/retention": m["retention"] or 0.0, f"{name}/size_mb": m["size_mb"]})
         write_json_atomic(rep / "summary.json", summary)
         pngs = plot_losses(paths, rep)
-        write_text_atomic(rep / "report.md", report_md(summary, ref, pngs, rep))
+        aug_file = rep / "augment.json"
+        augment = json.loads(aug_file.read_text()) if aug_file.is_file() else None
+        write_text_atomic(rep / "report.md", report_md(summary, ref, pngs, rep, augment))
         for f in [rep / "summary.json", rep / "report.md", *pngs]:
             mlflow.log_artifact(str(f))
     print(f"[evaluate] wrote {rep / 'summary.json'} and {rep / 'report.md'}")
 
 
-def report_md(summary, ref, pngs, rep) -> str:
+def augment_md(a: dict) -> list[str]:
+    """The training split's augmentation: method, rate and a sample of original/augmented pairs."""
+    lines = ["", "## Augmentation", "",
+             f"Method `{a['method']}`, {a['copies']} cop{'y' if a['copies'] == 1 else 'ies'} per example, word "
+             f"replacement probability {a['aug_p']}: {a['augmented_sentences']:,} augmented sentences "
+             f"({a['sentences_per_s']} sentences/s), {a['rows']:,} training rows from {a['original_rows']:,}."]
+    if a["samples"]:
+        lines += ["", "| original | augmented |", "|---|---|"]
+        cell = lambda t: t.replace("|", "\\|")  # noqa: E731
+        for s in a["samples"]:
+            lines.append(f"| {cell(s['sentence1_original'])} | {cell(s['sentence1_augmented'])} |")
+    return lines
+
+
+def report_md(summary, ref, pngs, rep, augment: dict | None = None) -> str:
     task, metric = summary["task"], summary["metric"]
     lines = [f"# Distillation report: {task}", "",
              f"Dev {metric}; latency at batch 1, {ref.split('_')[1].removeprefix('seq')} tokens, p50, {summary['threads']} threads; "
@@ -126,8 +143,10 @@ def report_md(summary, ref, pngs, rep) -> str:
     for name, scores, params, speed in PUBLISHED:
         lines.append(f"| {name} | {scores.get(task, float('nan'))} | {params} | {speed} |")
     lines += ["", "ONNX Runtime fp32 and int8 variants, their parity checks and interleaved timings, the score-vs-latency plot "
-              "of every variant, and which variant each registered student serves: [deploy.md](deploy.md) (export stage).",
-              "", "## Plots", ""] + [f"![{png.stem}]({png.relative_to(rep)})" for png in pngs]
+              "of every variant, and which variant each registered student serves: [deploy.md](deploy.md) (export stage)."]
+    lines += augment_md(augment) if augment else []
+    lines += ["", "## Plots", ""]
+    lines += [f"![{png.stem}]({png.relative_to(rep)})" for png in pngs]
     return "\n".join(lines) + "\n"
 
 

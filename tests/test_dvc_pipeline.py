@@ -104,3 +104,36 @@ def test_reference_stage_times_name_exactly_the_default_stages():
     ref = json.loads((ROOT / "pipelines" / "stage_seconds.reference.json").read_text())
     assert set(ref) == set(load_stages(ROOT / "dvc.yaml"))
     assert all(v > 0 for v in ref.values())
+
+
+def test_a_study_is_a_dvc_pipeline_of_cells_reading_the_pipeline_outputs():
+    """make ablation: one cell per augmentation method, each its own augment and task stages writing under
+    outputs-ablation/<cell>/ and reading the pipeline's teacher and general students; the cell equal to params.yaml
+    (wordnet) is the pipeline's own run. The generated files are committed, like runs/smoke/."""
+    from pipelines.study import needed_pipeline_stages, study_pipeline
+
+    run_dir = ROOT / "runs" / "ablation"
+    committed = {f: f.read_text() for f in run_dir.rglob("*.yaml")}
+    try:
+        dvc_file, cells = study_pipeline("default", "ablation")
+        assert {f: f.read_text() for f in run_dir.rglob("*.yaml")} == committed, \
+            "runs/ablation is stale: run `python -c \"from pipelines.study import study_pipeline as s; " \
+            "s('default', 'ablation'); s('default', 'seeds')\"` and commit it"
+    finally:
+        for f, text in committed.items():
+            f.write_text(text)
+    assert [(c.name, c.shared) for c in cells] == [("none", False), ("wordnet", True), ("tinybert", False)]
+    stages = load_stages(dvc_file)
+    assert set(stages) == {f"{s}-{c}" for c in ("none", "tinybert") for s in ("augment",)} | {
+        f"task_distill-{c}-{r}" for c in ("none", "tinybert") for r in ("tinybert", "distilbert")}
+    td = stages["task_distill-tinybert-distilbert"]
+    assert {ROOT / "outputs" / "teacher", ROOT / "outputs" / "general" / "distilbert",
+            ROOT / "outputs-ablation" / "tinybert" / "augmented"} <= set(td.deps)
+    assert td.outs[0] == ROOT / "outputs-ablation" / "tinybert" / "students" / "distilbert"  # then its loss CSV
+    assert td.upstream == {"augment-tinybert"}
+    assert ROOT / "outputs" / "teacher_mlm" in stages["augment-tinybert"].deps
+    cell = yaml.safe_load((run_dir / "tinybert" / "params.yaml").read_text())
+    assert cell["augment"]["method"] == "tinybert" and cell["tracking"]["register_models"] is False
+    assert needed_pipeline_stages(cells) == {"prepare", "teacher_finetune", "teacher_mlm", "general_distill@tinybert",
+                                             "general_distill@distilbert", "augment", "task_distill@tinybert",
+                                             "task_distill@distilbert"}

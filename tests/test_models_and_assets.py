@@ -103,6 +103,43 @@ def test_wordnet_augmenter_offline_changes_sentence_deterministically():
     assert aug.augment(src[:1], [0], copy=1) != out[:1] or aug.augment(src[:1], [0], copy=2) != out[:1]
 
 
+def test_tinybert_augmenter_uses_the_masked_lm_for_single_pieces_and_glove_for_the_rest(tmp_path, tiny_tokenizer,
+                                                                                          make_bert):
+    """Single-piece words take one of the MLM's top-K tokens, multi-piece words (here `zebra`: not in the tiny
+    vocabulary, so several pieces) a GloVe neighbour; the same (seed, example, copy) gives the same sentence."""
+    from kdistill.augment import TinyBertAugmenter
+
+    mlm = make_bert("mlm")
+    mlm.save_pretrained(tmp_path / "mlm")
+    tiny_tokenizer.save_pretrained(tmp_path / "mlm")
+
+    class Glove:
+        asked: list = []
+
+        def neighbours(self, word, k):
+            self.asked.append(word)
+            return ["horse"]
+
+    glove = Glove()
+    aug = TinyBertAugmenter(str(tmp_path / "mlm"), aug_p=1.0, top_k=3, glove_k=5, seed=7, batch_size=2, glove=glove)
+    src = ["the movie was fun", "a zebra plot"]
+    out = aug.augment(src, [0, 1], copy=1)
+    assert [len(o.split()) for o in out] == [4, 3]
+    assert glove.asked == ["zebra"] and out[1].split()[1] == "horse"
+    vocab = set(tiny_tokenizer.get_vocab())
+    for o, s in zip(out, src):  # every single-piece word replaced by a different whole word of the vocabulary
+        for new, old in zip(o.split(), s.split()):
+            if old != "zebra":
+                assert new in vocab and new != old and new.isalpha()
+    again = TinyBertAugmenter(str(tmp_path / "mlm"), aug_p=1.0, top_k=3, glove_k=5, seed=7, batch_size=8, glove=glove)
+    assert again.augment(src, [0, 1], copy=1) == out  # batching does not change the result
+    assert again.augment(src[:1], [0], copy=1) == out[:1]
+    half = TinyBertAugmenter(str(tmp_path / "mlm"), aug_p=0.5, top_k=3, glove_k=5, seed=7, glove=glove)
+    kept = sum(a == b for s in [half.augment([" ".join(["movie"] * 40)], [3], copy=1)[0]]
+               for a, b in zip(s.split(), ["movie"] * 40))
+    assert 5 < kept < 35  # about half the words replaced
+
+
 def test_glove_neighbours():
     from kdistill.augment import GloveNeighbours
 

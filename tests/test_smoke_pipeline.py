@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -143,6 +144,73 @@ def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
     finally:  # the tests below use this run as it was
         prof.write_text(text)
         subprocess.run(regenerate, cwd=project, capture_output=True, text=True, check=True)
+
+
+@pytest.mark.slow
+def test_seed_and_ablation_studies_reuse_the_pipeline_and_report_mean_and_std(project, smoke_run):
+    """make seeds / make ablation on the smoke profile: only the cells that differ from the pipeline run (as DVC
+    stages of their own), reading its teacher and general students; the tables come from the models' dev scores."""
+    proc, _ = smoke_run
+    assert proc.returncode == 0, "the smoke run failed: see test_smoke_profile_through_prefect_and_dvc"
+    out, reports = project / "outputs-smoke", project / "outputs-smoke" / "reports"
+    general_before = (out / "general" / "tinybert" / "model.safetensors").read_bytes()
+
+    seeds = _study(project, "seeds")
+    assert seeds.returncode == 0, f"{seeds.stdout[-3000:]}\n{seeds.stderr[-4000:]}"
+    cell = project / "outputs-smoke-seeds" / "seed2"
+    assert not (project / "outputs-smoke-seeds" / "seed1").exists()  # seed 1 is the pipeline's own run, not redone
+    for d in ("students/tinybert", "students/distilbert", "baselines/tinybert", "baselines/distilbert"):
+        assert (cell / d / "model.safetensors").is_file(), d
+    assert not (cell / "general").exists() and not (cell / "teacher").exists()  # shared, read where they are
+    params = yaml.safe_load((project / "runs" / "smoke-seeds" / "seed2" / "params.yaml").read_text())
+    assert params["base"]["seed"] == 2 and params["tracking"]["register_models"] is False
+    s = json.loads((reports / "seeds.json").read_text())
+    metric = s["metric"]
+    shared = json.loads((out / "students" / "tinybert" / "metrics.json").read_text())[metric]
+    again = json.loads((cell / "students" / "tinybert" / "metrics.json").read_text())[metric]
+    tb = s["models"]["tinybert"]
+    assert tb["score"]["values"] == [shared, again]
+    assert tb["score"]["mean"] == pytest.approx((shared + again) / 2)
+    assert tb["score"]["std"] == pytest.approx(abs(shared - again) / 2 ** 0.5)
+    base_scores = s["models"]["baseline-tinybert"]["score"]["values"]
+    diffs = [a - b for a, b in zip(tb["score"]["values"], base_scores)]
+    assert tb["minus_baseline"]["mean"] == pytest.approx(sum(diffs) / 2)
+    assert tb["minus_baseline"]["above_two_std"] == (tb["minus_baseline"]["mean"] > 2 * tb["minus_baseline"]["std"])
+    assert tb["retention"]["mean"] == pytest.approx(tb["score"]["mean"] / s["teacher"])
+    md = (reports / "seeds.md").read_text()
+    assert "| tinybert |" in md and "| baseline-distilbert |" in md and "margin > 2 std" in md
+    # another seed trains another student from the same general student
+    a = load_file(out / "students" / "tinybert" / "model.safetensors")
+    b = load_file(cell / "students" / "tinybert" / "model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert (out / "general" / "tinybert" / "model.safetensors").read_bytes() == general_before
+    dvc = str(project / ".venv" / "bin" / "dvc")
+    st = subprocess.run([dvc, "status", "--json", "runs/smoke-seeds/dvc.yaml", "runs/smoke/dvc.yaml"], cwd=project,
+                        capture_output=True, text=True, check=True).stdout
+    assert json.loads(st or "{}") == {}  # every cell recorded; the pipeline untouched
+    rerun = _study(project, "seeds")  # nothing changed: every stage skipped on DVC's word, same table
+    assert rerun.returncode == 0 and json.loads((reports / "seeds.json").read_text())["stages_run"] == 0
+
+    abl = _study(project, "ablation")
+    assert abl.returncode == 0, f"{abl.stdout[-3000:]}\n{abl.stderr[-4000:]}"
+    s = json.loads((reports / "ablation.json").read_text())
+    cells = {c["cell"]: c for c in s["cells"]}
+    assert list(cells) == ["wordnet", "none", "tinybert"] and cells["wordnet"]["shared_with_pipeline"]
+    assert cells["none"]["training_rows"] == 64 and cells["wordnet"]["training_rows"] == 64 + 16
+    tiny = json.loads((project / "outputs-smoke-ablation" / "tinybert" / "reports" / "augment.json").read_text())
+    assert tiny["method"] == "tinybert" and tiny["augmented_sentences"] == 16 and tiny["sentences_per_s"] > 0
+    assert any(x["sentence1_original"] != x["sentence1_augmented"] for x in tiny["samples"])
+    for c in cells.values():
+        assert set(c["models"]) == {"tinybert"} and 0 <= c["models"]["tinybert"]["score"] <= 1
+    assert "| none |" in (reports / "ablation.md").read_text()
+    with sqlite3.connect(project / "mlflow.db") as db:
+        exps = {r[0] for r in db.execute("select name from experiments")}
+    assert {"kdistill-smoke-seeds-sst2", "kdistill-smoke-ablation-sst2"} <= exps  # the cells' runs, apart
+
+
+def _study(project, study):
+    return subprocess.run([sys.executable, "-m", "pipelines.study", study, "--profile", "smoke"], cwd=project,
+                          env=flow_env(project), capture_output=True, text=True)
 
 
 def _git(cwd, *args):

@@ -1,0 +1,309 @@
+"""Studies over the task-distillation stages, on the teachers and general students a pipeline already made.
+
+`python -m pipelines.study ablation` (make ablation): each augmentation method of `studies.ablation.methods` x each
+student of `studies.ablation.recipes`: augmentation, then task distillation. `python -m pipelines.study seeds`
+(make seeds): augmentation, task distillation and the no-teacher baselines once per seed of `studies.seeds.seeds`.
+
+A study is a DVC pipeline of its own, generated like a profile's (pipelines/stage_graph.py): one *cell* per method
+or seed, each with its params file (`runs/<study>/<cell>/params.yaml`: the profile's params plus the cell's change)
+and its outputs (`outputs-<study>/<cell>/`); the cell's stages read the data, teachers and general students from the
+pipeline's outputs (KDISTILL_SHARED_OUTPUTS). The cell whose params equal the pipeline's is the pipeline itself, not
+run twice. One Prefect flow runs the pipeline stages the study needs and the cells' stages side by side, DVC
+skipping whatever is up to date, so an interrupted study resumes where it stopped. The table goes to
+reports/<study>.md and reports/<study>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from prefect import flow
+
+from kdistill.errors import KdistillError
+
+from .flow import exit_on_error, run_graph
+from .flow import preflight as pipeline_preflight
+from .run_lock import pipeline_lock
+from .stage_graph import ROOT, _move, _write_if_changed, closure, link_stages, load_stages, pipeline_file
+
+STUDIES = ("ablation", "seeds")
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str  # a method (none, wordnet, tinybert) or seed<N>
+    label: str  # what the table calls it
+    overrides: dict  # on top of the profile's params
+    recipes: tuple[str, ...]
+    baselines: bool
+    shared: bool  # params equal to the pipeline's: its outputs are the pipeline's own
+
+
+def cells(study: str, p) -> list[Cell]:
+    if study == "ablation":
+        a = p.studies.ablation
+        return [Cell(m, f"augment {m}", {"augment": {"method": m}}, tuple(a.recipes), False, m == p.augment.method)
+                for m in a.methods]
+    s = p.studies.seeds
+    return [Cell(f"seed{n}", f"seed {n}", {"base": {"seed": n}}, tuple(s.recipes), s.baselines, n == p.base.seed)
+            for n in s.seeds]
+
+
+def study_name(profile: str, study: str) -> str:
+    return study if profile == "default" else f"{profile}-{study}"
+
+
+def _fill(value, recipe: str):
+    if isinstance(value, str):
+        return value.replace("${item}", recipe)
+    if isinstance(value, list):
+        return [_fill(v, recipe) for v in value]
+    if isinstance(value, dict):
+        return {_fill(k, recipe): _fill(v, recipe) for k, v in value.items()}
+    return value
+
+
+SHARED = ("outputs/data", "outputs/teacher", "outputs/teacher_mlm", "outputs/general")
+
+
+def _place(path: str, shared_out: str, cell_out: str) -> str:
+    """A pipeline path as a cell sees it: read-only inputs in the pipeline's outputs, everything else its own."""
+    if any(path == s or path.startswith(s + "/") for s in SHARED):
+        return _move(path, shared_out) if shared_out != "outputs" else path
+    return _move(path, cell_out)
+
+
+def _cell_stage(body: dict, recipe: str, params_rel: str, shared_out: str, cell_out: str) -> dict:
+    body = _fill(dict(body), recipe)
+    place = lambda e: _place(e, shared_out, cell_out) if isinstance(e, str) else {  # noqa: E731
+        _place(k, shared_out, cell_out): v for k, v in e.items()}
+    body["wdir"] = "../.."
+    body["cmd"] = (f"KDISTILL_PARAMS={params_rel} KDISTILL_OUTPUTS={cell_out} KDISTILL_SHARED_OUTPUTS={shared_out} "
+                   f"{body['cmd']}")
+    for key in ("deps", "outs", "metrics", "plots"):
+        if key in body:
+            body[key] = [place(e) for e in body[key]]
+    keys = []
+    for e in body.get("params", []):
+        keys += [e] if isinstance(e, str) else [k for v in e.values() for k in v]
+    body["params"] = [{params_rel: keys}]
+    return body
+
+
+def study_pipeline(profile: str, study: str) -> tuple[Path, list[Cell]]:
+    """Write runs/<study>/dvc.yaml and each cell's params.yaml (only when changed); the dvc.yaml and the cells."""
+    from kdistill.config import deep_merge, load_params, parse_params
+
+    _, params_file, out_root = pipeline_file(profile)
+    p = load_params(params_file)
+    name = study_name(profile, study)
+    shared_out = out_root.name
+    root = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = {}
+    the_cells = cells(study, p)
+    base = p.model_dump(mode="json")
+    for c in the_cells:
+        if c.shared:
+            continue
+        raw = deep_merge(base, c.overrides)
+        # the cells' stage runs go to an experiment of their own; a study never adds versions to the registry
+        raw["tracking"] = {**raw["tracking"], "experiment_prefix": f"{p.tracking.experiment_prefix}-{study}",
+                           "register_models": False}
+        cp = parse_params(raw, f"runs/{name}/{c.name}/params.yaml")
+        params_rel = f"runs/{name}/{c.name}/params.yaml"
+        _write_if_changed(ROOT / params_rel, f"# {study} cell '{c.name}' ({json.dumps(c.overrides)} on the "
+                          f"{profile} profile): generated by pipelines/study.py, do not edit.\n"
+                          + yaml.safe_dump(cp.model_dump(mode="json"), sort_keys=False))
+        cell_out = f"outputs-{name}/{c.name}"
+        stages[f"augment-{c.name}"] = _cell_stage(root["augment"], "", params_rel, shared_out, cell_out)
+        for r in c.recipes:
+            stages[f"task_distill-{c.name}-{r}"] = _cell_stage(root["task_distill"]["do"], r, params_rel, shared_out,
+                                                               cell_out)
+            if c.baselines:
+                stages[f"baseline-{c.name}-{r}"] = _cell_stage(root["baseline"]["do"], r, params_rel, shared_out,
+                                                               cell_out)
+    header = (f"# Generated by pipelines/study.py for `{study}` on the {profile} profile: do not edit.\n"
+              f"# Run with `python -m pipelines.study {study}" + ("" if profile == "default" else f" --profile {profile}")
+              + f"`; outputs in outputs-{name}/.\n")
+    dvc_file = ROOT / "runs" / name / "dvc.yaml"
+    _write_if_changed(dvc_file, header + yaml.safe_dump({"vars": [{"py": ".venv/bin/python"}], "stages": stages},
+                                                         sort_keys=False, width=120))
+    return dvc_file, the_cells
+
+
+def needed_pipeline_stages(cells_: list[Cell]) -> set[str]:
+    """The pipeline stages whose outputs the study reads, and the shared cell's own stages."""
+    need = {"prepare", "teacher_finetune", "teacher_mlm"}
+    for c in cells_:
+        need |= {f"general_distill@{r}" for r in c.recipes}
+        if c.shared:
+            need |= {"augment", *(f"task_distill@{r}" for r in c.recipes)}
+            need |= {f"baseline@{r}" for r in c.recipes} if c.baselines else set()
+    return need
+
+
+def cell_root(profile: str, study: str, c: Cell) -> Path:
+    return pipeline_file(profile)[2] if c.shared else ROOT / f"outputs-{study_name(profile, study)}" / c.name
+
+
+def _score(model_dir: Path, metric: str) -> float:
+    f = model_dir / "metrics.json"
+    if not f.is_file():
+        raise KdistillError(f"{f} missing: the stage that writes it did not finish")
+    return float(json.loads(f.read_text())[metric])
+
+
+def _mean_std(xs: list[float]) -> dict:
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs),
+            "values": xs}
+
+
+def summarize(profile: str, study: str, cells_: list[Cell], p) -> dict:
+    """Each cell's dev metric and retention; for seeds, mean and standard deviation per model, and each student's
+    margin over its baseline (mean and standard deviation of the per-seed difference)."""
+    from kdistill.glue import get_task
+    from tasks.common import Paths
+
+    metric = get_task(p.base.task).metric
+    shared = Paths(pipeline_file(profile)[2])
+    teacher = _score(shared.teacher, metric)
+    rows = []
+    for c in cells_:
+        paths = Paths(cell_root(profile, study, c))
+        aug_file = paths.reports / "augment.json"
+        aug = json.loads(aug_file.read_text()) if aug_file.is_file() else {}
+        row = {"cell": c.name, "label": c.label, "shared_with_pipeline": c.shared, "overrides": c.overrides,
+               "training_rows": aug.get("rows"), "augment_sentences_per_s": aug.get("sentences_per_s"),
+               "augment_samples": aug.get("samples", [])[:3], "models": {}}
+        for r in c.recipes:
+            s = _score(paths.student(r), metric)
+            row["models"][r] = {"score": s, "retention": s / teacher}
+            if c.baselines:
+                b = _score(paths.baseline(r), metric)
+                row["models"][f"baseline-{r}"] = {"score": b, "retention": b / teacher}
+        rows.append(row)
+    out = {"study": study, "profile": profile, "task": p.base.task, "metric": metric, "teacher": teacher,
+           "cells": rows}
+    if study == "seeds":
+        names = list(rows[0]["models"])
+        out["models"] = {}
+        for n in names:
+            scores = [r["models"][n]["score"] for r in rows]
+            out["models"][n] = {"score": _mean_std(scores), "retention": _mean_std([s / teacher for s in scores])}
+        for r in cells_[0].recipes:
+            if f"baseline-{r}" in names:
+                diff = [row["models"][r]["score"] - row["models"][f"baseline-{r}"]["score"] for row in rows]
+                d = _mean_std(diff)
+                d["above_two_std"] = d["mean"] > 2 * d["std"]
+                out["models"][r]["minus_baseline"] = d
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def study_md(s: dict) -> str:
+    metric, task = s["metric"], s["task"]
+    lines = [f"# {s['study'].capitalize()} study: {task} ({s['profile']} profile)", "",
+             f"Dev {metric}; retention = student / teacher; teacher {s['teacher']:.4f} (shared by every cell, as are "
+             "the prepared data and the general students)."]
+    if s["study"] == "ablation":
+        recipes = [k for k in s["cells"][0]["models"]]
+        lines += ["", "| augmentation | training rows | augment sentences/s | "
+                  + " | ".join(f"{r} {metric} | {r} retention" for r in recipes) + " |",
+                  "|---|---|---|" + "---|---|" * len(recipes)]
+        for c in s["cells"]:
+            lines.append(f"| {c['cell']}{' (pipeline)' if c['shared_with_pipeline'] else ''} | {c['training_rows']} | "
+                         f"{c['augment_sentences_per_s'] or '-'} | "
+                         + " | ".join(f"{c['models'][r]['score']:.4f} | {_pct(c['models'][r]['retention'])}"
+                                      for r in recipes) + " |")
+        for c in s["cells"]:
+            for pair in c["augment_samples"][:2]:
+                lines.append(f"\n`{c['cell']}`: {pair['sentence1_original']!r} -> {pair['sentence1_augmented']!r}")
+    else:
+        seeds = [c["label"] for c in s["cells"]]
+        lines += ["", f"Seeds: {', '.join(seeds)} (mean ± sample standard deviation over {len(seeds)} runs).", "",
+                  f"| model | {metric} mean ± std | retention mean ± std | minus baseline: mean ± std | "
+                  "margin > 2 std | per seed |", "|---|---|---|---|---|---|"]
+        for n, m in s["models"].items():
+            d = m.get("minus_baseline")
+            margin = f"{d['mean']:+.4f} ± {d['std']:.4f}" if d else "-"
+            lines.append(f"| {n} | {m['score']['mean']:.4f} ± {m['score']['std']:.4f} | "
+                         f"{_pct(m['retention']['mean'])} ± {_pct(m['retention']['std'])} | {margin} | "
+                         f"{('yes' if d['above_two_std'] else 'no') if d else '-'} | "
+                         + ", ".join(f"{v:.4f}" for v in m["score"]["values"]) + " |")
+    if s.get("wall_seconds") is not None:
+        lines += ["", f"Study wall time {s['wall_seconds']:.0f} s for the stages it ran ({s['stages_run']} stages; "
+                  f"CPU capability {s['cpu_capability']}, {s['cpus']} CPUs)."]
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="kdistill-study", log_prints=True)
+def study_flow(study: str = "ablation", profile: str = "default") -> dict:
+    with pipeline_lock(profile):
+        return _run_study(study, profile)
+
+
+def _run_study(study: str, profile: str) -> dict:
+    from kdistill.config import load_params
+    from kdistill.io import write_json_atomic, write_text_atomic
+    from kdistill.precision import available_cpus, cpu_capability
+    from tasks.common import Paths
+
+
+    t0 = time.time()
+    base_dvc, params_file, out_root = pipeline_file(profile)
+    p = load_params(params_file)
+    dvc_file, the_cells = study_pipeline(profile, study)
+    base = load_stages(base_dvc)
+    need = needed_pipeline_stages(the_cells)
+    stages = {**closure(base, need), **load_stages(dvc_file)}
+    for s in stages.values():  # re-link across the two files (cells read the pipeline's teacher)
+        s.upstream, s.downstream = set(), set()
+    link_stages(stages)
+    own = sum(1 for n in stages if n not in base)
+    print(f"study {study} ({profile} profile): cells {', '.join(c.name for c in the_cells)}; {own} stages of its own "
+          f"and the {len(stages) - own} pipeline stages it reads from (DVC skips what is up to date)")
+    tl = run_graph(stages, p, f"study-{study_name(profile, study)}", ROOT / "work" / f"outputs-{study_name(profile, study)}")
+    summary = summarize(profile, study, the_cells, p)
+    summary.update(wall_seconds=round(time.time() - t0, 1), stages_run=len(tl["stages"]),
+                   cpu_capability=cpu_capability(), cpus=available_cpus())
+    rep = Paths(out_root).reports
+    write_json_atomic(rep / f"{study}.json", summary)
+    md = study_md(summary)
+    write_text_atomic(rep / f"{study}.md", md)
+    print("\n" + md)
+    print(f"study {study}: wrote {rep / f'{study}.md'} and {rep / f'{study}.json'}")
+    return summary
+
+
+def preflight(study: str, profile: str) -> None:
+    if study not in STUDIES:
+        raise KdistillError(f"unknown study {study!r}; studies: {', '.join(STUDIES)}")
+    pipeline_preflight(profile)  # params valid, tracking server up
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("study", choices=STUDIES)
+    ap.add_argument("--profile", default="default", help="default (params.yaml) or the name of a file in profiles/")
+    args = ap.parse_args()
+    t0 = time.time()
+
+    def run() -> None:
+        preflight(args.study, args.profile)
+        study_flow(args.study, args.profile)
+        print(f"study {args.study} ({args.profile}) finished in {time.time() - t0:.1f}s")
+
+    exit_on_error(run)
+
+
+if __name__ == "__main__":
+    main()
