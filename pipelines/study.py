@@ -239,9 +239,12 @@ def study_md(s: dict) -> str:
                          f"{_pct(m['retention']['mean'])} ± {_pct(m['retention']['std'])} | {margin} | "
                          f"{('yes' if d['above_two_std'] else 'no') if d else '-'} | "
                          + ", ".join(f"{v:.4f}" for v in m["score"]["values"]) + " |")
-    if s.get("wall_seconds") is not None:
-        lines += ["", f"Study wall time {s['wall_seconds']:.0f} s for the stages it ran ({s['stages_run']} stages; "
-                  f"CPU capability {s['cpu_capability']}, {s['cpus']} CPUs)."]
+    if s.get("cell_stage_seconds"):
+        times = s["cell_stage_seconds"]
+        total = sum(v for v in times.values() if v)
+        lines += ["", f"Cost of the cells: {len(times)} stages, {total:.0f} s of stage time when they last ran "
+                  f"(CPU capability {s['cpu_capability']}, {s['cpus']} CPUs; stages run side by side, so wall time is "
+                  f"less); this invocation ran {s['stages_run']} stage(s) in {s['wall_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
@@ -271,9 +274,13 @@ def _run_study(study: str, profile: str) -> dict:
     own = sum(1 for n in stages if n not in base)
     print(f"study {study} ({profile} profile): cells {', '.join(c.name for c in the_cells)}; {own} stages of its own "
           f"and the {len(stages) - own} pipeline stages it reads from (DVC skips what is up to date)")
-    tl = run_graph(stages, p, f"study-{study_name(profile, study)}", ROOT / "work" / f"outputs-{study_name(profile, study)}")
+    work = ROOT / "work" / f"outputs-{study_name(profile, study)}"
+    tl = run_graph(stages, p, f"study-{study_name(profile, study)}", work)
     summary = summarize(profile, study, the_cells, p)
+    # each stage's last time (kept by run_graph): what the cells cost, whichever invocation computed them
+    known = json.loads((work / "stage_seconds.json").read_text())
     summary.update(wall_seconds=round(time.time() - t0, 1), stages_run=len(tl["stages"]),
+                   cell_stage_seconds={n: known.get(n) for n in stages if n not in base},
                    cpu_capability=cpu_capability(), cpus=available_cpus())
     rep = Paths(out_root).reports
     write_json_atomic(rep / f"{study}.json", summary)
