@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-prepare bench-ddp bench-textbrewer clean
+.PHONY: help setup test pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-augment bench-prepare bench-ddp bench-textbrewer clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
@@ -31,6 +31,7 @@ help:
 	@echo "make serve     serve a registered student over HTTP on 127.0.0.1 (MODEL=sst2-tinybert PORT=5001)"
 	@echo "make loadtest  bounded load on the served model: p50/p95/p99 latency, requests/s (REQUESTS=400 CLIENTS=4)"
 	@echo "make bench     CPU capability, the precision auto picks here, fp32 vs bf16 task-distillation throughput"
+	@echo "make bench-augment  augmentation sentences/s per method (wordnet, tinybert) on ROWS=300 train rows, THREADS=1"
 	@echo "make bench-prepare  corpus packing tokens/s and peak RSS, shipped corpus vs repeated REPEAT=20 times"
 	@echo "make bench-ddp     training examples/s with 1 and NPROC=2 processes (torchrun), same global batches"
 	@echo "make bench-textbrewer  intermediate distillation vs TextBrewer 0.2.1 (installs it: benchmark-only)"
@@ -112,6 +113,9 @@ clean:
 	rm -rf outputs work reports mlruns mlartifacts mlflow.db .prefect
 
 REPEAT ?= 20
+bench-augment:
+	$(PY) scripts/bench_augment.py --rows $(or $(ROWS),300) --threads $(or $(THREADS),1)
+
 bench-prepare:
 	$(PY) scripts/bench_prepare.py --repeat $(REPEAT)
 
