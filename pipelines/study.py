@@ -75,7 +75,7 @@ SHARED = ("outputs/data", "outputs/teacher", "outputs/teacher_mlm", "outputs/gen
 def _place(path: str, shared_out: str, cell_out: str) -> str:
     """A pipeline path as a cell sees it: read-only inputs in the pipeline's outputs, everything else its own."""
     if any(path == s or path.startswith(s + "/") for s in SHARED):
-        return _move(path, shared_out) if shared_out != "outputs" else path
+        return _move(path, shared_out)  # unchanged for the default profile (shared_out "outputs")
     return _move(path, cell_out)
 
 
