@@ -254,6 +254,7 @@ class ExportParams(_Section):
     """ONNX fp32 + dynamic int8 export of the teacher and each student, parity-checked, timed, registered."""
 
     opset: int = Field(18, ge=17, le=23)
+    fuse: bool = True  # fused attention / GELU / LayerNorm kernels in the fp32 graph (and so in int8); false: as exported
     parity_atol: float = Field(1.0e-3, gt=0)  # max |logit diff| ONNX fp32 vs PyTorch fp32 over the whole dev set
     int8_per_channel: bool = True
     int8_reduce_range: bool = False  # 7-bit weights: for CPUs without VNNI if int8 accuracy suffers from saturation

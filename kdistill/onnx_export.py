@@ -2,7 +2,9 @@
 
 Exporter: torch.onnx (the dynamo exporter, torch's maintained path). Hugging Face Optimum's exporter was the other
 candidate; optimum-onnx pins transformers<4.58 and this project pins transformers 5, so it cannot be installed
-beside it. ONNX Runtime then fuses attention, GELU and LayerNorm itself when it loads the graph (ORT_ENABLE_ALL).
+beside it. The exported graph is then fused (`onnx_fusion.fuse_bert`: one Attention kernel per layer, GELU with its
+bias, residual + LayerNorm), since ONNX Runtime's own load-time passes (ORT_ENABLE_ALL) fuse LayerNorm but neither
+attention nor GELU on these graphs.
 """
 
 from __future__ import annotations

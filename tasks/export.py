@@ -27,6 +27,7 @@ from kdistill.io import atomic_dir, write_json_atomic, write_text_atomic
 from kdistill.metrics import task_metrics
 from kdistill.onnx_export import (export_onnx, file_mb, load_for_export, parity, predict_onnx, quantize_int8,
                                   run_session, session)
+from kdistill.onnx_fusion import fuse_bert
 from kdistill.precision import resolve_threads
 from kdistill.recipes import RECIPES
 from kdistill.speed import interleaved_latency, torch_runner
@@ -54,11 +55,13 @@ def export_one(name: str, model_dir: Path, out: Path, dev, p, threads: int) -> d
     model = load_for_export(model_dir)
     t0 = time.perf_counter()
     export_onnx(model, out / FILES["onnx-fp32"], e.opset)
+    fused = (fuse_bert(out / FILES["onnx-fp32"], out / FILES["onnx-fp32"], model.config.num_attention_heads,
+                       model.config.hidden_size) if e.fuse else {})
     quantize_int8(out / FILES["onnx-fp32"], out / FILES["onnx-int8"], e.int8_per_channel, e.int8_reduce_range)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out / "tokenizer")
     seconds = time.perf_counter() - t0
     reference = predict(model, dev, precision="fp32").numpy()
-    row = {"export_seconds": round(seconds, 1), "pytorch-fp32": {"metrics": metrics_of(task, reference, dev["labels"])}}
+    row = {"export_seconds": round(seconds, 1), "fused_kernels": fused, "pytorch-fp32": {"metrics": metrics_of(task, reference, dev["labels"])}}
     for v in VARIANTS:
         logits = predict_onnx(session(out / FILES[v], threads), dev)
         par = parity(reference, logits, spec.is_regression)
@@ -71,7 +74,8 @@ def export_one(name: str, model_dir: Path, out: Path, dev, p, threads: int) -> d
     row["onnx-int8"]["registrable"] = drop <= e.int8_max_drop
     print(f"[export] {name}: fp32 max |diff| {row['onnx-fp32']['max_abs_logit_diff']:.2e} (labels differing "
           f"{row['onnx-fp32']['labels_differing']}), int8 {spec.metric} change {0.0 - drop:+.4f} "
-          f"({row['onnx-int8']['labels_differing']} labels differ), {seconds:.0f} s", flush=True)
+          f"({row['onnx-int8']['labels_differing']} labels differ), fused kernels {fused or 'none (export.fuse false)'}, "
+          f"{seconds:.0f} s", flush=True)
     return row
 
 
@@ -195,6 +199,10 @@ def plot_tradeoff(summary: dict, deploy: dict, out: Path, ref: str) -> None:
     plt.close(fig)
 
 
+def _kernels(counts: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none"
+
+
 def deploy_md(deploy: dict, ref: str) -> str:
     metric, models, timing = deploy["metric"], deploy["models"], deploy["timing"]
     first_eager = next(k for k in timing[ref] if k.startswith("teacher/pytorch"))
@@ -204,6 +212,8 @@ def deploy_md(deploy: dict, ref: str) -> str:
              f"{deploy['threads']} intra-op thread(s), CPU capability {deploy['cpu_capability']}; PyTorch eager at "
              f"{eager.removeprefix('pytorch-')}. Parity: ONNX fp32 vs PyTorch fp32 logits over all {deploy['dev_rows']} dev rows "
              f"(threshold {deploy['parity_atol']:.0e}).", "",
+             "Fused kernels in the ONNX graphs (export.fuse): " + "; ".join(
+                 f"{n}: {_kernels(r.get('fused_kernels', {}))}" for n, r in models.items()) + ".", "",
              f"| model | fp32 max abs diff | labels differing | int8 {metric} change | int8 labels differing | fp32 MB | int8 MB | registered variant |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in models.items():

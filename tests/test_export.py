@@ -11,12 +11,14 @@ import urllib.request
 
 import mlflow
 import numpy as np
+import onnx
 import pytest
 import torch
 from transformers import MobileBertConfig, MobileBertForSequenceClassification
 
 from kdistill.config import Params
 from kdistill.onnx_export import (ParityError, export_onnx, parity, quantize_int8, run_session, session)
+from kdistill.onnx_fusion import fuse_bert
 from kdistill.speed import interleaved_latency
 
 from .conftest import ROOT, free_port
@@ -35,9 +37,18 @@ def _tiny_mobilebert():
 @pytest.mark.parametrize("kind", ["bert", "mobilebert"])
 def test_onnx_export_computes_what_pytorch_computes_at_any_batch_and_length(kind, make_bert, tmp_path):
     model = make_bert() if kind == "bert" else _tiny_mobilebert()
-    fp32 = export_onnx(model, tmp_path / "model.onnx")
+    raw = export_onnx(model, tmp_path / "raw.onnx")
+    c = model.config
+    kernels = fuse_bert(raw, tmp_path / "model.onnx", c.num_attention_heads, c.hidden_size)
+    # BERT: one Attention kernel per layer; MobileBERT's values come from another tensor than its queries: left as is
+    assert kernels["Attention"] == (c.num_hidden_layers if kind == "bert" else 0)
+    if kind == "bert":
+        assert kernels["BiasGelu"] == c.num_hidden_layers and kernels["SkipLayerNormalization"] == 2 * c.num_hidden_layers
+        ops = {n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node}
+        assert not ops & {"Softmax", "Transpose", "Erf", "Where"}  # attention, GELU and mask subgraphs are gone
+    fp32 = tmp_path / "model.onnx"
     int8 = quantize_int8(fp32, tmp_path / "model.int8.onnx")
-    s, q = session(fp32, 1), session(int8, 1)
+    s, q, r = session(fp32, 1), session(int8, 1), session(raw, 1)
     g = torch.Generator().manual_seed(1)
     for batch, seq in [(1, 3), (5, 17), (2, 40)]:  # shapes other than the export example's (2, 8): dynamic axes
         ids = torch.randint(5, 30, (batch, seq), generator=g)
@@ -49,6 +60,7 @@ def test_onnx_export_computes_what_pytorch_computes_at_any_batch_and_length(kind
             ref = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.numpy()
         got = run_session(s, ids.numpy(), mask.numpy(), types.numpy())
         assert got.shape == ref.shape
+        assert np.abs(run_session(r, ids.numpy(), mask.numpy(), types.numpy()) - ref).max() < 1e-4  # as exported
         par = parity(ref, got, regression=False)
         assert par.max_abs_diff < 1e-4 and par.labels_differing == 0
         par.check("tiny", atol=1e-3)  # passes
