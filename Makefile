@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-augment bench-prepare bench-ddp bench-textbrewer clean
+.PHONY: help setup test pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-augment bench-prepare bench-ddp bench-textbrewer profile-onnx clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
@@ -31,6 +31,7 @@ help:
 	@echo "make serve     serve a registered student over HTTP on 127.0.0.1 (MODEL=sst2-tinybert PORT=5001)"
 	@echo "make loadtest  bounded load on the served model: p50/p95/p99 latency, requests/s (REQUESTS=400 CLIENTS=4)"
 	@echo "make bench     CPU capability, the precision auto picks here, fp32 vs bf16 task-distillation throughput"
+	@echo "make profile-onnx   where ONNX Runtime spends its time per operator type (MODELS=\"teacher tinybert\" BATCH=1 SEQ=64)"
 	@echo "make bench-augment  augmentation sentences/s per method (wordnet, tinybert) on ROWS=300 train rows, THREADS=1"
 	@echo "make bench-prepare  corpus packing tokens/s and peak RSS, shipped corpus vs repeated REPEAT=20 times"
 	@echo "make bench-ddp     training examples/s with 1 and NPROC=2 processes (torchrun), same global batches"
@@ -118,6 +119,9 @@ bench-augment:
 
 bench-prepare:
 	$(PY) scripts/bench_prepare.py --repeat $(REPEAT)
+
+profile-onnx:
+	$(PY) scripts/profile_onnx.py --models $(or $(MODELS),teacher tinybert) --batch $(or $(BATCH),1) --seq $(or $(SEQ),64) --runs $(or $(RUNS),200)
 
 STEPS ?= 40
 bench-ddp:
