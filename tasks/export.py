@@ -1,6 +1,7 @@
 """Step 7, export: each student and the teacher to ONNX (fp32) and dynamic int8; parity-checked over the whole dev
 set; PyTorch eager, ONNX Runtime fp32 and int8 timed interleaved; the fastest passing variant of each student
-registered in MLflow as `<task>-<recipe>`, with `champion` moved only when the dev metric improves.
+registered in MLflow as `<task>-<recipe>`, with `champion` moved only when the dev metric improves (or ties at a lower
+latency).
 
 Fails (exit 2, outputs untouched) when an fp32 export's logits differ from PyTorch's by more than
 export.parity_atol or any predicted label differs.
@@ -132,7 +133,8 @@ def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, c
 
 
 def register(p, name: str, out: Path, chosen: str, row: dict, metric: str, card: str) -> tuple[str, bool]:
-    """Log the pyfunc (ONNX Runtime, `chosen` variant) and register it; move `champion` only on improvement."""
+    """Log the pyfunc (ONNX Runtime, `chosen` variant) and register it; move `champion` only on a better dev metric,
+    or an equal one at a lower p50 latency (`row[chosen]["p50_ms"]`, tagged on the version)."""
     reg = f"{p.tracking.registry_prefix}{p.base.task}-{name}"
     with mlflow.start_run(run_name=f"register-{name}", nested=True), warnings.catch_warnings():
         # a run of its own: MLflow logs model_config as params, which differ between the students
@@ -158,12 +160,17 @@ def _register(p, name, reg, out, chosen, row, metric, card):
     client.set_model_version_tag(reg, version, "variant", chosen)
     for k, v in row[chosen]["metrics"].items():
         client.set_model_version_tag(reg, version, k, str(v))
+    p50 = row[chosen].get("p50_ms")
+    if p50 is not None:
+        client.set_model_version_tag(reg, version, "p50_ms", f"{p50:.3f}")
     try:
         champ = client.get_model_version_by_alias(reg, "champion")
-        best = float(champ.tags.get(metric, "-inf"))
+        best, best_p50 = float(champ.tags.get(metric, "-inf")), float(champ.tags.get("p50_ms", "inf"))
     except Exception:  # noqa: BLE001 - no champion yet
-        best = float("-inf")
-    if row[chosen]["metrics"][metric] > best:
+        best, best_p50 = float("-inf"), float("inf")
+    score = row[chosen]["metrics"][metric]
+    # a better dev metric wins; an equal one wins only when faster (e.g. the same weights in a better-fused graph)
+    if score > best or (score == best and p50 is not None and p50 < best_p50):
         client.set_registered_model_alias(reg, "champion", version)
         return version, True
     return version, False
@@ -287,6 +294,7 @@ def _export_all(p, todo, tmp: Path, dev, deploy: dict, summary: dict, precision:
     for name, _ in todo[1:]:
         row = deploy["models"][name]
         row["registered_variant"] = choose_variant(row, deploy["timing"], name, ref)
+        row[row["registered_variant"]]["p50_ms"] = deploy["timing"][ref][f"{name}/{row['registered_variant']}"]["p50"]
         reg = f"{p.tracking.registry_prefix}{task}-{name}"
         cards[name] = deploy_card(name, reg, task, spec.metric, row, row["registered_variant"], deploy["timing"], ref,
                                   p.base.max_seq_len, spec.is_regression)
