@@ -63,8 +63,9 @@ def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, re
     return Path(dst)
 
 
-def session(path: str | Path, threads: int):
-    """An ONNX Runtime CPU session with every graph optimization and `threads` intra-op threads."""
+def session(path: str | Path, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session with every graph optimization and `threads` intra-op threads (profiling to
+    `<profile_prefix>_*.json` when given)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -72,6 +73,8 @@ def session(path: str | Path, threads: int):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if profile_prefix:
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

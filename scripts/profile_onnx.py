@@ -14,20 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdistill.onnx_export import run_session
+from kdistill.onnx_export import run_session, session
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def profile(path: Path, batch: int, seq: int, runs: int, threads: int) -> tuple[float, Counter]:
     """(mean ms per run, ms per run by operator type) from ONNX Runtime's profiler."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
-    so.enable_profiling, so.profile_file_prefix = True, str(Path("/tmp") / f"kdistill-profile-{os.getpid()}")
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = session(path, threads, profile_prefix=str(Path("/tmp") / f"kdistill-profile-{os.getpid()}"))
     ids = np.random.default_rng(0).integers(1000, 2000, (batch, seq))
     for _ in range(runs):
         run_session(sess, ids, np.ones_like(ids))
