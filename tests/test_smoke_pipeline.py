@@ -7,6 +7,7 @@ reads nor touches the developer's outputs, locks or MLflow store.
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -24,8 +25,14 @@ from .conftest import ROOT, copy_project, flow_env, free_port
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    return copy_project(tmp_path_factory.mktemp("kdistill") / "proj")
+def project(tmp_path_factory, request):
+    """The project copy shared by this module's tests (2 GB once the smoke profile ran): removed when the module's
+    tests all passed, kept for a look when one failed."""
+    root = tmp_path_factory.mktemp("kdistill")
+    failed = request.session.testsfailed
+    yield copy_project(root / "proj")
+    if request.session.testsfailed == failed:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -369,11 +376,10 @@ def _until(cond, proc, seconds=900, what=""):
 
 
 @pytest.mark.slow
-def test_kill_9_inside_a_training_stage_and_between_stages_then_a_rerun_ends_as_if_uninterrupted(smoke_run,
-                                                                                                 tmp_path_factory):
+def test_kill_9_inside_a_training_stage_and_between_stages_then_a_rerun_ends_as_if_uninterrupted(smoke_run, tmp_path):
     base, weights = smoke_run
     assert base.returncode == 0 and weights, "the uninterrupted run failed: see the test above"
-    project = copy_project(tmp_path_factory.mktemp("killed") / "proj")
+    project = copy_project(tmp_path / "proj")
     ckpt = project / "work" / "outputs-smoke" / "teacher_finetune" / "state.pt"
 
     # 1. SIGKILL inside teacher fine-tuning, once its step-2 checkpoint (of 4 steps) is on disk
