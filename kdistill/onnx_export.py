@@ -63,9 +63,14 @@ def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, re
     return Path(dst)
 
 
+# ONNX Runtime load-time fusions left off: its CPU SkipLayerNormalization kernel (residual + LayerNorm in one) runs
+# 5-6x slower than the Add and LayerNormalization it replaces (`make bench-onnx-kernels`; ORT 1.32, AVX2).
+DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+
+
 def session(path: str | Path, threads: int, profile_prefix: str | None = None):
-    """An ONNX Runtime CPU session with every graph optimization and `threads` intra-op threads (profiling to
-    `<profile_prefix>_*.json` when given)."""
+    """An ONNX Runtime CPU session with every graph optimization but DISABLED_OPTIMIZERS and `threads` intra-op
+    threads (profiling to `<profile_prefix>_*.json` when given)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -75,7 +80,7 @@ def session(path: str | Path, threads: int, profile_prefix: str | None = None):
     so.log_severity_level = 3
     if profile_prefix:
         so.enable_profiling, so.profile_file_prefix = True, profile_prefix
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
 def run_session(sess, input_ids, attention_mask, token_type_ids=None) -> np.ndarray:

@@ -161,16 +161,22 @@ def _prune(model: onnx.ModelProto) -> None:
 
 
 def fuse_bert(src: str | Path, dst: str | Path, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """`src` with attention fused (ours), then GELU, bias and LayerNorm fusions (ONNX Runtime's optimizer); counts."""
+    """`src` with attention fused (ours), then bias + GELU fused (ONNX Runtime's optimizer); kernel counts."""
     import logging
 
     from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
 
     model = onnx.load(str(src))
     attention = fuse_attention(model, num_heads)
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    # Residual + LayerNorm stay two kernels: ONNX Runtime's CPU SkipLayerNormalization kernel is 5-6x slower than
+    # Add + LayerNormalization (`make bench-onnx-kernels`); sessions also disable its load-time fusion (onnx_export).
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False
     # opt_level 0: only the pattern fusions here; ORT's own level-2 graph passes still run when a session loads it
-    opt = optimizer.optimize_model(model, model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
+    opt = optimizer.optimize_model(model, model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
+                                   optimization_options=options)
     opt.save_model_to_file(str(dst))
     counts = Counter(n.op_type for n in opt.model.graph.node)
     return {"Attention": attention, **{k: counts[k] for k in ("BiasGelu", "SkipLayerNormalization", "LayerNormalization")}}

@@ -121,7 +121,8 @@ def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, c
     out = "probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)" if not regression else "score = logits[:, 0]"
     lines += ["", "## Load with ONNX Runtime alone", "", "```python", "import numpy as np, onnxruntime as ort",
               "from transformers import AutoTokenizer", 'tok = AutoTokenizer.from_pretrained("tokenizer")',
-              f'sess = ort.InferenceSession("{FILES[chosen]}", providers=["CPUExecutionProvider"])  # or "{FILES["onnx-fp32" if chosen == "onnx-int8" else "onnx-int8"]}"',
+              f'# or "{FILES["onnx-fp32" if chosen == "onnx-int8" else "onnx-int8"]}"; SkipLayerNormFusion off: ONNX Runtime\'s CPU kernel for it is slower than Add + LayerNorm',
+              f'sess = ort.InferenceSession("{FILES[chosen]}", providers=["CPUExecutionProvider"], disabled_optimizers=["SkipLayerNormFusion"])',
               f'enc = tok(["a good movie"], truncation=True, max_length={max_seq_len}, padding=True, return_tensors="np")',
               "feed = {i.name: enc[i.name].astype(np.int64) for i in sess.get_inputs()}",
               'logits = sess.run(["logits"], feed)[0]', out, "```", "",
