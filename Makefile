@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-augment bench-prepare bench-ddp bench-textbrewer profile-onnx bench-onnx-kernels clean
+.PHONY: help setup test pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-augment bench-prepare bench-ddp bench-textbrewer profile-onnx bench-onnx-kernels bench-heads clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
@@ -33,6 +33,7 @@ help:
 	@echo "make bench     CPU capability, the precision auto picks here, fp32 vs bf16 task-distillation throughput"
 	@echo "make profile-onnx   where ONNX Runtime spends its time per operator type (MODELS=\"teacher tinybert\" BATCH=1 SEQ=64)"
 	@echo "make bench-onnx-kernels  ONNX Runtime's fused residual + LayerNorm kernel against Add + LayerNorm (HIDDEN=\"192 384\")"
+	@echo "make bench-heads   TinyBERT-style student's ORT speedup over the teacher per head count (HEADS=\"12 6 4 3\")"
 	@echo "make bench-augment  augmentation sentences/s per method (wordnet, tinybert) on ROWS=300 train rows, THREADS=1"
 	@echo "make bench-prepare  corpus packing tokens/s and peak RSS, shipped corpus vs repeated REPEAT=20 times"
 	@echo "make bench-ddp     training examples/s with 1 and NPROC=2 processes (torchrun), same global batches"
@@ -123,6 +124,9 @@ bench-prepare:
 
 profile-onnx:
 	$(PY) scripts/profile_onnx.py --models $(or $(MODELS),teacher tinybert) --batch $(or $(BATCH),1) --seq $(or $(SEQ),64) --runs $(or $(RUNS),200)
+
+bench-heads:
+	$(PY) scripts/bench_student_heads.py --heads $(or $(HEADS),12 6 4 3) --rounds $(or $(ROUNDS),100)
 
 bench-onnx-kernels:
 	$(PY) scripts/bench_onnx_kernels.py --hidden $(or $(HIDDEN),192 384) --tokens $(or $(TOKENS),64) --repeats $(or $(REPEATS),500)

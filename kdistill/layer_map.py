@@ -51,10 +51,12 @@ def resolve_layer_map(spec, student_layers: int, teacher_layers: int) -> list[in
 
 
 def check_heads(student_heads: int, teacher_heads: int) -> None:
-    """Attention maps are compared head by head, so the head counts must match."""
-    if student_heads != teacher_heads:
+    """Attention maps are compared per student head: one to one when the counts match, otherwise each student head
+    against the mean of a group of teacher heads (kdistill.losses.group_heads), so the student's count must divide
+    the teacher's."""
+    if teacher_heads % student_heads:
         raise LayerMapError(
-            f"attention distillation compares heads one to one: the student has {student_heads} heads, the teacher "
-            f"{teacher_heads}; give the student {teacher_heads} heads (its hidden size must be a multiple of "
-            f"{teacher_heads}) or set the attention weight to 0"
+            f"attention distillation compares each student head with a group of teacher heads: the student has "
+            f"{student_heads} heads, the teacher {teacher_heads}; give the student a number of heads that divides "
+            f"{teacher_heads} (its hidden size must be a multiple of it) or set the attention weight to 0"
         )

@@ -187,10 +187,10 @@ def feature_map_loss(
 
 
 def group_heads(probs: torch.Tensor, heads: int) -> torch.Tensor:
-    """Average [B, H, L, L] attention distributions over consecutive groups of H/heads heads.
-
-    A mean of distributions over the same keys is a distribution, so a teacher with k times the student's heads
-    gives one target per student head (head i <- teacher heads i*k .. i*k+k-1).
+    """Average [B, H, L, L] attention maps (distributions or pre-softmax scores) over consecutive groups of H/heads
+    heads: a teacher with k times the student's heads gives one target per student head (head i <- teacher heads
+    i*k .. i*k+k-1). A mean of distributions over the same keys is a distribution; a mean of score maps is the score
+    map of the group's concatenated queries and keys (scaled), a bilinear form in the tokens like any one head's.
     """
     b, h, lq, lk = probs.shape
     if h == heads:

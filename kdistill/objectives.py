@@ -132,7 +132,8 @@ class Intermediate(_WithTeacher):
         if want_attn:
             att = []
             for i, t in enumerate(self.layer_map):
-                a_s, a_t = s_scores[i], t_scores[t - 1]  # both scores, or both probabilities
+                # both scores, or both probabilities; fewer student heads: each one against its group's mean
+                a_s, a_t = s_scores[i], L.group_heads(t_scores[t - 1], s_scores[i].size(1))
                 att.append(L.attention_mse(a_s, a_t, mask, mask_queries=self.mask_padding))
             out["attn"] = sum(att) / len(att)
         return out

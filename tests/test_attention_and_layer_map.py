@@ -11,10 +11,10 @@ def scores_to_probs(scores, attention_mask):
     return torch.softmax(scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min), dim=-1)
 
 
-def reference_scores(model, input_ids, token_type_ids=None):
+def reference_scores(model, input_ids, token_type_ids=None, attention_mask=None):
     """Q.K^T/sqrt(d) per layer, computed from the query/key weights directly (eager forward, own arithmetic)."""
     enc = model.bert if hasattr(model, "bert") else model
-    hidden = enc(input_ids, output_hidden_states=True).hidden_states
+    hidden = enc(input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
     out = []
     for i, layer in enumerate(enc.encoder.layer):
         att = layer.attention.self
@@ -129,8 +129,42 @@ def test_layer_map_errors(spec, s, t, msg):
 
 def test_head_count_mismatch_is_refused_with_reason():
     check_heads(12, 12)
-    with pytest.raises(LayerMapError, match="student has 4 heads, the teacher 12"):
-        check_heads(4, 12)
+    check_heads(4, 12)  # each student head against the mean of 3 teacher heads
+    with pytest.raises(LayerMapError, match="student has 5 heads, the teacher 12"):
+        check_heads(5, 12)
+
+
+@pytest.mark.parametrize("attention", ["scores", "probs"])
+def test_fewer_student_heads_fit_the_mean_of_their_teacher_head_group(make_bert, attention):
+    """Student of 2 heads, teacher of 4: student head 0 against the mean of teacher heads 0-1, head 1 of heads 2-3,
+    padded keys and queries left out, computed by hand from reference scores."""
+    from transformers import BertModel
+
+    from kdistill.models import tinybert_config
+    from kdistill.objectives import Intermediate
+
+    teacher = make_bert("base", layers=4, heads=4, initializer_range=0.5)  # scores far from 0: a real difference
+    torch.manual_seed(1)
+    student = BertModel(tinybert_config(teacher.config, 2, 16, 2, 32)).eval()
+    obj = Intermediate(student, teacher, {"attn": 1.0}, "uniform", attention).eval()
+    ids = torch.randint(5, 30, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    with torch.no_grad():
+        got = obj({"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)})["attn"]
+        t_maps, s_maps = reference_scores(teacher, ids, attention_mask=mask), reference_scores(student, ids, attention_mask=mask)
+    if attention == "probs":
+        t_maps = [scores_to_probs(a, mask) for a in t_maps]
+        s_maps = [scores_to_probs(a, mask) for a in s_maps]
+    w = (mask[:, None, :, None] * mask[:, None, None, :]).float()  # real query x real key
+    want = 0.0
+    for s_layer, t_layer in [(0, 1), (1, 3)]:  # uniform map: student layers 1, 2 <- teacher layers 2, 4
+        t = t_maps[t_layer]
+        target = torch.stack([t[:, 0:2].mean(1), t[:, 2:4].mean(1)], dim=1)
+        d = (s_maps[s_layer] - target) * w
+        want += float((d * d).sum() / (w.sum() * 2)) / 2
+    assert abs(float(got) - want) < 1e-6 * max(1.0, want)
+    assert want > 1e-4  # the maps differ: the comparison can fail
 
 
 def test_captured_probabilities_are_the_softmax_of_the_captured_scores(make_bert):

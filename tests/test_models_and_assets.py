@@ -51,8 +51,9 @@ def test_tinybert_student_any_shape_and_head_check(make_bert):
         tinybert_config(teacher.config, 3, 18, 4, 32)
     from kdistill.layer_map import LayerMapError
 
-    with pytest.raises(LayerMapError, match="student has 2 heads, the teacher 4"):
-        Intermediate(BertModel(tinybert_config(teacher.config, 2, 16, 2, 32)), teacher, {"attn": 1.0})
+    Intermediate(BertModel(tinybert_config(teacher.config, 2, 16, 2, 32)), teacher, {"attn": 1.0})  # 2 divides 4
+    with pytest.raises(LayerMapError, match="student has 3 heads, the teacher 4"):
+        Intermediate(BertModel(tinybert_config(teacher.config, 2, 12, 3, 32)), teacher, {"attn": 1.0})
 
 
 def test_general_objectives_train_and_mlm_head_fits(make_bert, tmp_path):
