@@ -9,6 +9,13 @@ from .glue import DataError, check_split_available
 from .layer_map import LayerMapError, check_heads, resolve_layer_map
 
 
+def _check_heads(key: str, student_heads: int, teacher_heads: int) -> None:
+    try:
+        check_heads(student_heads, teacher_heads)
+    except LayerMapError as exc:
+        raise ParamsError(f"params.yaml: key '{key}': {exc}") from None
+
+
 def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, teacher_hidden: int) -> None:
     tb = p.general_distill.tinybert
     try:
@@ -16,16 +23,9 @@ def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, te
     except LayerMapError as exc:
         raise ParamsError(f"params.yaml: key 'general_distill.tinybert.layer_map': {exc}") from None
     if tb.weights.get("attn", 0) > 0 or p.task_distill.tinybert.weights.get("attn", 0) > 0:
-        try:
-            check_heads(tb.student.heads, teacher_heads)
-        except LayerMapError as exc:
-            raise ParamsError(f"params.yaml: key 'general_distill.tinybert.student.heads': {exc}") from None
+        _check_heads("general_distill.tinybert.student.heads", tb.student.heads, teacher_heads)
     mb = p.general_distill.mobilebert.student
-    if teacher_heads % mb.heads:
-        raise ParamsError(
-            f"params.yaml: key 'general_distill.mobilebert.student.heads': attention transfer averages the teacher's "
-            f"{teacher_heads} heads in groups onto the student's, so the student's count must divide {teacher_heads} "
-            f"(got {mb.heads})")
+    _check_heads("general_distill.mobilebert.student.heads", mb.heads, teacher_heads)
     if mb.embedding > teacher_hidden:
         raise ParamsError(
             f"params.yaml: key 'general_distill.mobilebert.student.embedding': {mb.embedding} exceeds the block width, "

@@ -46,6 +46,9 @@ def test_layer_map_must_fit_the_teacher():
     p = parse_params({"general_distill": {"tinybert": {"student": {"layers": 3, "hidden": 160, "heads": 5}}}})
     with pytest.raises(ParamsError, match=r"general_distill.tinybert.student.heads': .*student has 5 heads, the teacher 12"):
         check_against_teacher(p, teacher_layers=6, teacher_heads=12, teacher_hidden=384)
+    p = parse_params({"general_distill": {"mobilebert": {"student": {"bottleneck": 100, "heads": 5}}}})
+    with pytest.raises(ParamsError, match=r"general_distill.mobilebert.student.heads': .*student has 5 heads, the teacher 12"):
+        check_against_teacher(p, teacher_layers=6, teacher_heads=12, teacher_hidden=384)
     p = parse_params({"general_distill": {"distilbert": {"init_layers": [0, 2, 9]}}})
     with pytest.raises(ParamsError, match=r"general_distill.distilbert.init_layers': .*0..5"):
         check_against_teacher(p, teacher_layers=6, teacher_heads=12, teacher_hidden=384)
