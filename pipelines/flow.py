@@ -100,14 +100,33 @@ def critical_path(stages: dict[str, Stage], seconds: dict[str, float] | None = N
     return {n: length(n) for n in stages}
 
 
+def known_current(stages: dict[str, Stage], record: DvcRecord) -> set[str]:
+    """Stages that DVC calls up to date now and that read nothing a stale stage will rewrite: they will be skipped.
+
+    One `dvc status` for the graph before it starts, so that a partial re-run gives its stale stages every CPU
+    instead of sharing them with stages that only take a second to be found current. Each task still asks DVC itself.
+    """
+    stale = set(record.status(*(s.target for s in stages.values())))
+    by_target = {s.target: n for n, s in stages.items()}
+    todo = [by_target.get(t, t) for t in stale]
+    affected = set()
+    while todo:
+        n = todo.pop()
+        if n in stages and n not in affected:
+            affected.add(n)
+            todo += stages[n].downstream
+    return set(stages) - affected
+
+
 def schedule(stages: dict[str, Stage], max_parallel: int, cpus: int, submit,
-             seconds: dict[str, float] | None = None) -> tuple[dict, dict]:
+             seconds: dict[str, float] | None = None, current: set[str] = frozenset()) -> tuple[dict, dict]:
     """Start each stage once its upstream stages are done, at most `max_parallel` at a time.
 
-    `submit(stage, threads)` returns a future. Threads: the CPUs divided among the stages that can run now. Among
-    ready stages the longest remaining chain goes first, timed by `seconds` (the last run's stage times) when known,
-    so a long stage does not end up alone at the end with a core idle. After a failure nothing new starts; the
-    stages already running finish (and are recorded). Returns (results, errors).
+    `submit(stage, threads)` returns a future. Threads: the CPUs divided among the stages that can run now, not
+    counting `current` ones (known to be up to date, see known_current). Among ready stages the longest remaining
+    chain goes first, timed by `seconds` (the last run's stage times) when known, so a long stage does not end up
+    alone at the end with a core idle. After a failure nothing new starts; the stages already running finish (and
+    are recorded). Returns (results, errors).
     """
     path = critical_path(stages, seconds)
     order = {n: (-path[n], i) for i, n in enumerate(stages)}
@@ -118,7 +137,8 @@ def schedule(stages: dict[str, Stage], max_parallel: int, cpus: int, submit,
             while ready and len(running) < max_parallel:
                 name = ready.pop(0)
                 pending.discard(name)
-                sharing = min(max_parallel, len(running) + 1 + len(ready))
+                working = sum(n not in current for n in [*running, *ready])
+                sharing = min(max_parallel, working + 1)
                 running[name] = submit(stages[name], max(1, cpus // sharing))
         if not running:
             break
@@ -214,7 +234,8 @@ def run_graph(stages: dict[str, Stage], p, run_name: str, work_dir: Path, second
     with mlflow.start_run(run_name=run_name) as parent:
         results, errors = schedule(
             stages, parallel, cpus,
-            lambda st, threads: run_stage.submit(st, threads, parent.info.run_id, record, log_dir, pool), seconds)
+            lambda st, threads: run_stage.submit(st, threads, parent.info.run_id, record, log_dir, pool), seconds,
+            known_current(stages, record))
         tl = timeline(results)
         for name, v in tl["stages"].items():
             mlflow.log_metric(f"stage_seconds/{name.replace('@', '_')}", v["seconds"])

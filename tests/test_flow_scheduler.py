@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.dvc_record import DVC, DvcRecord
-from pipelines.flow import execute_stage, schedule, timeline
+from pipelines.flow import execute_stage, known_current, schedule, timeline
 from pipelines.stage_graph import load_stages
 
 PY = sys.executable
@@ -52,7 +52,8 @@ def _run(root: Path, tmp_path: Path, max_parallel: int = 2):
     record = DvcRecord(root)
     with ThreadPoolExecutor(max_parallel) as pool:
         return schedule(stages, max_parallel, 2,
-                        lambda st, threads: pool.submit(execute_stage, st, threads, None, record, tmp_path / "logs"))
+                        lambda st, threads: pool.submit(execute_stage, st, threads, None, record, tmp_path / "logs"),
+                        current=known_current(stages, record))
 
 
 def _lock(root: Path) -> dict:
@@ -86,9 +87,13 @@ def test_independent_stages_overlap_and_every_stage_is_recorded(tmp_path):
     stages_src["stages"]["b"]["cmd"] = f'{PY} -c "{WRITE.format(tag="B")}" b.txt src.txt'
 
     (root / "dvc.yaml").write_text(yaml.safe_dump(stages_src))
+    stages = load_stages(root / "dvc.yaml", root=root)
+    assert known_current(stages, DvcRecord(root)) == {"a", "c"}  # d reads b's output: it will run too
     results, errors = _run(root, tmp_path)
     assert not errors and {k for k, r in results.items() if r["ran"]} == {"b", "d"}
     assert (root / "d.txt").read_text() == "xacd" and (root / "b.txt").read_text() == "xB"
+    # b was ready beside a, but a was known to be current: b got both CPUs instead of sharing them with a skip
+    assert timeline(results)["stages"]["b"]["threads"] == 2
 
 
 def test_a_failed_stage_leaves_no_lock_entry_and_blocks_only_what_follows(tmp_path):
