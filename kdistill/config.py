@@ -259,6 +259,7 @@ class ExportParams(_Section):
     int8_per_channel: bool = True
     int8_reduce_range: bool = False  # 7-bit weights: for CPUs without VNNI if int8 accuracy suffers from saturation
     int8_max_drop: float = Field(0.01, ge=0)  # int8 dev-metric drop (absolute) beyond which int8 is not registered
+    int8_min_gain: float = Field(0.05, ge=0, lt=1)  # int8 is registered only when its p50 is this share below fp32's
     batch_sizes: list[Annotated[int, Field(ge=1)]] = [1, 32]
     seq_lens: list[Annotated[int, Field(ge=1)]] = [64, 128]
     warmup: int = Field(3, ge=0)

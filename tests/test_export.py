@@ -104,6 +104,21 @@ def test_interleaved_timing_runs_every_variant_once_per_round_in_turns():
     assert all(r["rounds"] == 5 for r in short.values())  # the time bound stops it, never before 5 rounds
 
 
+def test_int8_is_registered_only_when_it_passed_and_is_clearly_faster():
+    from tasks.export import choose_variant
+
+    def pick(fp32_ms, int8_ms, registrable=True, gain=0.05):
+        timing = {"bs1_seq64": {"s/onnx-fp32": {"p50": fp32_ms}, "s/onnx-int8": {"p50": int8_ms}}}
+        return choose_variant({"onnx-int8": {"registrable": registrable}}, timing, "s", "bs1_seq64", gain)
+
+    assert pick(10.0, 8.0) == "onnx-int8"  # 20% faster, within int8_max_drop
+    assert pick(10.0, 9.99) == "onnx-fp32"  # 0.1% faster: inside the noise, not worth int8's accuracy change
+    assert pick(10.0, 9.5) == "onnx-int8" and pick(10.0, 9.51) == "onnx-fp32"  # the 5% edge
+    assert pick(10.0, 9.99, gain=0.0) == "onnx-int8"
+    assert pick(10.0, 5.0, registrable=False) == "onnx-fp32"  # over int8_max_drop: never
+    assert pick(8.0, 10.0) == "onnx-fp32"
+
+
 @pytest.fixture
 def registered(make_bert, tiny_tokenizer, tmp_path, monkeypatch):
     """A tiny classifier exported and registered as `t-sst2-tinybert` in a throw-away MLflow store."""
