@@ -126,7 +126,7 @@ profile-onnx:
 	$(PY) scripts/profile_onnx.py --models $(or $(MODELS),teacher tinybert) --batch $(or $(BATCH),1) --seq $(or $(SEQ),64) --runs $(or $(RUNS),200)
 
 bench-heads:
-	$(PY) scripts/bench_student_heads.py --heads $(or $(HEADS),12 6 4 3) --rounds $(or $(ROUNDS),100)
+	$(PY) scripts/bench_student_heads.py --heads $(or $(HEADS),12 6 4 3) --activations $(or $(ACTS),gelu relu) --rounds $(or $(ROUNDS),100)
 
 bench-onnx-kernels:
 	$(PY) scripts/bench_onnx_kernels.py --hidden $(or $(HIDDEN),192 384) --tokens $(or $(TOKENS),64) --repeats $(or $(REPEATS),500)

@@ -31,6 +31,9 @@ class StudentShape(_Section):
     hidden: int = Field(192, ge=8)
     heads: int = Field(12, ge=1)
     ffn: int = Field(768, ge=8)
+    # the FFN activation; teacher: the teacher's own. A fresh student is free to differ: ReLU is one cheap max per
+    # element where GELU's erf is several instructions, which counts at batch 1 in a narrow student (MobileBERT's choice)
+    activation: Literal["teacher", "gelu", "relu"] = "teacher"
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self):

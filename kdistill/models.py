@@ -89,12 +89,16 @@ def _teacher_fields(teacher_cfg) -> dict:
                                                   "pad_token_id", "layer_norm_eps")}
 
 
-def tinybert_config(teacher_cfg: BertConfig, layers: int, hidden: int, heads: int, ffn: int) -> BertConfig:
-    """A TinyBERT-style student: any depth, width, heads and FFN size, with the teacher's vocabulary."""
+def tinybert_config(
+    teacher_cfg: BertConfig, layers: int, hidden: int, heads: int, ffn: int, activation: str = "teacher"
+) -> BertConfig:
+    """A TinyBERT-style student: any depth, width, heads and FFN size, with the teacher's vocabulary; its FFN
+    activation is the teacher's unless given (the student is trained from scratch, so it is free to differ)."""
     if hidden % heads:
         raise ModelSpecError(f"student heads ({heads}) must divide its hidden size ({hidden})")
+    act = teacher_cfg.hidden_act if activation == "teacher" else activation
     return BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
-                      hidden_act=teacher_cfg.hidden_act, **_teacher_fields(teacher_cfg))
+                      hidden_act=act, **_teacher_fields(teacher_cfg))
 
 
 def mobilebert_config(

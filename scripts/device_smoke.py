@@ -79,7 +79,7 @@ def main() -> None:
     g = p.general_distill.tinybert
     torch.manual_seed(p.base.seed)
     s = g.student
-    general = BertModel(tinybert_config(teacher.config, s.layers, s.hidden, s.heads, s.ffn))
+    general = BertModel(tinybert_config(teacher.config, s.layers, s.hidden, s.heads, s.ffn, s.activation))
     base_teacher = teacher.bert
     run("general distill tinybert", Intermediate(general, base_teacher, g.weights, g.layer_map, g.attention,
                                                  g.shared_projection, g.mask_padding), corpus, g.optim)

@@ -52,7 +52,8 @@ fi
 
 # 3. DVC: initialised in the repo, no analytics, local cache
 if [ -d .git ] && [ ! -d .dvc ]; then "$VENV/bin/dvc" init -q; fi
-if [ -d .dvc ]; then
+# (only when missing: `dvc config` rewrites the file and drops the committed comments, dirtying a fresh clone)
+if [ -d .dvc ] && ! grep -q "analytics = false" .dvc/config; then
   "$VENV/bin/dvc" config core.analytics false >/dev/null
   "$VENV/bin/dvc" config core.check_update false >/dev/null 2>&1 || true
 fi

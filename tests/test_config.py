@@ -28,6 +28,8 @@ def test_wrong_type_and_range_name_the_full_path():
         parse_params({"augment": {"aug_p": 1.5}})
     with pytest.raises(ParamsError, match=r"key 'base.task': Input should be 'sst2', 'cola', 'mrpc', 'rte' or 'stsb'"):
         parse_params({"base": {"task": "qqp"}})
+    with pytest.raises(ParamsError, match=r"key 'general_distill.tinybert.student.activation': Input should be 'teacher', 'gelu' or 'relu'"):
+        parse_params({"general_distill": {"tinybert": {"student": {"activation": "swish"}}}})
 
 
 def test_heads_must_divide_hidden():

@@ -49,6 +49,11 @@ def test_tinybert_student_any_shape_and_head_check(make_bert):
     assert (m.config.num_hidden_layers, m.config.hidden_size, m.config.intermediate_size) == (3, 16, 32)
     with pytest.raises(ModelSpecError, match="must divide"):
         tinybert_config(teacher.config, 3, 18, 4, 32)
+    # the FFN activation is the teacher's unless the student's shape names another; the module really changes
+    assert cfg.hidden_act == teacher.config.hidden_act == "gelu"
+    relu = BertModel(tinybert_config(teacher.config, 3, 16, 4, 32, activation="relu"))
+    x = torch.linspace(-2, 2, 9)
+    assert torch.equal(relu.encoder.layer[0].intermediate.intermediate_act_fn(x), torch.relu(x))
     from kdistill.layer_map import LayerMapError
 
     Intermediate(BertModel(tinybert_config(teacher.config, 2, 16, 2, 32)), teacher, {"attn": 1.0})  # 2 divides 4

@@ -18,7 +18,7 @@ def general(ctx: GeneralContext) -> GeneralPlan:
     g = ctx.p.general_distill.tinybert
     teacher = load_model(AutoModel, ctx.teacher)
     s = g.student
-    student = BertModel(tinybert_config(teacher.config, s.layers, s.hidden, s.heads, s.ffn), add_pooling_layer=True)
+    student = BertModel(tinybert_config(teacher.config, s.layers, s.hidden, s.heads, s.ffn, s.activation), add_pooling_layer=True)
     obj = Intermediate(student, teacher, g.weights, g.layer_map, g.attention, g.shared_projection, g.mask_padding)
 
     def save_projections(tmp):
