@@ -43,7 +43,8 @@ def main() -> None:
     teacher_onnx = ROOT / "outputs" / "onnx" / "teacher" / "model.onnx"
     trained = teacher_onnx.is_file()
     teacher_cfg = AutoConfig.from_pretrained(ROOT / "outputs" / "teacher" if trained else resolve_teacher(p.base.teacher))
-    teacher_cfg.num_labels = teacher_cfg.num_labels if trained else 2
+    if not trained:
+        teacher_cfg.num_labels = 2  # the pre-trained teacher has no task head yet: a binary one, as SST-2's
     s = p.general_distill.tinybert.student
     with tempfile.TemporaryDirectory() as tmp:
 
