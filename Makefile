@@ -31,7 +31,7 @@ help:
 	@echo "make serve     serve a registered student over HTTP on 127.0.0.1 (MODEL=sst2-tinybert PORT=5001)"
 	@echo "make loadtest  bounded load on the served model: p50/p95/p99 latency, requests/s (REQUESTS=400 CLIENTS=4)"
 	@echo "make bench     CPU capability, the precision auto picks here, fp32 vs bf16 task-distillation throughput"
-	@echo "make profile-onnx   where ONNX Runtime spends its time per operator type (MODELS=\"teacher tinybert\" BATCH=1 SEQ=64)"
+	@echo "make profile-onnx   where ONNX Runtime spends its time per operator type, and each student's speedup ceiling (MODELS=\"teacher tinybert\" BATCH=1 SEQ=64 VARIANT=model.int8.onnx)"
 	@echo "make bench-onnx-kernels  ONNX Runtime's fused residual + LayerNorm kernel against Add + LayerNorm (HIDDEN=\"192 384\")"
 	@echo "make bench-heads   TinyBERT-style student's ORT speedup over the teacher per head count (HEADS=\"12 6 4 3\")"
 	@echo "make bench-augment  augmentation sentences/s per method (wordnet, tinybert) on ROWS=300 train rows, THREADS=1"
@@ -123,7 +123,7 @@ bench-prepare:
 	$(PY) scripts/bench_prepare.py --repeat $(REPEAT)
 
 profile-onnx:
-	$(PY) scripts/profile_onnx.py --models $(or $(MODELS),teacher tinybert) --batch $(or $(BATCH),1) --seq $(or $(SEQ),64) --runs $(or $(RUNS),200)
+	$(PY) scripts/profile_onnx.py --models $(or $(MODELS),teacher tinybert) --batch $(or $(BATCH),1) --seq $(or $(SEQ),64) --runs $(or $(RUNS),200) --variant $(or $(VARIANT),model.onnx)
 
 bench-heads:
 	$(PY) scripts/bench_student_heads.py --heads $(or $(HEADS),12 6 4 3) --activations $(or $(ACTS),gelu relu) --rounds $(or $(ROUNDS),100)

@@ -127,3 +127,22 @@ def torch_runner(model, precision: str = "fp32"):
 
     model.eval()
     return run
+
+
+# ONNX Runtime operators whose cost is the matrix products that the FLOPs count (fp32 and int8 forms)
+GEMM_OPS = frozenset({"MatMul", "Gemm", "FusedGemm", "FusedMatMul", "Attention", "MatMulInteger",
+                      "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention"})
+
+
+def speedup_ceiling(teacher_ms: float, teacher_ops: dict[str, float], student_ms: float, student_ops: dict[str, float],
+                    flops_reduction: float) -> float:
+    """The student's speedup over the teacher if its matrix products took exactly the teacher's time divided by
+    `flops_reduction` while the rest of its run (per-element kernels, per-run overhead) stayed as profiled.
+
+    `*_ms`: time per run; `*_ops`: time per run by operator type (ONNX Runtime's profiler). A ceiling under a target
+    share of the FLOPs reduction means no faster matrix-product kernel can reach it: the rest must shrink."""
+    if flops_reduction <= 0 or teacher_ms <= 0 or student_ms <= 0:
+        raise ValueError("times and the FLOPs reduction must be positive")
+    t_gemm = sum(ms for op, ms in teacher_ops.items() if op in GEMM_OPS)
+    s_gemm = sum(ms for op, ms in student_ops.items() if op in GEMM_OPS)
+    return teacher_ms / (student_ms - s_gemm + t_gemm / flops_reduction)

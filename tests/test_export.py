@@ -20,7 +20,7 @@ from transformers import MobileBertConfig, MobileBertForSequenceClassification
 from kdistill.config import Params
 from kdistill.onnx_export import (ParityError, export_onnx, parity, quantize_int8, run_session, session)
 from kdistill.onnx_fusion import fuse_bert
-from kdistill.speed import interleaved_latency
+from kdistill.speed import interleaved_latency, speedup_ceiling
 
 from .conftest import ROOT, free_port
 from .listening import listening_addresses
@@ -102,6 +102,18 @@ def test_interleaved_timing_runs_every_variant_once_per_round_in_turns():
     assert all(r["p50"] <= r["p95"] and r["throughput"] > 0 for r in out.values())
     short = interleaved_latency(runners, batch=1, seq=3, warmup=0, repeats=1000, max_seconds=0.0)
     assert all(r["rounds"] == 5 for r in short.values())  # the time bound stops it, never before 5 rounds
+
+
+def test_speedup_ceiling_scales_only_the_matrix_products_with_the_flops():
+    # teacher 20 ms: 16 in matrix products (int8 and fp32 forms both count), 4 elsewhere; student 5 ms, 2 elsewhere
+    teacher = {"MatMul": 10.0, "Attention": 4.0, "DynamicQuantizeMatMul": 2.0, "LayerNormalization": 3.0}
+    student = {"MatMul": 2.0, "Attention": 1.0, "LayerNormalization": 1.5}
+    # 8x fewer FLOPs: matrix products 16 / 8 = 2 ms, plus the student's own 2 ms of the rest -> 20 / 4 = 5x
+    assert speedup_ceiling(20.0, teacher, 5.0, student, 8.0) == pytest.approx(5.0)
+    # a student that is all matrix products reaches the FLOPs reduction exactly
+    assert speedup_ceiling(16.0, {"MatMul": 16.0}, 3.0, {"MatMul": 3.0}, 8.0) == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="positive"):
+        speedup_ceiling(20.0, teacher, 5.0, student, 0.0)
 
 
 def test_int8_is_registered_only_when_it_passed_and_is_clearly_faster():
