@@ -62,6 +62,9 @@ class BaseParams(_Section):
     max_seq_len: int = Field(64, ge=8, le=512)
     max_train_examples: int | None = Field(None, ge=1)  # subsample the task's train split (None: all of it)
     eval_split: Literal["dev", "train", "test"] = "dev"
+    # rows held out at the end of the (shuffled) train split, never trained on: training stages pick their best
+    # checkpoint on them, and the eval split is scored once, on the state picked (0: no selection, the last state)
+    validation_rows: int = Field(1000, ge=0)
     # auto: bf16 where the hardware runs it natively (AVX512-BF16/AMX CPUs, CUDA with bf16), fp16 + loss scaling on
     # other CUDA devices, fp32 elsewhere. A stage's own `precision` overrides it.
     precision: PrecisionSpec = "auto"

@@ -38,7 +38,8 @@ def make_augmenter(p, paths):
 def main() -> None:
     p, paths = setup("augment")
     a = p.augment
-    train = first(load_from_disk(str(paths.data / "train")), p.base.max_train_examples)
+    train = first(load_from_disk(str(paths.data / "train")), p.base.max_train_examples, p.base.validation_rows,
+                  str(paths.data / "train"))
     src = train.select(range(min(len(train), a.max_examples or len(train))))
     aug = make_augmenter(p, paths)
     copies = a.copies if aug is not None else 0

@@ -205,9 +205,26 @@ def load_task_splits(p: Params):
     return train.flatten_indices(keep_in_memory=True), load_split(data_source(p), p.base.task, p.base.eval_split)
 
 
-def first(ds, n: int | None):
-    """The first n rows (all when n is None): a random subset, as prepare shuffled the split."""
-    return ds if n is None or n >= len(ds) else ds.select(range(n))
+def first(ds, n: int | None, holdout: int = 0, source: str = "the train split"):
+    """The first n rows (all when n is None) of those before the last `holdout` rows (the validation rows, see
+    `validation_rows`): a random subset, as prepare shuffled the split."""
+    usable = len(ds) - holdout
+    if usable < 1:
+        raise KdistillError(f"base.validation_rows: {holdout} leaves no training rows in {source} ({len(ds)} rows); "
+                            f"use fewer (0: no checkpoint selection, the last state is kept)")
+    n = usable if n is None else min(n, usable)
+    return ds if n == len(ds) else ds.select(range(n))
+
+
+def validation_rows(ds, rows: int):
+    """The last `rows` rows of the (shuffled) train split, which no stage trains on (`first` leaves them out):
+    training stages select their best checkpoint on them, so the eval split is scored once, never chosen on. None
+    when rows is 0 (no selection)."""
+    if rows == 0:
+        return None
+    if rows >= len(ds):  # first() names the problem first in every stage; this is the same check for direct callers
+        raise KdistillError(f"base.validation_rows: {rows} is not less than the {len(ds)} rows of the train split")
+    return ds.select(range(len(ds) - rows, len(ds)))
 
 
 class LossLog:
@@ -234,7 +251,8 @@ class LossLog:
         import mlflow
 
         self.flush()
-        mlflow.log_metrics({f"dev/{self.prefix}{k}": v for k, v in metrics.items()}, step=step + self.offset)
+        # checkpoint selection scores the validation rows (base.validation_rows); `dev/` is the eval split, scored once
+        mlflow.log_metrics({f"val/{self.prefix}{k}": v for k, v in metrics.items()}, step=step + self.offset)
 
     def flush(self):
         import mlflow

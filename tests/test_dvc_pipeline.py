@@ -67,7 +67,8 @@ def test_the_flow_schedules_every_stage_of_dvc_yaml():
     # evaluate reads the folders that hold every student and baseline
     assert stages["evaluate"].upstream >= {"teacher_finetune"} | {f"{s}@{r}" for s in ("task_distill", "baseline")
                                                                    for r in RECIPES}
-    assert stages["baseline@tinybert"].upstream == {"general_distill@tinybert", "augment"}  # never waits for the teacher
+    # never waits for the teacher; reads prepare's validation rows and dev split
+    assert stages["baseline@tinybert"].upstream == {"general_distill@tinybert", "augment", "prepare"}
     assert stages["prepare"].upstream == set()
     # export reads evaluate's summary and every student: it runs last
     assert stages["export"].upstream >= {"evaluate", "teacher_finetune"} | {f"task_distill@{r}" for r in RECIPES}

@@ -122,6 +122,16 @@ def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
         names = {r[0] for r in db.execute("select name from registered_models")}
     assert {f"smoke-sst2-{r}" for r in recipes} <= names
     assert not names & {f"sst2-{r}" for r in recipes}
+    # checkpoints are chosen on the held-out train rows (val/), the dev split is scored once, at the end (dev/)
+    with sqlite3.connect(project / "mlflow.db") as db:
+        keys = {(r[0], r[1]) for r in db.execute("select runs.name, metrics.key from metrics join runs "
+                                                  "on runs.run_uuid = metrics.run_uuid")}
+    for stage in ("teacher_finetune", "task_distill@tinybert", "baseline@distilbert"):
+        assert {(stage, "val/accuracy"), (stage, "dev/accuracy")} <= keys, stage
+    with sqlite3.connect(project / "mlflow.db") as db:
+        dev_points = db.execute("select count(*) from metrics join runs on runs.run_uuid = metrics.run_uuid "
+                                "where runs.name = 'teacher_finetune' and metrics.key = 'dev/accuracy'").fetchone()[0]
+    assert dev_points == 1
     # the champion is the pyfunc over the registered ONNX variant: text in, labels out
     import mlflow
 
