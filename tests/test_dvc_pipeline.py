@@ -110,7 +110,7 @@ def test_reference_stage_times_name_exactly_the_default_stages():
 def test_a_study_is_a_dvc_pipeline_of_cells_reading_the_pipeline_outputs():
     """make ablation: one cell per augmentation method, each its own augment and task stages writing under
     outputs-ablation/<cell>/ and reading the pipeline's teacher and general students; the cell equal to params.yaml
-    (wordnet) is the pipeline's own run. The generated files are committed, like runs/smoke/."""
+    (none) is the pipeline's own run. The generated files are committed, like runs/smoke/."""
     from pipelines.study import needed_pipeline_stages, study_pipeline
 
     run_dir = ROOT / "runs" / "ablation"
@@ -123,10 +123,10 @@ def test_a_study_is_a_dvc_pipeline_of_cells_reading_the_pipeline_outputs():
     finally:
         for f, text in committed.items():
             f.write_text(text)
-    assert [(c.name, c.shared) for c in cells] == [("none", False), ("wordnet", True), ("tinybert", False)]
+    assert [(c.name, c.shared) for c in cells] == [("none", True), ("wordnet", False), ("tinybert", False)]
     stages = load_stages(dvc_file)
-    assert set(stages) == {f"{s}-{c}" for c in ("none", "tinybert") for s in ("augment",)} | {
-        f"task_distill-{c}-{r}" for c in ("none", "tinybert") for r in ("tinybert", "distilbert")}
+    assert set(stages) == {f"{s}-{c}" for c in ("wordnet", "tinybert") for s in ("augment",)} | {
+        f"task_distill-{c}-{r}" for c in ("wordnet", "tinybert") for r in ("tinybert", "distilbert")}
     td = stages["task_distill-tinybert-distilbert"]
     assert {ROOT / "outputs" / "teacher", ROOT / "outputs" / "general" / "distilbert",
             ROOT / "outputs-ablation" / "tinybert" / "augmented"} <= set(td.deps)
