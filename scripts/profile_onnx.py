@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdistill.models import load_model
 from kdistill.onnx_export import run_session, session
 from kdistill.speed import flops_per_example, speedup_ceiling
 
@@ -52,7 +53,7 @@ def flops_reduction(name: str, seq: int) -> float | None:
     dirs = {"teacher": ROOT / "outputs" / "teacher", name: ROOT / "outputs" / "students" / name}
     if not all(d.is_dir() for d in dirs.values()):
         return None
-    f = {k: flops_per_example(AutoModelForSequenceClassification.from_pretrained(str(d)).eval(), seq) for k, d in dirs.items()}
+    f = {k: flops_per_example(load_model(AutoModelForSequenceClassification, d).eval(), seq) for k, d in dirs.items()}
     return f["teacher"] / f[name]
 
 
