@@ -227,6 +227,22 @@ def validation_rows(ds, rows: int):
     return ds.select(range(len(ds) - rows, len(ds)))
 
 
+def checkpoint_selection(p: Params, train_dir: Path, tok, precision: str):
+    """(eval_fn, select_metric) for a training stage: score the validation rows of `train_dir` (tokenised with the
+    stage's tokenizer) and keep the best state; (None, None) when base.validation_rows is 0 (keep the last state)."""
+    from datasets import load_from_disk
+
+    from kdistill.data import tokenize_task
+    from kdistill.evaluation import score
+    from kdistill.glue import get_task
+
+    val = validation_rows(load_from_disk(str(train_dir)), p.base.validation_rows)
+    if val is None:
+        return None, None
+    val = tokenize_task(val, tok, p.base.task, p.base.max_seq_len)
+    return (lambda obj: score(obj.student, val, p.base.task, precision)), get_task(p.base.task).metric
+
+
 class LossLog:
     """Trainer callback: every loss component each step to MLflow (`loss/<name>`), batched to keep SQLite fast."""
 

@@ -26,7 +26,7 @@ from kdistill.speed import latency_ms
 from kdistill.teacher_cache import features_for
 from kdistill.trainer import pad_collate
 
-from .common import PhaseLogs, cli, precision_for, runtime, setup, stage_run, validation_rows, write_loss_csv
+from .common import PhaseLogs, checkpoint_selection, cli, precision_for, runtime, setup, stage_run, write_loss_csv
 
 
 def main(which: str) -> None:
@@ -41,12 +41,11 @@ def main(which: str) -> None:
     tok = load_tokenizer(str(general if baseline else paths.teacher))
     train = tokenize_task(load_from_disk(str(paths.augmented / "train")), tok, p.base.task, p.base.max_seq_len)
     dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.task, p.base.max_seq_len)
-    # augment took its rows from before these, so no student trains on them
-    val = validation_rows(load_from_disk(str(paths.data / "train")), p.base.validation_rows)
-    val = None if val is None else tokenize_task(val, tok, p.base.task, p.base.max_seq_len)
     student = load_model(AutoModelForSequenceClassification, general, num_labels=spec.num_labels, **label_names(spec))
     teacher = None if baseline else load_model(AutoModelForSequenceClassification, paths.teacher)
     eval_precision = precision_for(p, p.evaluate.precision)
+    # augment took the students' rows from before the validation rows, so no student trains on them
+    eval_fn, select_metric = checkpoint_selection(p, paths.data / "train", tok, eval_precision)
     out = paths.baseline(name) if baseline else paths.student(name)
 
     def logits(precision: str):
@@ -60,8 +59,7 @@ def main(which: str) -> None:
         phases = (recipes.baseline if baseline else recipe).task(ctx)
         logs = PhaseLogs()
         res = run_phases(phases, train, paths.work / stage.replace("@", "_"), student,
-                         eval_fn=None if val is None else lambda obj: score(obj.student, val, p.base.task, eval_precision),
-                         select_metric=None if val is None else spec.metric, callbacks=logs)
+                         eval_fn=eval_fn, select_metric=select_metric, callbacks=logs)
         if not world().main:
             return  # rank 0 scores, times and saves
         logs.flush()

@@ -14,7 +14,7 @@ from kdistill.models import load_model, load_tokenizer, resolve_teacher, save_mo
 from kdistill.objectives import Supervised
 from kdistill.trainer import Trainer
 
-from .common import LossLog, cli, first, precision_for, setup, stage_run, validation_rows, write_loss_csv
+from .common import LossLog, checkpoint_selection, cli, first, precision_for, setup, stage_run, write_loss_csv
 
 
 def main() -> None:
@@ -22,22 +22,20 @@ def main() -> None:
     spec = get_task(p.base.task)
     tok = load_tokenizer(p.base.teacher)
     n, held = p.teacher_finetune.max_train_examples, p.base.validation_rows
-    full = load_from_disk(str(paths.data / "train"))
-    train = tokenize_task(first(full, n, held, str(paths.data / "train")), tok, p.base.task, p.base.max_seq_len)
-    val = validation_rows(full, held)
-    val = None if val is None else tokenize_task(val, tok, p.base.task, p.base.max_seq_len)
+    train = first(load_from_disk(str(paths.data / "train")), n, held, str(paths.data / "train"))
+    train = tokenize_task(train, tok, p.base.task, p.base.max_seq_len)
     dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.task, p.base.max_seq_len)
     model = load_model(
         AutoModelForSequenceClassification, resolve_teacher(p.base.teacher), p.base.allow_pickle_weights, num_labels=spec.num_labels, **label_names(spec)
     )
     eval_precision = precision_for(p, p.evaluate.precision)
+    eval_fn, select_metric = checkpoint_selection(p, paths.data / "train", tok, eval_precision)
     with stage_run(p, "teacher_finetune"):
         log = LossLog()
         cfg = optim_to_trainer_config(p.teacher_finetune.optim, p.base.seed, "teacher fine-tune",
                                       precision_for(p, p.teacher_finetune.optim.precision))
         res = Trainer(Supervised(model), train, cfg, paths.work / "teacher_finetune",
-                      eval_fn=None if val is None else lambda obj: score(obj.student, val, p.base.task, eval_precision),
-                      select_metric=None if val is None else spec.metric,
+                      eval_fn=eval_fn, select_metric=select_metric,
                       callbacks=[log], fingerprint={"stage": "teacher_finetune", "task": p.base.task}).train()
         if not world().main:
             return  # rank 0 scores and saves
