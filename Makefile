@@ -10,14 +10,14 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-augment bench-prepare bench-ddp bench-textbrewer profile-onnx bench-onnx-kernels bench-heads clean
+.PHONY: help setup test test-fast pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-augment bench-prepare bench-ddp bench-textbrewer profile-onnx bench-onnx-kernels bench-heads clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
 	@echo "make pipeline  run the six-stage pipeline (Prefect flow over DVC stages, MLflow tracking)"
 	@echo "make smoke     the same six stages on a few rows and tiny models"
 	@echo "               NPROC=2 (either): each training stage data-parallel in 2 processes (torchrun, gloo/NCCL)"
-	@echo "make test      run the test suite"
+	@echo "make test      run the test suite (about 20 minutes on 2 cores); make test-fast: without the end-to-end runs"
 	@echo "make ablation  task distillation with each augmentation (none/wordnet/tinybert): reports/ablation.md"
 	@echo "make seeds     task distillation and baselines over 3 seeds, mean and std: reports/seeds.md"
 	@echo "               PROFILE=smoke (either): on the smoke profile's pipeline instead of the default one"
@@ -42,8 +42,13 @@ help:
 setup:
 	@bash scripts/setup.sh
 
+# the slowest 15 tests are printed at the end of every run
 test:
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
+
+# the inner loop: everything but the end-to-end runs of the smoke pipeline (marked slow)
+test-fast:
+	$(PY) -m pytest tests -m "not slow" --durations=15
 
 # NPROC=2: every training stage runs data-parallel in 2 processes (torchrun; overrides base.nproc)
 NPROC_ENV = $(if $(NPROC),KDISTILL_NPROC=$(NPROC) ,)

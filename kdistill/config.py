@@ -11,10 +11,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from .errors import KdistillError
-from .precision import PrecisionSpec
+from kdistill.errors import KdistillError
+from kdistill.train.precision import PrecisionSpec
 
 
 class ParamsError(KdistillError, ValueError):

@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import KdistillError
+from kdistill.errors import KdistillError
 
 # Below this many free bytes a failed write is taken for a full disk: torch.save and np.save report a short write
 # without an errno ("unexpected pos ...", "... requested and ... written"), so the errno alone misses them.

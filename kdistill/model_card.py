@@ -13,8 +13,8 @@ def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metri
     lat = ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items())
     how = (
         "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
-        f"model = AutoModelForSequenceClassification.from_pretrained(\"<this directory>\")\n"
-        f"tokenizer = AutoTokenizer.from_pretrained(\"<this directory>\")\n```\n"
+        "model = AutoModelForSequenceClassification.from_pretrained(\"<this directory>\")\n"
+        "tokenizer = AutoTokenizer.from_pretrained(\"<this directory>\")\n```\n"
         + ("A baseline is a control: it is neither exported to ONNX nor registered.\n" if baseline else
            f"From the MLflow registry (the export stage registers the fastest ONNX Runtime variant that passed its parity "
            f"check): `mlflow.pyfunc.load_model(\"models:/{registered_name or f'{task}-{recipe}'}@champion\").predict([\"a "

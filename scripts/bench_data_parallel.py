@@ -35,13 +35,13 @@ def worker(steps: int, batch: int, out: str) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from kdistill import distributed
-    from kdistill.data import tokenize_task
-    from kdistill.glue import load_split
+    from kdistill.data.batches import tokenize_task
+    from kdistill.data.glue import load_split
+    from kdistill.distill.objectives import Prediction, teacher_logits
     from kdistill.models import load_model, load_tokenizer, resolve_teacher
-    from kdistill.objectives import Prediction, teacher_logits
-    from kdistill.precision import resolve_threads
-    from kdistill.trainer import Trainer, TrainerConfig, pad_collate
+    from kdistill.train import distributed
+    from kdistill.train.precision import resolve_threads
+    from kdistill.train.trainer import Trainer, TrainerConfig, pad_collate
 
     w = distributed.init_from_env()
     torch.set_num_threads(resolve_threads("auto"))

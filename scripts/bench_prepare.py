@@ -17,8 +17,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, sys, time
-from kdistill.corpus import pack_corpus
-from kdistill.data import row_lengths
+from kdistill.data.corpus import pack_corpus
+from kdistill.data.batches import row_lengths
 from kdistill.models import load_tokenizer
 tok = load_tokenizer(sys.argv[1])
 t = time.perf_counter()
@@ -85,7 +85,7 @@ def main() -> None:
         with open(big, "wb") as f:
             for _ in range(args.repeat):
                 f.write(text)
-        for name, path in ((f"shipped corpus (x1)", src), (f"repeated x{args.repeat}", big)):
+        for name, path in (("shipped corpus (x1)", src), (f"repeated x{args.repeat}", big)):
             r = measure(path, args.teacher, args.seq_len, args.num_proc)
             print(f"{name:>22}: {r['corpus_mib']:7.1f} MiB text, {r['sequences']:>8} sequences, {r['tokens']:>10} tokens, "
                   f"{r['seconds']:7.1f} s, {r['tokens_per_s']:>9.0f} tokens/s, peak over the process tree: "

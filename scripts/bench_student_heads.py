@@ -19,10 +19,10 @@ import torch
 from transformers import AutoConfig, BertForSequenceClassification
 
 from kdistill.config import load_params
+from kdistill.deploy.onnx_export import export_onnx, run_session, session
+from kdistill.deploy.onnx_fusion import fuse_bert
+from kdistill.deploy.speed import flops_per_example, interleaved_latency
 from kdistill.models import resolve_teacher, tinybert_config
-from kdistill.onnx_export import export_onnx, run_session, session
-from kdistill.onnx_fusion import fuse_bert
-from kdistill.speed import flops_per_example, interleaved_latency
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,10 +14,16 @@ import torch
 from datasets import Dataset
 from transformers import BertForSequenceClassification
 
+from kdistill.distill.objectives import Prediction, teacher_logits
 from kdistill.models import load_model, resolve_teacher, tinybert_config
-from kdistill.objectives import Prediction, teacher_logits
-from kdistill.precision import autocast, cpu_capability, native_cpu_bf16, resolve_precision, resolve_threads
-from kdistill.trainer import pad_collate
+from kdistill.train.precision import (
+    autocast,
+    cpu_capability,
+    native_cpu_bf16,
+    resolve_precision,
+    resolve_threads,
+)
+from kdistill.train.trainer import pad_collate
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=10)

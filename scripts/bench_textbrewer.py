@@ -25,14 +25,19 @@ from pathlib import Path
 import torch
 from transformers import BertModel, get_linear_schedule_with_warmup
 
-from kdistill.corpus import pack_corpus
-from kdistill.data import tokenize_task
-from kdistill.glue import load_split
+from kdistill.data.batches import tokenize_task
+from kdistill.data.corpus import pack_corpus
+from kdistill.data.glue import load_split
+from kdistill.distill.objectives import Intermediate
+from kdistill.distill.teacher_cache import features_for
 from kdistill.models import load_model, load_tokenizer, resolve_teacher, tinybert_config
-from kdistill.objectives import Intermediate
-from kdistill.precision import autocast, cpu_capability, resolve_precision, resolve_threads
-from kdistill.teacher_cache import features_for
-from kdistill.trainer import Trainer, TrainerConfig, epoch_batches, pad_collate
+from kdistill.train.precision import (
+    autocast,
+    cpu_capability,
+    resolve_precision,
+    resolve_threads,
+)
+from kdistill.train.trainer import Trainer, TrainerConfig, epoch_batches, pad_collate
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--rows", type=int, default=1024, help="SST-2 train rows (two epochs over them per run)")

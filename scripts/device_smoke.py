@@ -19,14 +19,26 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertModel
 
 from kdistill.config import load_params
-from kdistill.corpus import pack_corpus
-from kdistill.data import tokenize_task
-from kdistill.evaluation import optim_to_trainer_config, score
-from kdistill.glue import get_task, load_split
-from kdistill.models import distilbert_student, every_other_layer, load_model, load_tokenizer, resolve_teacher, tinybert_config
-from kdistill.objectives import Intermediate, Prediction, Supervised, teacher_logits
-from kdistill.precision import cpu_capability, resolve_precision
-from kdistill.trainer import Trainer, default_device, pad_collate
+from kdistill.data.batches import tokenize_task
+from kdistill.data.corpus import pack_corpus
+from kdistill.data.glue import get_task, load_split
+from kdistill.distill.objectives import (
+    Intermediate,
+    Prediction,
+    Supervised,
+    teacher_logits,
+)
+from kdistill.models import (
+    distilbert_student,
+    every_other_layer,
+    load_model,
+    load_tokenizer,
+    resolve_teacher,
+    tinybert_config,
+)
+from kdistill.train.evaluation import optim_to_trainer_config, score
+from kdistill.train.precision import cpu_capability, resolve_precision
+from kdistill.train.trainer import Trainer, default_device, pad_collate
 
 ROOT = Path(__file__).resolve().parent.parent
 

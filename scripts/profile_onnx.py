@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdistill.deploy.onnx_export import run_session, session
+from kdistill.deploy.speed import flops_per_example, speedup_ceiling
 from kdistill.models import load_model
-from kdistill.onnx_export import run_session, session
-from kdistill.speed import flops_per_example, speedup_ceiling
 
 ROOT = Path(__file__).resolve().parent.parent
 

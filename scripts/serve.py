@@ -29,12 +29,12 @@ def main() -> int:
     ap.add_argument("--params", default=os.environ.get("KDISTILL_PARAMS", str(ROOT / "params.yaml")))
     a = ap.parse_args()
 
-    from mlflow import MlflowClient
     import mlflow
+    from mlflow import MlflowClient
 
     from kdistill.config import load_params
     from kdistill.errors import KdistillError
-    from tasks.common import tracking_uri
+    from kdistill.tracking import tracking_uri
 
     try:
         p = load_params(a.params)

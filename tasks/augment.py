@@ -11,10 +11,11 @@ import time
 from datasets import concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
+from kdistill.data.splits import first
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_dir, write_json_atomic
 
-from .common import cli, first, setup
+from .common import cli, setup
 
 SAMPLE_PAIRS = 12
 
@@ -22,11 +23,11 @@ SAMPLE_PAIRS = 12
 def make_augmenter(p, paths):
     a = p.augment
     if a.method == "wordnet":
-        from kdistill.augment import WordNetAugmenter
+        from kdistill.data.augment import WordNetAugmenter
 
         return WordNetAugmenter(a.aug_p, p.base.seed)
     if a.method == "tinybert":
-        from kdistill.augment import TinyBertAugmenter
+        from kdistill.data.augment import TinyBertAugmenter
 
         if not (paths.teacher_mlm / "config.json").is_file():
             raise KdistillError(f"augment.method: tinybert needs the teacher with its masked-LM head at "

@@ -11,13 +11,13 @@ import torch
 from datasets import load_from_disk
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from kdistill.data import tokenize_task
-from kdistill.evaluation import score
-from kdistill.glue import get_task
+from kdistill.data.batches import tokenize_task
+from kdistill.data.glue import get_task
+from kdistill.deploy.speed import interleaved_profiles, model_profile
 from kdistill.io import write_json_atomic, write_text_atomic
 from kdistill.models import load_model
 from kdistill.recipes import RECIPES
-from kdistill.speed import model_profile
+from kdistill.train.evaluation import score
 
 from .common import cli, precision_for, runtime, setup, stage_run
 
@@ -63,6 +63,23 @@ def plot_losses(paths, out_dir: Path) -> list[Path]:
     return made
 
 
+TIMING = ("eager PyTorch, measured in turns: each of {rounds} rounds runs every model once, in a shuffled order, on "
+          "the same inputs, so anything else running on the machine slows every model alike and the speedups hold")
+
+
+def compare(summary: dict, seq: int) -> str:
+    """Each model against the teacher: retention (score), speedup (batch 1 p50 at `seq` tokens), FLOPs and size
+    ratios. Returns the latency key the speedup is read at."""
+    t = summary["models"]["teacher"]
+    ref = f"bs1_seq{seq}_p50"
+    for m in summary["models"].values():
+        m["retention"] = m["score"] / t["score"] if t["score"] else None
+        m["speedup"] = t["latency_ms"][ref] / m["latency_ms"][ref]
+        m["flops_ratio"] = m["flops"][f"seq{seq}"] / t["flops"][f"seq{seq}"]
+        m["params_ratio"] = m["params"] / t["params"]
+    return ref
+
+
 def main() -> None:
     p, paths = setup("evaluate")
     spec = get_task(p.base.task)
@@ -76,23 +93,24 @@ def main() -> None:
     summary = {"task": p.base.task, "metric": spec.metric, "threads": torch.get_num_threads(), "precision": precision,
                "device": rt.device, "cpu_capability": rt.cpu_capability, "models": {}}
     with stage_run(p, "evaluate"):
+        loaded = {}
         for name, d in models(paths):
             if not d.is_dir():
                 print(f"[evaluate] skipping {name}: {d} missing")
                 continue
             model = load_model(AutoModelForSequenceClassification, d).eval()
             metrics = score(model, dev, p.base.task, precision)
-            prof = model_profile(model, d, e.batch_sizes, e.seq_lens, e.warmup, e.repeats, precision)
             summary["models"][name] = {"task": p.base.task, "metric": spec.metric, "score": metrics[spec.metric],
-                                       "metrics": metrics, **prof}
-            print(f"[evaluate] {name}: {spec.metric} {metrics[spec.metric]:.4f}, params {prof['params']:,}")
-        t = summary["models"]["teacher"]
-        ref = f"bs1_seq{e.seq_lens[0]}_p50"
+                                       "metrics": metrics, **model_profile(model, d, e.seq_lens)}
+            loaded[name] = model
+            print(f"[evaluate] {name}: {spec.metric} {metrics[spec.metric]:.4f}, "
+                  f"params {summary['models'][name]['params']:,}")
+        print(f"[evaluate] timing {len(loaded)} models in turns ({e.repeats} rounds per batch x length)", flush=True)
+        for name, t in interleaved_profiles(loaded, e.batch_sizes, e.seq_lens, e.warmup, e.repeats, precision).items():
+            summary["models"][name].update(t)
+        summary["timing"] = TIMING.format(rounds=e.repeats)
+        ref = compare(summary, e.seq_lens[0])
         for name, m in summary["models"].items():
-            m["retention"] = m["score"] / t["score"] if t["score"] else None
-            m["speedup"] = t["latency_ms"][ref] / m["latency_ms"][ref]
-            m["flops_ratio"] = m["flops"][f"seq{e.seq_lens[0]}"] / t["flops"][f"seq{e.seq_lens[0]}"]
-            m["params_ratio"] = m["params"] / t["params"]
             mlflow.log_metrics({f"{name}/score": m["score"], f"{name}/speedup": m["speedup"],
                                 f"{name}/retention": m["retention"] or 0.0, f"{name}/size_mb": m["size_mb"]})
         write_json_atomic(rep / "summary.json", summary)
@@ -124,7 +142,7 @@ def report_md(summary, ref, pngs, rep, augment: dict | None = None) -> str:
     lines = [f"# Distillation report: {task}", "",
              f"Dev {metric}; latency at batch 1, {ref.split('_')[1].removeprefix('seq')} tokens, p50, {summary['threads']} threads; "
              f"precision {summary.get('precision', 'fp32')} on {summary.get('device', 'cpu')} "
-             f"(CPU capability {summary.get('cpu_capability', '?')}).", "",
+             f"(CPU capability {summary.get('cpu_capability', '?')}). Timing: {summary.get('timing', 'one model after another')}.", "",
              "| model | score | retention | all dev metrics | params | size MB | latency ms | speedup | FLOPs ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, m in summary["models"].items():

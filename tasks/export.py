@@ -20,18 +20,26 @@ import torch
 from datasets import load_from_disk
 from transformers import AutoTokenizer
 
-from kdistill.data import tokenize_task
-from kdistill.evaluation import predict
+from kdistill.data.batches import tokenize_task
+from kdistill.data.glue import get_task
+from kdistill.data.metrics import task_metrics
+from kdistill.deploy.onnx_export import (
+    export_onnx,
+    file_mb,
+    load_for_export,
+    parity,
+    predict_onnx,
+    quantize_int8,
+    run_session,
+    session,
+)
+from kdistill.deploy.onnx_fusion import fuse_bert
+from kdistill.deploy.speed import interleaved_latency, torch_runner
 from kdistill.errors import KdistillError
-from kdistill.glue import get_task
 from kdistill.io import atomic_dir, write_json_atomic, write_text_atomic
-from kdistill.metrics import task_metrics
-from kdistill.onnx_export import (export_onnx, file_mb, load_for_export, parity, predict_onnx, quantize_int8,
-                                  run_session, session)
-from kdistill.onnx_fusion import fuse_bert
-from kdistill.precision import resolve_threads
 from kdistill.recipes import RECIPES
-from kdistill.speed import interleaved_latency, torch_runner
+from kdistill.train.evaluation import predict
+from kdistill.train.precision import resolve_threads
 
 from .common import ROOT, cli, precision_for, runtime, setup, stage_run
 
@@ -152,7 +160,7 @@ def _register(p, name, reg, out, chosen, row, metric, card):
     from mlflow import MlflowClient
 
     info = mlflow.pyfunc.log_model(
-        name=name, python_model=str(ROOT / "kdistill" / "serving_model.py"),
+        name=name, python_model=str(ROOT / "kdistill" / "deploy" / "serving_model.py"),
         artifacts={"onnx": str(out / FILES[chosen]), "tokenizer": str(out / "tokenizer")},
         model_config={"variant": chosen, "max_seq_len": p.base.max_seq_len, "threads": p.export.serve_threads,
                       "regression": get_task(p.base.task).is_regression},

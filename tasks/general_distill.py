@@ -10,13 +10,14 @@ import mlflow
 from datasets import load_from_disk
 
 from kdistill import recipes
-from kdistill.distributed import world
 from kdistill.io import atomic_dir, write_json_atomic
 from kdistill.models import load_tokenizer, resolve_teacher
-from kdistill.phases import run_phases
 from kdistill.recipes.base import GeneralContext
+from kdistill.tracking import PhaseLogs, write_loss_csv
+from kdistill.train.distributed import world
+from kdistill.train.phases import run_phases
 
-from .common import PhaseLogs, cli, precision_for, setup, stage_run, write_loss_csv
+from .common import cli, precision_for, setup, stage_run
 
 
 def main(name: str) -> None:

@@ -4,12 +4,13 @@ import shutil
 
 import pyarrow.compute as pc
 
-from kdistill.corpus import pack_corpus
+from kdistill.data.corpus import pack_corpus
+from kdistill.data.splits import load_task_splits
 from kdistill.io import atomic_dir, write_json_atomic
 from kdistill.models import load_tokenizer
-from kdistill.precision import resolve_threads
+from kdistill.train.precision import resolve_threads
 
-from .common import ROOT, cli, load_task_splits, setup
+from .common import ROOT, cli, setup
 
 
 def main() -> None:

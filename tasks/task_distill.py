@@ -13,20 +13,26 @@ from datasets import load_from_disk
 from transformers import AutoModelForSequenceClassification
 
 from kdistill import recipes
-from kdistill.data import tokenize_task
-from kdistill.distributed import world
-from kdistill.evaluation import score
-from kdistill.glue import get_task, label_names
+from kdistill.data.batches import tokenize_task
+from kdistill.data.glue import get_task, label_names
+from kdistill.deploy.speed import latency_ms
+from kdistill.distill.objectives import teacher_logits
+from kdistill.distill.teacher_cache import features_for
 from kdistill.model_card import model_card
-from kdistill.models import count_parameters, load_model, load_tokenizer, save_model_atomic
-from kdistill.objectives import teacher_logits
-from kdistill.phases import run_phases
+from kdistill.models import (
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    save_model_atomic,
+)
 from kdistill.recipes.base import TaskContext
-from kdistill.speed import latency_ms
-from kdistill.teacher_cache import features_for
-from kdistill.trainer import pad_collate
+from kdistill.tracking import PhaseLogs, write_loss_csv
+from kdistill.train.distributed import world
+from kdistill.train.evaluation import score
+from kdistill.train.phases import run_phases
+from kdistill.train.trainer import pad_collate
 
-from .common import PhaseLogs, checkpoint_selection, cli, precision_for, runtime, setup, stage_run, write_loss_csv
+from .common import checkpoint_selection, cli, precision_for, runtime, setup, stage_run
 
 
 def main(which: str) -> None:

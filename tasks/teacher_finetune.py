@@ -6,15 +6,22 @@ import mlflow
 from datasets import load_from_disk
 from transformers import AutoModelForSequenceClassification
 
-from kdistill.data import tokenize_task
-from kdistill.distributed import world
-from kdistill.evaluation import optim_to_trainer_config, score
-from kdistill.glue import get_task, label_names
-from kdistill.models import load_model, load_tokenizer, resolve_teacher, save_model_atomic
-from kdistill.objectives import Supervised
-from kdistill.trainer import Trainer
+from kdistill.data.batches import tokenize_task
+from kdistill.data.glue import get_task, label_names
+from kdistill.data.splits import first
+from kdistill.distill.objectives import Supervised
+from kdistill.models import (
+    load_model,
+    load_tokenizer,
+    resolve_teacher,
+    save_model_atomic,
+)
+from kdistill.tracking import LossLog, write_loss_csv
+from kdistill.train.distributed import world
+from kdistill.train.evaluation import optim_to_trainer_config, score
+from kdistill.train.trainer import Trainer
 
-from .common import LossLog, checkpoint_selection, cli, first, precision_for, setup, stage_run, write_loss_csv
+from .common import checkpoint_selection, cli, precision_for, setup, stage_run
 
 
 def main() -> None:

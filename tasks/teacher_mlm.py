@@ -13,14 +13,20 @@ from datasets import load_from_disk
 from safetensors import safe_open
 from transformers import BertForMaskedLM
 
-from kdistill.distributed import world
-from kdistill.models import load_model, load_tokenizer, resolve_teacher, save_model_atomic
-from kdistill.objectives import MlmHeadFit, masked_token_accuracy
-from kdistill.phases import Phase, run_phases
+from kdistill.distill.objectives import MlmHeadFit, masked_token_accuracy
+from kdistill.models import (
+    load_model,
+    load_tokenizer,
+    resolve_teacher,
+    save_model_atomic,
+)
 from kdistill.recipes.base import special_ids
-from kdistill.trainer import TrainerConfig, pad_collate
+from kdistill.tracking import PhaseLogs, write_loss_csv
+from kdistill.train.distributed import world
+from kdistill.train.phases import Phase, run_phases
+from kdistill.train.trainer import TrainerConfig, pad_collate
 
-from .common import PhaseLogs, cli, precision_for, setup, stage_run, write_loss_csv
+from .common import cli, precision_for, setup, stage_run
 
 
 def _checkpoint_keys(path: str) -> list[str]:

@@ -13,9 +13,9 @@ import torch
 from datasets import Dataset
 from transformers import BertForSequenceClassification
 
-from kdistill import distributed
-from kdistill.objectives import Prediction, teacher_logits
-from kdistill.trainer import Trainer, TrainerConfig, pad_collate
+from kdistill.distill.objectives import Prediction, teacher_logits
+from kdistill.train import distributed
+from kdistill.train.trainer import Trainer, TrainerConfig, pad_collate
 from tests.conftest import tiny_config
 from tests.train_worker import Slow
 

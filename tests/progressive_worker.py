@@ -9,9 +9,9 @@ from datasets import Dataset
 from transformers import BertForMaskedLM
 
 from kdistill.config import parse_params
-from kdistill.phases import run_phases
 from kdistill.recipes import mobilebert
 from kdistill.recipes.base import GeneralContext
+from kdistill.train.phases import run_phases
 from tests.conftest import tiny_config
 from tests.train_worker import Slow
 

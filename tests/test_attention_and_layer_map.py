@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from kdistill.attention import AttentionCaptureError, AttentionScores
-from kdistill.layer_map import LayerMapError, check_heads, resolve_layer_map
+from kdistill.distill.attention import AttentionCaptureError, AttentionScores
+from kdistill.distill.layer_map import LayerMapError, check_heads, resolve_layer_map
 
 
 def scores_to_probs(scores, attention_mask):
@@ -140,8 +140,8 @@ def test_fewer_student_heads_fit_the_mean_of_their_teacher_head_group(make_bert,
     padded keys and queries left out, computed by hand from reference scores."""
     from transformers import BertModel
 
+    from kdistill.distill.objectives import Intermediate
     from kdistill.models import tinybert_config
-    from kdistill.objectives import Intermediate
 
     teacher = make_bert("base", layers=4, heads=4, initializer_range=0.5)  # scores far from 0: a real difference
     torch.manual_seed(1)

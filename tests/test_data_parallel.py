@@ -10,7 +10,7 @@ import psutil
 import pytest
 import torch
 
-from kdistill import distributed
+from kdistill.train import distributed
 from tasks.common import resolve_nproc
 
 from .conftest import ROOT

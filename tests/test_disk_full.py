@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdistill.distill.objectives import Supervised
 from kdistill.io import DiskFullError, atomic_dir, atomic_file
-from kdistill.objectives import Supervised
-from kdistill.trainer import Trainer, TrainerConfig
+from kdistill.train.trainer import Trainer, TrainerConfig
 
 from .conftest import ROOT
 from .test_trainer import _tiny_task

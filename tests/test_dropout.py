@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from kdistill.dropout import FastDropout, fast_dropout, install_fast_dropout
+from kdistill.train.dropout import FastDropout, fast_dropout, install_fast_dropout
 
 
 def test_keep_rate_and_scale_match_dropout():

@@ -18,9 +18,16 @@ import torch
 from transformers import MobileBertConfig, MobileBertForSequenceClassification
 
 from kdistill.config import Params
-from kdistill.onnx_export import (ParityError, export_onnx, parity, quantize_int8, run_session, session)
-from kdistill.onnx_fusion import fuse_bert
-from kdistill.speed import interleaved_latency, speedup_ceiling
+from kdistill.deploy.onnx_export import (
+    ParityError,
+    export_onnx,
+    parity,
+    quantize_int8,
+    run_session,
+    session,
+)
+from kdistill.deploy.onnx_fusion import fuse_bert
+from kdistill.deploy.speed import interleaved_latency, speedup_ceiling
 
 from .conftest import ROOT, free_port
 from .listening import listening_addresses

@@ -2,8 +2,14 @@ import math
 
 import pytest
 
-from kdistill.glue import DataError, check_split_available, get_task, load_split, read_glue_tsv
-from kdistill.metrics import task_metrics
+from kdistill.data.glue import (
+    DataError,
+    check_split_available,
+    get_task,
+    load_split,
+    read_glue_tsv,
+)
+from kdistill.data.metrics import task_metrics
 
 from .conftest import ROOT, SHARED_DATA
 

@@ -11,7 +11,7 @@ import yaml
 from transformers import BertForMaskedLM, MobileBertForMaskedLM
 
 from kdistill.config import load_params
-from kdistill.layer_map import resolve_layer_map
+from kdistill.distill.layer_map import resolve_layer_map
 
 from .conftest import ROOT, tiny_config
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kdistill import losses as L
+from kdistill.distill import losses as L
 
 
 def test_soft_label_kl_ce_and_mean_classes_by_hand():

@@ -11,11 +11,16 @@ import pytest
 import torch
 from transformers import BertForMaskedLM, BertModel, MobileBertForMaskedLM
 
-from kdistill import losses as L
+from kdistill.deploy.speed import flops_per_example
+from kdistill.distill import losses as L
+from kdistill.distill.objectives import (
+    FeatureTransfer,
+    MobileBertPretrain,
+    progressive_scope,
+    run_layers,
+)
 from kdistill.models import ModelSpecError, mobilebert_config
-from kdistill.objectives import FeatureTransfer, MobileBertPretrain, progressive_scope, run_layers
-from kdistill.speed import flops_per_example
-from kdistill.trainer import Trainer, TrainerConfig
+from kdistill.train.trainer import Trainer, TrainerConfig
 
 from .conftest import ROOT, tiny_config
 from .progressive_worker import corpus

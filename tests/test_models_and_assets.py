@@ -2,8 +2,14 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
-from kdistill.corpus import pack_corpus
-from kdistill.glue import DataError
+from kdistill.data.corpus import pack_corpus
+from kdistill.data.glue import DataError
+from kdistill.distill.objectives import (
+    DistilBertGeneral,
+    Intermediate,
+    MlmHeadFit,
+    masked_token_accuracy,
+)
 from kdistill.models import (
     ModelSpecError,
     distilbert_student,
@@ -12,8 +18,7 @@ from kdistill.models import (
     save_model_atomic,
     tinybert_config,
 )
-from kdistill.objectives import DistilBertGeneral, Intermediate, MlmHeadFit, masked_token_accuracy
-from kdistill.trainer import Trainer, TrainerConfig, pad_collate
+from kdistill.train.trainer import Trainer, TrainerConfig, pad_collate
 
 
 def test_distilbert_student_copies_every_other_layer_and_round_trips(make_bert, tiny_tokenizer, tmp_path):
@@ -54,7 +59,7 @@ def test_tinybert_student_any_shape_and_head_check(make_bert):
     relu = BertModel(tinybert_config(teacher.config, 3, 16, 4, 32, activation="relu"))
     x = torch.linspace(-2, 2, 9)
     assert torch.equal(relu.encoder.layer[0].intermediate.intermediate_act_fn(x), torch.relu(x))
-    from kdistill.layer_map import LayerMapError
+    from kdistill.distill.layer_map import LayerMapError
 
     Intermediate(BertModel(tinybert_config(teacher.config, 2, 16, 2, 32)), teacher, {"attn": 1.0})  # 2 divides 4
     with pytest.raises(LayerMapError, match="student has 3 heads, the teacher 4"):
@@ -99,7 +104,7 @@ def test_offline_teacher_gives_hidden_states_and_attentions():
 
 
 def test_wordnet_augmenter_offline_changes_sentence_deterministically():
-    from kdistill.augment import WordNetAugmenter
+    from kdistill.data.augment import WordNetAugmenter
 
     aug = WordNetAugmenter(aug_p=0.5, seed=1)
     src = ["the movie was a great and funny ride", "a dull , boring story"]
@@ -113,7 +118,7 @@ def test_tinybert_augmenter_uses_the_masked_lm_for_single_pieces_and_glove_for_t
                                                                                           make_bert):
     """Single-piece words take one of the MLM's top-K tokens, multi-piece words (here `zebra`: not in the tiny
     vocabulary, so several pieces) a GloVe neighbour; the same (seed, example, copy) gives the same sentence."""
-    from kdistill.augment import TinyBertAugmenter
+    from kdistill.data.augment import TinyBertAugmenter
 
     mlm = make_bert("mlm")
     mlm.save_pretrained(tmp_path / "mlm")
@@ -147,7 +152,7 @@ def test_tinybert_augmenter_uses_the_masked_lm_for_single_pieces_and_glove_for_t
 
 
 def test_glove_neighbours():
-    from kdistill.augment import GloveNeighbours
+    from kdistill.data.augment import GloveNeighbours
 
     nb = GloveNeighbours().neighbours("movie", 5)
     assert "film" in nb or "movies" in nb

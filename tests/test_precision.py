@@ -4,10 +4,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from kdistill import precision as P
 from kdistill.config import ParamsError, parse_params
-from kdistill.objectives import Supervised
-from kdistill.trainer import Trainer, TrainerConfig
+from kdistill.distill.objectives import Supervised
+from kdistill.train import precision as P
+from kdistill.train.trainer import Trainer, TrainerConfig
 
 
 @pytest.fixture

@@ -5,10 +5,14 @@ import torch
 from datasets import Dataset
 from transformers import BertModel
 
+from kdistill.distill.objectives import FeatureTransfer, Intermediate
+from kdistill.distill.teacher_cache import (
+    FeatureSpec,
+    build_teacher_features,
+    features_for,
+)
 from kdistill.models import tinybert_config
-from kdistill.objectives import FeatureTransfer, Intermediate
-from kdistill.teacher_cache import FeatureSpec, build_teacher_features, features_for
-from kdistill.trainer import TrainerConfig, pad_collate
+from kdistill.train.trainer import TrainerConfig, pad_collate
 
 # fp16 keeps 11 significant bits: a relative error of at most 2^-11 per stored value. The losses are means of
 # squared differences of O(1) values, so stored-vs-live teacher values move a loss by well under 1e-3 relative;

@@ -1,7 +1,7 @@
 """Secrets in params never reach MLflow: what the stages log as run params is redacted."""
 
 from kdistill.config import load_params
-from tasks.common import _flatten, redact
+from kdistill.tracking import _flatten, redact
 
 from .conftest import ROOT
 

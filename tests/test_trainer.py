@@ -8,8 +8,15 @@ import pytest
 import torch
 from datasets import Dataset
 
-from kdistill.objectives import Prediction, Supervised, teacher_logits
-from kdistill.trainer import NonFiniteLossError, Trainer, TrainerConfig, clip_gradients, epoch_batches, pad_collate
+from kdistill.distill.objectives import Prediction, Supervised, teacher_logits
+from kdistill.train.trainer import (
+    NonFiniteLossError,
+    Trainer,
+    TrainerConfig,
+    clip_gradients,
+    epoch_batches,
+    pad_collate,
+)
 
 from .conftest import ROOT
 
@@ -193,7 +200,7 @@ def test_epoch_batches_are_deterministic_grouped_and_complete():
 
 
 def test_regression_task_uses_mse_soft_target_and_pearson(make_bert, tmp_path):
-    from kdistill.evaluation import score
+    from kdistill.train.evaluation import score
 
     teacher, student = make_bert("seq", seed=1, num_labels=1), make_bert("seq", seed=2, num_labels=1)
     ds = _tiny_task(16)

@@ -16,7 +16,7 @@ import mlflow
 import pytest
 
 from kdistill.config import Params, load_params
-from kdistill.onnx_export import export_onnx
+from kdistill.deploy.onnx_export import export_onnx
 
 from .conftest import ROOT, free_port
 from .listening import listening_addresses
@@ -50,7 +50,7 @@ def _wait(url: str, proc=None, seconds: int = 180) -> None:
 
 def _store(tmp_path, make_bert, tiny_tokenizer):
     """Two registered students with the champion alias and a task-distillation run with its loss components."""
-    from tasks.common import LossLog
+    from kdistill.tracking import LossLog
     from tasks.export import register
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -3,8 +3,8 @@
 import pytest
 from datasets import Dataset
 
+from kdistill.data.splits import first, validation_rows
 from kdistill.errors import KdistillError
-from tasks.common import first, validation_rows
 
 
 def _rows(n):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-
-from kdistill.objectives import Intermediate
-from kdistill.trainer import Trainer, TrainerConfig
-from tests.conftest import tiny_config
 from transformers import BertModel
+
+from kdistill.distill.objectives import Intermediate
+from kdistill.train.trainer import Trainer, TrainerConfig
+from tests.conftest import tiny_config
 
 
 class Slow:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ..errors import KdistillError
-from . import baseline, distilbert, mobilebert, tinybert
+from kdistill.errors import KdistillError
+from kdistill.recipes import baseline, distilbert, mobilebert, tinybert
 
 RECIPES: dict[str, ModuleType] = {"tinybert": tinybert, "distilbert": distilbert, "mobilebert": mobilebert}
 

@@ -10,10 +10,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..config import OptimParams, Params
-from ..evaluation import optim_to_trainer_config
-from ..phases import Phase
-from ..trainer import TrainerConfig
+from kdistill.config import OptimParams, Params
+from kdistill.train.evaluation import optim_to_trainer_config
+from kdistill.train.phases import Phase
+from kdistill.train.trainer import TrainerConfig
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..objectives import Supervised
-from ..phases import Phase
-from .base import TaskContext, trainer_config
+from kdistill.distill.objectives import Supervised
+from kdistill.recipes.base import TaskContext, trainer_config
+from kdistill.train.phases import Phase
 
 
 def task(ctx: TaskContext) -> list[Phase]:

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from transformers import BertForMaskedLM
 
-from ..models import distilbert_student, every_other_layer, load_model
-from ..objectives import DistilBertGeneral, Prediction
-from ..phases import Phase
-from .base import GeneralContext, GeneralPlan, TaskContext, special_ids, trainer_config
+from kdistill.distill.objectives import DistilBertGeneral, Prediction
+from kdistill.models import distilbert_student, every_other_layer, load_model
+from kdistill.recipes.base import (
+    GeneralContext,
+    GeneralPlan,
+    TaskContext,
+    special_ids,
+    trainer_config,
+)
+from kdistill.train.phases import Phase
 
 NEEDS_TEACHER_MLM = True
 

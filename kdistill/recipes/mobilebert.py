@@ -11,12 +11,24 @@ from __future__ import annotations
 import torch
 from transformers import BertForMaskedLM, MobileBertForMaskedLM
 
-from ..config import OptimParams
-from ..layer_map import resolve_layer_map
-from ..models import init_mobilebert_embeddings, load_model, mobilebert_config
-from ..objectives import FeatureTransfer, MobileBertPretrain, Prediction, progressive_scope, unfreeze
-from ..phases import Phase
-from .base import GeneralContext, GeneralPlan, TaskContext, special_ids, trainer_config
+from kdistill.config import OptimParams
+from kdistill.distill.layer_map import resolve_layer_map
+from kdistill.distill.objectives import (
+    FeatureTransfer,
+    MobileBertPretrain,
+    Prediction,
+    progressive_scope,
+    unfreeze,
+)
+from kdistill.models import init_mobilebert_embeddings, load_model, mobilebert_config
+from kdistill.recipes.base import (
+    GeneralContext,
+    GeneralPlan,
+    TaskContext,
+    special_ids,
+    trainer_config,
+)
+from kdistill.train.phases import Phase
 
 NEEDS_TEACHER_MLM = True
 

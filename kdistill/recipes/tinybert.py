@@ -6,10 +6,15 @@ from __future__ import annotations
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, BertModel
 
-from ..models import load_model, tinybert_config
-from ..objectives import Intermediate, Prediction
-from ..phases import Phase
-from .base import GeneralContext, GeneralPlan, TaskContext, trainer_config
+from kdistill.distill.objectives import Intermediate, Prediction
+from kdistill.models import load_model, tinybert_config
+from kdistill.recipes.base import (
+    GeneralContext,
+    GeneralPlan,
+    TaskContext,
+    trainer_config,
+)
+from kdistill.train.phases import Phase
 
 NEEDS_TEACHER_MLM = False
 

@@ -6,7 +6,7 @@ student 1,2,3 to teacher 2,4,6; 12->4 maps 3,6,9,12.
 
 from __future__ import annotations
 
-from .errors import KdistillError
+from kdistill.errors import KdistillError
 
 
 class LayerMapError(KdistillError, ValueError):

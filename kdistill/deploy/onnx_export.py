@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import KdistillError
+from kdistill.errors import KdistillError
+from kdistill.models import load_model
+from kdistill.train.evaluation import by_length
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -29,8 +31,6 @@ class ParityError(KdistillError):
 
 def load_for_export(model_dir: str | Path):
     from transformers import AutoModelForSequenceClassification
-
-    from .models import load_model
 
     # eager attention: plain matmul/softmax ops, which every ONNX opset and ORT's attention fusion understand
     return load_model(AutoModelForSequenceClassification, model_dir, attn_implementation="eager").eval()
@@ -95,8 +95,6 @@ def run_session(sess, input_ids, attention_mask, token_type_ids=None) -> np.ndar
 
 def predict_onnx(sess, dataset, batch_size: int = 64) -> np.ndarray:
     """Logits for every row of a tokenised split, in row order (batched by length, like evaluation.predict)."""
-    from .evaluation import by_length
-
     out = None
     for idx, rows in by_length(dataset, batch_size):
         width = max(len(x) for x in rows["input_ids"])

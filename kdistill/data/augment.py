@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from kdistill.models import load_model
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def nltk_data_dir() -> Path:
@@ -120,8 +122,6 @@ class TinyBertAugmenter:
         max_length: int = 128,
     ):
         from transformers import AutoTokenizer, BertForMaskedLM
-
-        from .models import load_model
 
         self.tok = AutoTokenizer.from_pretrained(mlm_dir)
         self.mlm = load_model(BertForMaskedLM, mlm_dir).eval()

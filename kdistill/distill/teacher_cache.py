@@ -20,34 +20,23 @@ import fcntl
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import row_lengths
-from .fingerprint import dataset_digest, module_digest
-from .io import atomic_dir
-from .precision import autocast
+from kdistill.data.batches import row_lengths
+from kdistill.distill.features import FeatureSpec, run_layers
+from kdistill.fingerprint import dataset_digest, module_digest
+from kdistill.io import atomic_dir
+from kdistill.train.precision import autocast
 
 FP16_MAX = 65504.0
 
 
 class _Overflow(Exception):
     """A teacher value too large for the half-precision cache: build nothing."""
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    hidden: tuple[int, ...]  # hidden_states indices to keep (0 = embedding output, l = layer l's output)
-    scores: tuple[int, ...]  # 1-based layers whose attention maps to keep
-    probs: bool = False  # keep the attention probabilities rather than the pre-softmax scores (no softmax per step)
-
-    @property
-    def deepest(self) -> int:
-        return max((*self.hidden, *self.scores, 1))
 
 
 def cache_bytes(lengths: list[int], spec: FeatureSpec, width: int, heads: int) -> int:
@@ -110,7 +99,6 @@ def build_teacher_features(
 ) -> TeacherFeatures | None:
     """The cache for `dataset` under `cache_dir`, built unless an identical one exists; None (with the reason
     printed) when it would not fit `budget_gb` or the free disk, or when a value would overflow half precision."""
-    from .objectives import run_layers  # the objectives read this cache; import here to keep the modules acyclic
 
     cfg = teacher.config
     width, heads = cfg.hidden_size, cfg.num_attention_heads

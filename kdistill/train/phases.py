@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
-from .io import atomic_file
-from .trainer import Callback, Trainer, TrainerConfig, TrainResult
+from kdistill.io import atomic_file
+from kdistill.train import distributed
+from kdistill.train.trainer import Callback, Trainer, TrainerConfig, TrainResult
 
 
 @dataclass

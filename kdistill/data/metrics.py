@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from .glue import get_task
+from kdistill.data.glue import get_task
 
 
 def accuracy(pred, gold) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, Features, Value
 
-from .errors import KdistillError
+from kdistill.errors import KdistillError
 
 
 class DataError(KdistillError, ValueError):

@@ -16,8 +16,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from .dropout import fast_dropout
-from .errors import KdistillError
+from kdistill.errors import KdistillError
+from kdistill.train.dropout import fast_dropout
 
 CAPTURE_IMPLEMENTATION = "kdistill_scores"
 

@@ -6,7 +6,6 @@ eval() under no_grad.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 from pathlib import Path
@@ -14,17 +13,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed
-from . import losses as L
-from .fingerprint import dataset_digest, module_digest
-from .io import atomic_file
-from .attention import AttentionScores
-from .layer_map import check_heads, resolve_layer_map
-from .models import encoder_of
-
-
-def _inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+from kdistill.distill import losses as L
+from kdistill.distill.attention import AttentionScores
+from kdistill.distill.features import FeatureSpec, model_inputs, run_layers
+from kdistill.distill.layer_map import check_heads, resolve_layer_map
+from kdistill.fingerprint import dataset_digest, module_digest
+from kdistill.io import atomic_file
+from kdistill.models import encoder_of
+from kdistill.train import distributed
+from kdistill.train.evaluation import predict
 
 
 class _WithTeacher(nn.Module):
@@ -64,7 +61,7 @@ class Supervised(nn.Module):
         self.weights = {"hard": 1.0}
 
     def forward(self, batch: dict) -> dict:
-        return {"hard": L.hard_label_loss(self.student(**_inputs(batch)).logits, batch["labels"])}
+        return {"hard": L.hard_label_loss(self.student(**model_inputs(batch)).logits, batch["labels"])}
 
 
 class Intermediate(_WithTeacher):
@@ -97,8 +94,6 @@ class Intermediate(_WithTeacher):
 
     def feature_spec(self):
         """The teacher outputs this loss reads, for a teacher cache (None: the loss reads padded positions)."""
-        from .teacher_cache import FeatureSpec
-
         if not self.mask_padding:
             return None
         attn = tuple(self.layer_map) if self.weights.get("attn", 0.0) > 0 else ()
@@ -111,9 +106,9 @@ class Intermediate(_WithTeacher):
         if want_attn:
             probs = self.attention == "probs"
             with AttentionScores(enc, probs=probs) as cap:
-                out = enc(**_inputs(batch), output_hidden_states=True)
+                out = enc(**model_inputs(batch), output_hidden_states=True)
             return out.hidden_states, (cap.probs if probs else cap.scores)
-        return enc(**_inputs(batch), output_hidden_states=True).hidden_states, None
+        return enc(**model_inputs(batch), output_hidden_states=True).hidden_states, None
 
     def forward(self, batch: dict) -> dict:
         want_attn = self.weights.get("attn", 0.0) > 0
@@ -148,8 +143,6 @@ def teacher_logits(
     and the precision, so that every student distilled from the same teacher on the same data shares one pass (the
     key is the content itself, so a changed teacher or dataset can never be served stale logits).
     """
-    from .evaluation import predict
-
     if cache_dir is None:
         return predict(teacher, dataset, batch_size, collate, precision=precision)
     key = f"precision={precision} {module_digest(teacher)} {dataset_digest(dataset, ('input_ids', 'token_type_ids'))}"
@@ -172,8 +165,6 @@ def teacher_logits(
 def _sharded_teacher_logits(teacher, dataset, collate, batch_size: int, precision: str, path: Path) -> torch.Tensor:
     """teacher_logits for a data-parallel stage: each rank computes a block of rows, every rank gets them all,
     rank 0 writes the cache. Rank 0 alone holds the lock that other stages take, so the ranks never wait on it."""
-    from .evaluation import predict
-
     w = distributed.world()
     lock = open(path.with_suffix(".lock"), "w") if w.main else None
     try:
@@ -223,12 +214,12 @@ class Prediction(_WithTeacher):
         object.__setattr__(self, "cached", cached_logits)
 
     def forward(self, batch: dict) -> dict:
-        s_logits = self.student(**_inputs(batch)).logits
+        s_logits = self.student(**model_inputs(batch)).logits
         if self.cached is not None:
             t_logits = self.cached[batch["row"].cpu()].to(s_logits.device)
         else:
             with torch.no_grad():
-                t_logits = self.teacher(**_inputs(batch)).logits
+                t_logits = self.teacher(**model_inputs(batch)).logits
         if s_logits.size(-1) == 1:
             soft = L.soft_regression_loss(s_logits, t_logits)
         else:
@@ -261,7 +252,7 @@ class DistilBertGeneral(_WithTeacher):
 
     def forward(self, batch: dict) -> dict:
         masked, labels = _mask_batch(batch, self.special_ids, self.mask_token_id, self.student.config.vocab_size, self.p)
-        inputs = {**_inputs(batch), "input_ids": masked}
+        inputs = {**model_inputs(batch), "input_ids": masked}
         sel = labels != -100
         # The vocabulary projection is the costliest layer: apply the MLM heads to masked positions only.
         with torch.no_grad():
@@ -298,7 +289,7 @@ class MlmHeadFit(nn.Module):
     def forward(self, batch: dict) -> dict:
         masked, labels = _mask_batch(batch, self.special_ids, self.mask_token_id, self.student.config.vocab_size, self.p)
         with torch.no_grad():
-            h = self.student.bert(**{**_inputs(batch), "input_ids": masked}).last_hidden_state
+            h = self.student.bert(**{**model_inputs(batch), "input_ids": masked}).last_hidden_state
         sel = labels != -100
         if not sel.any():
             return {"mlm": sum(p.sum() for p in self.student.cls.parameters()) * 0.0}
@@ -325,42 +316,6 @@ def masked_token_accuracy(mlm_model: nn.Module, dataset, collate, batch_size=32,
         hit += int((pred == labels[sel]).sum())
         n += int(sel.sum())
     return hit / max(1, n)
-
-
-class _StopForward(Exception):
-    """Raised from a hook once the deepest layer a loss needs has run: the layers above would be wasted work."""
-
-
-def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool, score_layers=None, probs: bool = False):
-    """The embedding output and the outputs of layers 1..`upto` (1-based) of a BERT-family encoder, plus each of
-    those layers' pre-softmax attention scores when `want_attn` (only `score_layers` when given, None elsewhere;
-    with `probs`, the attention probabilities the model computed instead); the forward stops after layer `upto`."""
-    enc = encoder_of(model)
-    layers = enc.encoder.layer
-    if not 1 <= upto <= len(layers):
-        raise ValueError(f"layer {upto} out of range 1..{len(layers)}")
-    hidden: list[torch.Tensor] = []
-
-    def keep(_mod, _inp, out):
-        hidden.append(out[0] if isinstance(out, tuple) else out)
-
-    def keep_and_stop(mod, inp, out):
-        keep(mod, inp, out)
-        raise _StopForward
-
-    handles = [enc.embeddings.register_forward_hook(keep)]
-    handles += [layers[i].register_forward_hook(keep) for i in range(upto - 1)]
-    handles.append(layers[upto - 1].register_forward_hook(keep_and_stop))
-    cap = AttentionScores(enc, probs=probs, layers=score_layers) if want_attn else contextlib.nullcontext()
-    try:
-        with cap:
-            enc(**_inputs(batch))
-    except _StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return hidden, ((cap.probs if probs else cap.scores) if want_attn else None)
 
 
 class FeatureTransfer(_WithTeacher):
@@ -392,8 +347,6 @@ class FeatureTransfer(_WithTeacher):
 
     def feature_spec(self):
         """The teacher outputs these losses read, for a teacher cache (both losses ignore padded positions)."""
-        from .teacher_cache import FeatureSpec
-
         mapped = tuple(sorted({self.layer_map[l - 1] for l in self.layers}))
         return FeatureSpec(mapped, mapped if self.weights.get("at", 0.0) > 0 else ())
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import row_lengths
-
-from .glue import get_task
-from .metrics import task_metrics
-from .precision import autocast
-from .trainer import pad_collate
+from kdistill.data.batches import pad_collate, row_lengths
+from kdistill.data.glue import get_task
+from kdistill.data.metrics import task_metrics
+from kdistill.train.precision import autocast
+from kdistill.train.trainer import TrainerConfig
 
 
 def by_length(dataset, batch_size: int):
@@ -25,7 +24,7 @@ def by_length(dataset, batch_size: int):
 def predict(model, dataset, batch_size: int = 64, collate=pad_collate, precision: str = "fp32") -> torch.Tensor:
     """Logits for every row, in row order (batched by length, so little padding).
 
-    precision: a resolved precision (kdistill.precision); bf16 autocast is about 1.7x faster on CPUs that have it.
+    precision: a resolved precision (kdistill.train.precision); bf16 autocast is about 1.7x faster on CPUs that have it.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -53,8 +52,6 @@ def score(model, dataset, task: str, precision: str = "fp32") -> dict[str, float
 
 def optim_to_trainer_config(optim, seed: int, desc: str, precision: str = "fp32"):
     """A TrainerConfig from a params optim block; `precision` is the stage's resolved precision."""
-    from .trainer import TrainerConfig
-
     return TrainerConfig(
         lr=optim.lr,
         batch_size=optim.batch_size,

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import count_parameters
-from .precision import autocast
+from kdistill.distill.attention import self_attention_modules
+from kdistill.models import count_parameters
+from kdistill.train.precision import autocast
 
 
 @torch.no_grad()
@@ -49,8 +50,6 @@ def flops_per_example(model, seq: int) -> int:
     and stacked FFNs, the classifier) is counted as it really computes; each attention layer adds QK^T and AV,
     2 x 2 x seq^2 x its query width. Embedding lookups, norms and activations are not counted.
     """
-    from .attention import self_attention_modules
-
     total = 0
 
     def add(mod, inp, _out):
@@ -76,16 +75,26 @@ def size_mb(model_dir: str | Path) -> float:
     return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")) / 2**20
 
 
-def model_profile(model, model_dir, batch_sizes, seq_lens, warmup, repeats, precision: str = "fp32") -> dict:
-    out = {"params": count_parameters(model), "params_no_embeddings": count_parameters(model, embeddings=False),
-           "size_mb": round(size_mb(model_dir), 2), "latency_ms": {}, "throughput": {}, "flops": {}}
+def model_profile(model, model_dir, seq_lens) -> dict:
+    """What a model costs whatever the machine: parameters, size on disk, forward FLOPs per example at each length."""
+    return {"params": count_parameters(model), "params_no_embeddings": count_parameters(model, embeddings=False),
+            "size_mb": round(size_mb(model_dir), 2), "flops": {f"seq{s}": flops_per_example(model, s) for s in seq_lens}}
+
+
+def interleaved_profiles(models: dict, batch_sizes, seq_lens, warmup: int, repeats: int,
+                         precision: str = "fp32") -> dict[str, dict]:
+    """Eager PyTorch latency (p50/p95 ms) and throughput of every model at each batch x length, measured in turns
+    (`interleaved_latency`): a stage running beside the measurement slows every model alike, so the speedups
+    (ratios) stay true even when the absolute times do not."""
+    runners = {n: torch_runner(m, precision) for n, m in models.items()}
+    vocab = min(m.config.vocab_size for m in models.values())
+    out = {n: {"latency_ms": {}, "throughput": {}} for n in models}
     for s in seq_lens:
-        out["flops"][f"seq{s}"] = flops_per_example(model, s)
         for b in batch_sizes:
-            r = latency_ms(model, b, s, warmup, repeats, model.config.vocab_size, precision)
-            out["latency_ms"][f"bs{b}_seq{s}_p50"] = round(r["p50"], 3)
-            out["latency_ms"][f"bs{b}_seq{s}_p95"] = round(r["p95"], 3)
-            out["throughput"][f"bs{b}_seq{s}"] = round(r["throughput"], 1)
+            for n, r in interleaved_latency(runners, b, s, warmup, repeats, vocab=vocab).items():
+                out[n]["latency_ms"][f"bs{b}_seq{s}_p50"] = round(r["p50"], 3)
+                out[n]["latency_ms"][f"bs{b}_seq{s}_p95"] = round(r["p95"], 3)
+                out[n]["throughput"][f"bs{b}_seq{s}"] = round(r["throughput"], 1)
     return out
 
 
@@ -99,7 +108,8 @@ def interleaved_latency(runners: dict, batch: int, seq: int, warmup: int = 3, re
     Returns name -> {p50, p95, throughput, rounds}.
     """
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, min(vocab, 20000), size=(batch, seq), dtype=np.int64)
+    low = 1000 if vocab > 2000 else 0  # past the special tokens of a real vocabulary; any id in a tiny one
+    ids = rng.integers(low, min(vocab, 20000), size=(batch, seq), dtype=np.int64)
     mask = np.ones_like(ids)
     names = list(runners)
     for _ in range(warmup):

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from datasets import Dataset, Features, Sequence, Value
 
-from .glue import DataError
+from kdistill.data.glue import DataError
 
 
 def read_documents(path: str | Path) -> Iterator[list[str]]:

@@ -5,7 +5,7 @@ An objective is an nn.Module whose forward(batch) returns a dict of unweighted s
 AdamW with linear warm-up, accumulation, clipping, autocast, periodic evaluation with best-state selection, and
 checkpoints that hold model, optimizer, scheduler, RNG states and data position.
 
-Under torchrun the same loop is data-parallel (kdistill.distributed): each rank computes its share of every global
+Under torchrun the same loop is data-parallel (kdistill.train.distributed): each rank computes its share of every global
 batch, losses are weighted by that share and gradients summed across ranks, so N processes take the steps one
 process would; rank 0 alone evaluates, logs and writes checkpoints (holding every rank's RNG state).
 """
@@ -26,13 +26,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
-from .data import row_lengths
-from .dropout import install_fast_dropout
-from .errors import KdistillError
-from .fingerprint import dataset_digest, module_digest
-from .io import atomic_dir
-from .precision import autocast, grad_scaler
+from kdistill.data.batches import epoch_batches, pad_collate, row_lengths  # noqa: F401 (pad_collate: callers' default)
+from kdistill.errors import KdistillError
+from kdistill.fingerprint import dataset_digest, module_digest
+from kdistill.io import atomic_dir
+from kdistill.train import distributed
+from kdistill.train.dropout import install_fast_dropout
+from kdistill.train.precision import autocast, grad_scaler
 
 
 class NonFiniteLossError(KdistillError, FloatingPointError):
@@ -70,43 +70,6 @@ class TrainResult:
     evals: list[dict] = field(default_factory=list)
     resumed_from: int | None = None
     history: list[dict] = field(default_factory=list)  # per step: step, loss, lr and every component
-
-
-def pad_collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Dynamic padding: pad to the longest row of the batch; carry every other column as a tensor."""
-    L = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
-    types = torch.zeros((len(rows), L), dtype=torch.long)
-    mask = torch.zeros((len(rows), L), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.tensor(r["input_ids"])
-        mask[i, :n] = 1
-        if "token_type_ids" in r:
-            types[i, :n] = torch.tensor(r["token_type_ids"])
-    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
-    for key in rows[0]:
-        if key not in batch and key not in ("input_ids", "token_type_ids", "attention_mask"):
-            batch[key] = torch.tensor([r[key] for r in rows])
-    return batch
-
-
-def epoch_batches(lengths, batch_size: int, seed: int, epoch: int, group: bool = True) -> list[torch.Tensor]:
-    """A deterministic batch order for one epoch (a function of seed and epoch alone, so resuming can replay it):
-    a list of index tensors (no Python list of every row, for corpora larger than memory).
-
-    Length grouping: shuffle, sort within windows of 50 batches by length (longest first, ties in shuffled order),
-    then shuffle the batches, so padding is small but the order stays random.
-    """
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
-    perm = torch.randperm(len(lengths), generator=g)
-    if group:
-        window = batch_size * 50
-        perm = torch.cat([w[torch.sort(-lengths[w], stable=True).indices] for w in perm.split(window)]) if len(perm) else perm
-    batches = list(perm.split(batch_size))
-    order = torch.randperm(len(batches), generator=g).tolist() if group else range(len(batches))
-    return [batches[i] for i in order]
 
 
 def _rng_state() -> dict:
@@ -240,7 +203,7 @@ class Trainer:
     def train(self, resume: bool = True) -> TrainResult:
         cfg = self.cfg
         self.obj.to(self.device).train()
-        install_fast_dropout(self.obj)  # same dropout, a cheaper CPU mask (kdistill.dropout)
+        install_fast_dropout(self.obj)  # same dropout, a cheaper CPU mask (kdistill.train.dropout)
         params = [p for p in self.obj.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the objective has no trainable parameters")

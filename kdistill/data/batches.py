@@ -1,0 +1,71 @@
+"""Task data -> model inputs: tokenised rows with `labels` and `row` (the position, for teacher-output caches)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset
+
+from kdistill.data.glue import get_task
+
+
+def row_lengths(ds: Dataset, column: str = "input_ids", batch_rows: int = 65_536) -> np.ndarray:
+    """Every row's token count, read from Arrow in batches: a corpus larger than memory stays on disk (no Python
+    list of its rows is ever built)."""
+    parts = [pc.list_value_length(b[column]).to_numpy(zero_copy_only=False)
+             for b in ds.select_columns([column]).with_format("arrow").iter(batch_size=batch_rows)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+def tokenize_task(ds: Dataset, tokenizer, task: str, max_seq_len: int) -> Dataset:
+    spec = get_task(task)
+
+    def enc(batch):
+        second = batch["sentence2"] if spec.is_pair else None
+        out = tokenizer(batch["sentence1"], second, truncation=True, max_length=max_seq_len)
+        out["labels"] = batch["label"]
+        return out
+
+    keep = {"input_ids", "token_type_ids", "labels"}
+    # keep_in_memory: never write cache files next to the source dataset (it may be a DVC output)
+    ds = ds.map(enc, batched=True, desc="tokenize", keep_in_memory=True)
+    ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
+    return ds.add_column("row", list(range(len(ds))))
+
+
+def pad_collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Dynamic padding: pad to the longest row of the batch; carry every other column as a tensor."""
+    L = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    types = torch.zeros((len(rows), L), dtype=torch.long)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        mask[i, :n] = 1
+        if "token_type_ids" in r:
+            types[i, :n] = torch.tensor(r["token_type_ids"])
+    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    for key in rows[0]:
+        if key not in batch and key not in ("input_ids", "token_type_ids", "attention_mask"):
+            batch[key] = torch.tensor([r[key] for r in rows])
+    return batch
+
+
+def epoch_batches(lengths, batch_size: int, seed: int, epoch: int, group: bool = True) -> list[torch.Tensor]:
+    """A deterministic batch order for one epoch (a function of seed and epoch alone, so resuming can replay it):
+    a list of index tensors (no Python list of every row, for corpora larger than memory).
+
+    Length grouping: shuffle, sort within windows of 50 batches by length (longest first, ties in shuffled order),
+    then shuffle the batches, so padding is small but the order stays random.
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
+    perm = torch.randperm(len(lengths), generator=g)
+    if group:
+        window = batch_size * 50
+        perm = torch.cat([w[torch.sort(-lengths[w], stable=True).indices] for w in perm.split(window)]) if len(perm) else perm
+    batches = list(perm.split(batch_size))
+    order = torch.randperm(len(batches), generator=g).tolist() if group else range(len(batches))
+    return [batches[i] for i in order]

@@ -1,0 +1,76 @@
+"""Where the project lives and where each step reads and writes: the params file and the outputs tree."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdistill.config import Params
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where each step writes; `KDISTILL_OUTPUTS` moves the whole tree (the smoke profile uses its own).
+
+    `shared` (KDISTILL_SHARED_OUTPUTS): a study cell (pipelines/study.py) reads the prepared data, the teachers and
+    the general students of a finished pipeline there, and writes only its own augmented split and task students.
+    """
+
+    root: Path
+    shared: Path | None = None
+
+    @property
+    def upstream(self) -> Path:
+        return self.shared or self.root
+
+    @property
+    def data(self) -> Path:
+        return self.upstream / "data"
+
+    @property
+    def augmented(self) -> Path:
+        return self.root / "augmented"
+
+    @property
+    def teacher(self) -> Path:
+        return self.upstream / "teacher"
+
+    @property
+    def teacher_mlm(self) -> Path:
+        """The teacher with an MLM head (fitted when it had none): stage teacher_mlm."""
+        return self.upstream / "teacher_mlm"
+
+    def general(self, recipe: str) -> Path:
+        return self.upstream / "general" / recipe
+
+    def student(self, recipe: str) -> Path:
+        return self.root / "students" / recipe
+
+    def baseline(self, recipe: str) -> Path:
+        return self.root / "baselines" / recipe
+
+    @property
+    def reports(self) -> Path:
+        return self.root.parent / "reports" if self.root.name == "outputs" else self.root / "reports"
+
+    def reports_for(self, stage: str) -> Path:
+        """Per-step loss curves (CSV), DVC plots."""
+        return self.reports / "losses" / f"{stage}.csv"
+
+    @property
+    def work(self) -> Path:
+        """Resumable checkpoints: outside the DVC outs, which DVC deletes before re-running a stage."""
+        return self.root.parent / "work" / self.root.name
+
+
+def params_file() -> Path:
+    path = Path(os.environ.get("KDISTILL_PARAMS", ROOT / "params.yaml"))
+    return path if path.is_absolute() else ROOT / path
+
+
+def data_source(p: Params) -> str:
+    local = ROOT / p.base.data_dir
+    return str(local) if local.is_dir() else p.base.data_dir
