@@ -68,6 +68,7 @@ seeds:
 	$(NPROC_ENV)$(PY) -m pipelines.study seeds $(PROFILE_ARG)
 
 repro:
+	$(PY) -m pipelines.stage_graph params.yaml >/dev/null
 	dvc repro dvc.yaml
 
 push:

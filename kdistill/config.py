@@ -13,50 +13,17 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
-    model_validator,
 )
 
-from kdistill.errors import KdistillError
+from kdistill.recipes import RECIPES, baseline
+from kdistill.schema import OptimParams, ParamsError, Section
 from kdistill.train.precision import PrecisionSpec
 
-
-class ParamsError(KdistillError, ValueError):
-    """A params.yaml problem, with the file and the key's full path in the message."""
-
-
-class _Section(BaseModel):
-    # extra="forbid": an unknown key is an error (with the nearest valid key), never silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class StudentShape(_Section):
-    layers: int = Field(3, ge=1, le=48)
-    hidden: int = Field(192, ge=8)
-    heads: int = Field(12, ge=1)
-    ffn: int = Field(768, ge=8)
-    # the FFN activation; teacher: the teacher's own. A fresh student is free to differ: ReLU is one cheap max per
-    # element where GELU's erf is several instructions, which counts at batch 1 in a narrow student (MobileBERT's choice)
-    activation: Literal["teacher", "gelu", "relu"] = "teacher"
-
-    @model_validator(mode="after")
-    def _heads_divide_hidden(self):
-        if self.hidden % self.heads:
-            raise ValueError(
-                f"heads ({self.heads}) must divide hidden ({self.hidden}); "
-                f"valid head counts for hidden={self.hidden}: {_divisors(self.hidden)}"
-            )
-        return self
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, min(n, 64) + 1) if n % d == 0]
-
-
-LayerMapSpec = Literal["uniform", "top", "bottom"] | list[int]
+_Section = Section  # the stage sections below
 
 
 class BaseParams(_Section):
@@ -99,20 +66,6 @@ class AugmentParams(_Section):
     glove_neighbours: int = Field(15, ge=1)
 
 
-class OptimParams(_Section):
-    lr: float = Field(5e-5, gt=0, lt=1)
-    batch_size: int = Field(32, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    precision: PrecisionSpec | None = None  # None: base.precision
-    eval_every: int | None = Field(None, ge=1)  # optimizer steps between dev evaluations (None: once per epoch)
-    checkpoint_every: int = Field(200, ge=1)
-
-
 class TeacherFinetuneParams(_Section):
     max_train_examples: int | None = Field(None, ge=1)  # the teacher's own subset of the train split (None: all)
     optim: OptimParams = OptimParams(lr=5e-5, epochs=2.0)
@@ -131,128 +84,12 @@ class TeacherMlmParams(_Section):
     precision: PrecisionSpec | None = None  # None: base.precision
 
 
-class TinyBertGeneralParams(_Section):
-    student: StudentShape = StudentShape()
-    layer_map: LayerMapSpec = "uniform"
-    attention: Literal["scores", "probs"] = "scores"
-    shared_projection: bool = False
-    mask_padding: bool = True
-    weights: dict[Literal["emb", "hidn", "attn"], float] = {"emb": 1.0, "hidn": 1.0, "attn": 1.0}
-    optim: OptimParams = OptimParams(lr=5e-4, epochs=1.0)
-
-
-class DistilBertGeneralParams(_Section):
-    init_layers: Literal["every_other"] | list[int] = "every_other"
-    temperature: float = Field(2.0, gt=0)
-    weights: dict[Literal["mlm", "ce", "cos"], float] = {"mlm": 2.0, "ce": 5.0, "cos": 1.0}
-    mlm_probability: float = Field(0.15, gt=0, lt=1)
-    optim: OptimParams = OptimParams(lr=1e-4, epochs=1.0)
-
-
-class MobileBertShape(_Section):
-    """Inter-block width and vocabulary are the teacher's; everything inside a block is narrow."""
-
-    layers: int | None = Field(None, ge=1, le=48)  # None: the teacher's depth (as the paper)
-    bottleneck: int = Field(96, ge=8)  # intra-block width
-    heads: int = Field(4, ge=1)  # must divide the bottleneck and the teacher's head count
-    ffn: int = Field(384, ge=8)  # intermediate size of each feed-forward network
-    stacked_ffn: int = Field(2, ge=1, le=8)  # feed-forward networks per block
-    embedding: int = Field(128, ge=8)  # factorised token-embedding width (trigram convolution up to the block width)
-    normalization: Literal["no_norm", "layer_norm"] = "no_norm"  # no_norm: MobileBERT's element-wise NoNorm
-    activation: Literal["relu", "gelu"] = "relu"
-
-    @model_validator(mode="after")
-    def _heads_divide_bottleneck(self):
-        if self.bottleneck % self.heads:
-            raise ValueError(f"heads ({self.heads}) must divide bottleneck ({self.bottleneck}); "
-                             f"valid head counts: {_divisors(self.bottleneck)}")
-        return self
-
-
-class FeatureMapParams(_Section):
-    normalize: bool = True  # normalised map discrepancy + statistics discrepancy (the paper's stabilised form)
-    mean_weight: float = Field(1.0, ge=0)
-    var_weight: float = Field(1.0, ge=0)
-
-
-class ProgressiveParams(_Section):
-    """Progressive knowledge transfer: block l trains alone on its fmt + at losses, one block after another."""
-
-    steps_per_layer: int = Field(60, ge=1)
-    lower_lr_scale: float = Field(0.0, ge=0, le=1)  # 0: blocks below are frozen; > 0: they train at this x lr
-    weights: dict[Literal["fmt", "at"], float] = {"fmt": 1.0, "at": 1.0}
-    lr: float = Field(1e-3, gt=0, lt=1)
-    batch_size: int = Field(32, ge=1)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    checkpoint_every: int = Field(50, ge=1)
-    precision: PrecisionSpec | None = None
-
-
-class MobileBertJointParams(_Section):
-    """After the progression, all blocks together: pre-training distillation (mlm + soft MLM targets, kd), with
-    the layer-wise terms kept alongside when weighted."""
-
-    weights: dict[Literal["mlm", "kd", "fmt", "at"], float] = {"mlm": 0.5, "kd": 0.5, "fmt": 1.0, "at": 1.0}
-    temperature: float = Field(1.0, gt=0)
-    mlm_probability: float = Field(0.15, gt=0, lt=1)
-    optim: OptimParams = OptimParams(lr=5e-4, max_steps=100)
-
-
-class MobileBertGeneralParams(_Section):
-    student: MobileBertShape = MobileBertShape()
-    # random: embeddings learnt from scratch (the paper); teacher: token table from the teacher's word vectors'
-    # principal directions, position/segment tables copied (kdistill.models.init_mobilebert_embeddings)
-    embedding_init: Literal["random", "teacher"] = "random"
-    feature_map: FeatureMapParams = FeatureMapParams()
-    progressive: ProgressiveParams = ProgressiveParams()
-    joint: MobileBertJointParams = MobileBertJointParams()
-
-
-class GeneralDistillParams(_Section):
-    tinybert: TinyBertGeneralParams = TinyBertGeneralParams()
-    distilbert: DistilBertGeneralParams = DistilBertGeneralParams()
-    mobilebert: MobileBertGeneralParams = MobileBertGeneralParams()
-
-
-class TinyBertTaskParams(_Section):
-    temperature: float = Field(1.0, gt=0)
-    intermediate: OptimParams = OptimParams(lr=5e-4, epochs=1.0)
-    prediction: OptimParams = OptimParams(lr=1e-4, epochs=2.0)
-    weights: dict[Literal["emb", "hidn", "attn", "pred"], float] = {"emb": 1.0, "hidn": 1.0, "attn": 1.0, "pred": 1.0}
-    cache_teacher_outputs: bool = True
-    # disk budget (GiB) for the teacher's hidden states and scores, fp16 on disk, in a multi-epoch intermediate phase
-    teacher_cache_gb: float = Field(8.0, ge=0)
-
-
-class DistilBertTaskParams(_Section):
-    temperature: float = Field(2.0, gt=0)
-    alpha_soft: float = Field(0.5, ge=0, le=1)  # loss = alpha * soft + (1 - alpha) * hard
-    soft_loss: Literal["kl", "ce", "ce_mean_classes"] = "kl"
-    t2_scaling: bool = True
-    optim: OptimParams = OptimParams(lr=1e-4, epochs=2.0)
-    cache_teacher_outputs: bool = True
-
-
-class MobileBertTaskParams(_Section):
-    """Task distillation: soft + hard labels, optionally after a layer-wise transfer pass on the task data
-    against the fine-tuned teacher (`transfer`; null skips it)."""
-
-    temperature: float = Field(1.0, gt=0)
-    alpha_soft: float = Field(0.5, ge=0, le=1)
-    soft_loss: Literal["kl", "ce", "ce_mean_classes"] = "kl"
-    t2_scaling: bool = True
-    cache_teacher_outputs: bool = True
-    transfer: OptimParams | None = None
-    transfer_weights: dict[Literal["fmt", "at"], float] = {"fmt": 1.0, "at": 1.0}
-    teacher_cache_gb: float = Field(8.0, ge=0)  # as tinybert's: used when `transfer` runs more than one epoch
-    optim: OptimParams = OptimParams(lr=1e-4, epochs=2.0)
-
-
-class TaskDistillParams(_Section):
-    tinybert: TinyBertTaskParams = TinyBertTaskParams()
-    distilbert: DistilBertTaskParams = DistilBertTaskParams()
-    mobilebert: MobileBertTaskParams = MobileBertTaskParams()
-    baseline: OptimParams = OptimParams(lr=1e-4, epochs=2.0)  # same-shape students trained without a teacher
+# Each recipe module owns its sections (GeneralParams, TaskParams); the params file has one per recipe in RECIPES.
+GeneralDistillParams = create_model(
+    "GeneralDistillParams", __base__=Section, **{n: (m.GeneralParams, m.GeneralParams()) for n, m in RECIPES.items()})
+TaskDistillParams = create_model(
+    "TaskDistillParams", __base__=Section, **{n: (m.TaskParams, m.TaskParams()) for n, m in RECIPES.items()},
+    baseline=(baseline.TaskParams, baseline.TASK_DEFAULTS))
 
 
 class EvaluateParams(_Section):
@@ -311,7 +148,7 @@ def _distinct(values: list) -> list:
 
 
 def _known_recipes(names: list[str]) -> list[str]:
-    known = list(GeneralDistillParams.model_fields)
+    known = list(RECIPES)
     if set(names) - set(known):
         raise ValueError(f"unknown recipe(s) {sorted(set(names) - set(known))}; known: {', '.join(known)}")
     return _distinct(names)
@@ -357,13 +194,6 @@ class Params(_Section):
     tracking: TrackingParams = TrackingParams()
     schedule: ScheduleParams = ScheduleParams()
     studies: StudiesParams = StudiesParams()
-
-    @model_validator(mode="after")
-    def _cross_checks(self):
-        init = self.general_distill.distilbert.init_layers
-        if isinstance(init, list) and (not init or len(set(init)) != len(init)):
-            raise ValueError("general_distill.distilbert.init_layers must be a non-empty list of distinct layer indices")
-        return self
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

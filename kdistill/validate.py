@@ -6,43 +6,14 @@ from pathlib import Path
 
 from kdistill.config import Params, ParamsError
 from kdistill.data.glue import DataError, check_split_available
-from kdistill.distill.layer_map import LayerMapError, check_heads, resolve_layer_map
 from kdistill.models import ModelSpecError, teacher_config
-
-
-def _check_heads(key: str, student_heads: int, teacher_heads: int) -> None:
-    try:
-        check_heads(student_heads, teacher_heads)
-    except LayerMapError as exc:
-        raise ParamsError(f"params.yaml: key '{key}': {exc}") from None
+from kdistill.recipes import RECIPES
 
 
 def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, teacher_hidden: int) -> None:
-    tb = p.general_distill.tinybert
-    try:
-        resolve_layer_map(tb.layer_map, tb.student.layers, teacher_layers)
-    except LayerMapError as exc:
-        raise ParamsError(f"params.yaml: key 'general_distill.tinybert.layer_map': {exc}") from None
-    if tb.weights.get("attn", 0) > 0 or p.task_distill.tinybert.weights.get("attn", 0) > 0:
-        _check_heads("general_distill.tinybert.student.heads", tb.student.heads, teacher_heads)
-    mb = p.general_distill.mobilebert.student
-    _check_heads("general_distill.mobilebert.student.heads", mb.heads, teacher_heads)
-    if mb.embedding > teacher_hidden:
-        raise ParamsError(
-            f"params.yaml: key 'general_distill.mobilebert.student.embedding': {mb.embedding} exceeds the block width, "
-            f"which is the teacher's hidden size ({teacher_hidden}); use at most {teacher_hidden}")
-    try:
-        resolve_layer_map("uniform", mb.layers or teacher_layers, teacher_layers)
-    except LayerMapError as exc:
-        raise ParamsError(f"params.yaml: key 'general_distill.mobilebert.student.layers': {exc}") from None
-    init = p.general_distill.distilbert.init_layers
-    if isinstance(init, list):
-        bad = [i for i in init if not 0 <= i < teacher_layers]
-        if bad:
-            raise ParamsError(
-                f"params.yaml: key 'general_distill.distilbert.init_layers': {bad} are not teacher layers "
-                f"(0-based indices 0..{teacher_layers - 1})"
-            )
+    """Each recipe's own checks of its params against the teacher's shape (kdistill/recipes/<name>.py)."""
+    for recipe in RECIPES.values():
+        recipe.check_teacher(p, teacher_layers, teacher_heads, teacher_hidden)
 
 
 def check_teacher(p: Params) -> None:

@@ -100,11 +100,29 @@ def critical_path(stages: dict[str, Stage], seconds: dict[str, float] | None = N
     return {n: length(n) for n in stages}
 
 
+def stage_threads(stages: dict[str, Stage], max_parallel: int, cpus: int) -> dict[str, int]:
+    """Each stage's thread count, fixed by the graph, max_parallel and the machine, never by what runs at the moment:
+    a different count changes the floating-point sums (and so the bytes of every output), so a stage must compute
+    with the same count whether it runs alone or beside another. A stage that the graph never lets run beside
+    another (each other stage is before or after it) gets every CPU; the others an equal share."""
+    def reach(name: str, edge: str) -> set[str]:
+        seen, todo = set(), [name]
+        while todo:
+            for n in getattr(stages[todo.pop()], edge):
+                if n in stages and n not in seen:
+                    seen.add(n)
+                    todo.append(n)
+        return seen
+
+    share = max(1, cpus // max(1, min(max_parallel, len(stages))))
+    return {n: cpus if reach(n, "upstream") | reach(n, "downstream") | {n} >= set(stages) else share for n in stages}
+
+
 def known_current(stages: dict[str, Stage], record: DvcRecord) -> set[str]:
     """Stages that DVC calls up to date now and that read nothing a stale stage will rewrite: they will be skipped.
 
-    One `dvc status` for the graph before it starts, so that a partial re-run gives its stale stages every CPU
-    instead of sharing them with stages that only take a second to be found current. Each task still asks DVC itself.
+    One `dvc status` for the graph before it starts, to say what a partial re-run will redo. Each task still asks
+    DVC itself.
     """
     stale = set(record.status(*(s.target for s in stages.values())))
     by_target = {s.target: n for n, s in stages.items()}
@@ -119,16 +137,16 @@ def known_current(stages: dict[str, Stage], record: DvcRecord) -> set[str]:
 
 
 def schedule(stages: dict[str, Stage], max_parallel: int, cpus: int, submit,
-             seconds: dict[str, float] | None = None, current: set[str] = frozenset()) -> tuple[dict, dict]:
+             seconds: dict[str, float] | None = None) -> tuple[dict, dict]:
     """Start each stage once its upstream stages are done, at most `max_parallel` at a time.
 
-    `submit(stage, threads)` returns a future. Threads: the CPUs divided among the stages that can run now, not
-    counting `current` ones (known to be up to date, see known_current). Among ready stages the longest remaining
+    `submit(stage, threads)` returns a future. Threads: fixed per stage (stage_threads). Among ready stages the longest remaining
     chain goes first, timed by `seconds` (the last run's stage times) when known, so a long stage does not end up
     alone at the end with a core idle. After a failure nothing new starts; the stages already running finish (and
     are recorded). Returns (results, errors).
     """
     path = critical_path(stages, seconds)
+    threads = stage_threads(stages, max_parallel, cpus)
     order = {n: (-path[n], i) for i, n in enumerate(stages)}
     pending, running, results, errors = set(stages), {}, {}, {}
     while pending or running:
@@ -137,9 +155,7 @@ def schedule(stages: dict[str, Stage], max_parallel: int, cpus: int, submit,
             while ready and len(running) < max_parallel:
                 name = ready.pop(0)
                 pending.discard(name)
-                working = sum(n not in current for n in [*running, *ready])
-                sharing = min(max_parallel, working + 1)
-                running[name] = submit(stages[name], max(1, cpus // sharing))
+                running[name] = submit(stages[name], threads[name])
         if not running:
             break
         time.sleep(0.2)
@@ -231,11 +247,13 @@ def run_graph(stages: dict[str, Stage], p, run_name: str, work_dir: Path, second
     if pool:
         deploy_stage_flow(pool)  # idempotent: the stage deployment follows this project's code
         print(f"training stages go to work pool '{pool}' (deployment {stage_deployment(pool)})")
+    current = known_current(stages, record)
+    if current:
+        print(f"{len(current)} of {len(stages)} stages are up to date (DVC) and will be skipped")
     with mlflow.start_run(run_name=run_name) as parent:
         results, errors = schedule(
             stages, parallel, cpus,
-            lambda st, threads: run_stage.submit(st, threads, parent.info.run_id, record, log_dir, pool), seconds,
-            known_current(stages, record))
+            lambda st, threads: run_stage.submit(st, threads, parent.info.run_id, record, log_dir, pool), seconds)
         tl = timeline(results)
         for name, v in tl["stages"].items():
             mlflow.log_metric(f"stage_seconds/{name.replace('@', '_')}", v["seconds"])

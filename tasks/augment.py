@@ -12,6 +12,7 @@ from datasets import concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
 from kdistill.data.splits import first
+from kdistill.data.store import save_dataset
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_dir, write_json_atomic
 
@@ -74,7 +75,7 @@ def main() -> None:
     for s in samples[:3]:
         print(f"[augment]   {s['sentence1_original']!r}\n[augment] -> {s['sentence1_augmented']!r}", flush=True)
     with atomic_dir(paths.augmented) as tmp:
-        out.save_to_disk(str(tmp / "train"))
+        save_dataset(out, tmp / "train")
     write_json_atomic(paths.reports / "augment.json", {
         "method": a.method, "copies": copies, "aug_p": a.aug_p, "original_rows": len(train),
         "augmented_sentences": done, "rows": len(out), "seconds": round(seconds, 1),

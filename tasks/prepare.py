@@ -6,6 +6,7 @@ import pyarrow.compute as pc
 
 from kdistill.data.corpus import pack_corpus
 from kdistill.data.splits import load_task_splits
+from kdistill.data.store import save_dataset
 from kdistill.io import atomic_dir, write_json_atomic
 from kdistill.models import load_tokenizer
 from kdistill.train.precision import resolve_threads
@@ -24,9 +25,9 @@ def main() -> None:
         scratch = tmp / ".packing"
         corpus = pack_corpus(ROOT / p.prepare.corpus, tok, p.prepare.corpus_seq_len, p.prepare.max_documents,
                              num_proc=num_proc, work_dir=scratch)
-        train.save_to_disk(str(tmp / "train"))
-        dev.save_to_disk(str(tmp / "dev"))
-        corpus.save_to_disk(str(tmp / "corpus"))
+        save_dataset(train, tmp / "train")
+        save_dataset(dev, tmp / "dev")
+        save_dataset(corpus, tmp / "corpus")
         docs = pc.count_distinct(corpus.data.column("doc")).as_py()
         write_json_atomic(tmp / "stats.json", {"task": p.base.task, "train": len(train), "dev": len(dev),
                                                "corpus_sequences": len(corpus), "corpus_documents": docs})

@@ -23,8 +23,8 @@ def _listed_params():
 
     with Repo(str(ROOT)) as repo:
         for stage in repo.stage.collect(str(ROOT / "dvc.yaml")):
-            for dep in stage.deps:
-                if type(dep).__name__ == "ParamsDependency":
+            for dep in stage.deps:  # the params file's keys (runtime.yaml: the machine's record, tested apart)
+                if type(dep).__name__ == "ParamsDependency" and not str(dep.def_path).endswith("runtime.yaml"):
                     yield stage.name, list(dep.params)
 
 
@@ -46,17 +46,42 @@ def test_no_stage_depends_on_knobs_that_change_no_result():
     assert not listed & {"base", "base.threads", "base.max_parallel"}
 
 
+def test_every_stage_that_computes_in_a_precision_records_what_it_resolved_to(tmp_path):
+    """DVC sees the precision a stage really used: a bf16 result is stale on a machine where the same params mean fp32."""
+    from dvc.repo import Repo
+
+    from kdistill.train import precision
+    from pipelines.stage_graph import precision_record
+
+    with Repo(str(ROOT)) as repo:
+        reads = {s.name for s in repo.stage.collect(str(ROOT / "dvc.yaml")) for d in s.deps
+                 if type(d).__name__ == "ParamsDependency" and str(d.def_path).endswith("runtime.yaml")}
+    assert reads == set(load_stages(ROOT / "dvc.yaml")) - {"prepare", "augment"}
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    try:
+        precision.set_bf16_probe(lambda device: False)
+        fp32 = precision_record(tmp_path / "params.yaml")["precision"]
+        precision.set_bf16_probe(lambda device: True)
+        bf16 = precision_record(tmp_path / "params.yaml")["precision"]
+    finally:
+        precision.set_bf16_probe(None)
+    assert fp32["base.precision"] == "fp32" and bf16["base.precision"] == "bf16" and fp32 != bf16
+    assert fp32["evaluate.precision"] == "fp32"  # null: the base precision, resolved
+
+
 def test_profile_stages_move_outputs_and_read_the_profile_params():
     body = {"cmd": "${py} -m tasks.task_distill ${item}", "deps": ["tasks/task_distill.py", "outputs/teacher"],
             "params": ["base.seed", "task_distill.${item}"], "outs": ["outputs/students/${item}"],
             "plots": [{"reports/losses/task_distill_${item}.csv": {"x": "step"}}]}
-    got = _profile_stage(body, "task_distill", "runs/smoke/params.yaml", "outputs-smoke")
+    got = _profile_stage({**body, "params": [*body["params"], {"runtime.yaml": ["precision"]}]}, "task_distill",
+                         "runs/smoke/params.yaml", "outputs-smoke")
     assert got["wdir"] == "../.."
     assert got["cmd"].startswith("KDISTILL_PARAMS=runs/smoke/params.yaml KDISTILL_OUTPUTS=outputs-smoke ")
     assert got["deps"] == ["tasks/task_distill.py", "outputs-smoke/teacher"]
     assert got["outs"] == ["outputs-smoke/students/${item}"]
     assert got["plots"] == [{"outputs-smoke/reports/losses/task_distill_${item}.csv": {"x": "step"}}]
-    assert got["params"] == [{"runs/smoke/params.yaml": ["base.seed", "task_distill.${item}"]}]
+    assert got["params"] == [{"runs/smoke/params.yaml": ["base.seed", "task_distill.${item}"]},
+                             {"runs/smoke/runtime.yaml": ["precision"]}]
 
 
 def test_the_flow_schedules_every_stage_of_dvc_yaml():
@@ -93,9 +118,19 @@ def test_dvc_yaml_iterates_over_exactly_the_recipe_modules():
     listed = next(v["recipes"] for v in yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"] if "recipes" in v)
     assert listed == list(recipes.RECIPES)
     p = load_params(ROOT / "params.yaml")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    smoke = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
     for name, mod in recipes.RECIPES.items():
         assert callable(mod.general) and callable(mod.task) and isinstance(mod.NEEDS_TEACHER_MLM, bool)
-        assert hasattr(p.general_distill, name) and hasattr(p.task_distill, name), name
+        assert callable(mod.check_teacher)
+        # the recipe's own params sections are what the params file holds for it
+        assert isinstance(getattr(p.general_distill, name), mod.GeneralParams)
+        assert isinstance(getattr(p.task_distill, name), mod.TaskParams)
+        assert name in raw["general_distill"] and name in raw["task_distill"], f"params.yaml lacks {name}'s sections"
+        # the smoke profile keeps every recipe to a few steps
+        assert name in smoke["general_distill"] and name in smoke["task_distill"], f"profiles/smoke.yaml: {name}"
+    assert set(p.general_distill.model_fields) == set(recipes.RECIPES)
+    assert set(p.task_distill.model_fields) == set(recipes.RECIPES) | {"baseline"}
 
 
 def test_reference_stage_times_name_exactly_the_default_stages():

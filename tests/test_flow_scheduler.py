@@ -8,6 +8,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -52,8 +53,7 @@ def _run(root: Path, tmp_path: Path, max_parallel: int = 2):
     record = DvcRecord(root)
     with ThreadPoolExecutor(max_parallel) as pool:
         return schedule(stages, max_parallel, 2,
-                        lambda st, threads: pool.submit(execute_stage, st, threads, None, record, tmp_path / "logs"),
-                        current=known_current(stages, record))
+                        lambda st, threads: pool.submit(execute_stage, st, threads, None, record, tmp_path / "logs"))
 
 
 def _lock(root: Path) -> dict:
@@ -92,8 +92,8 @@ def test_independent_stages_overlap_and_every_stage_is_recorded(tmp_path):
     results, errors = _run(root, tmp_path)
     assert not errors and {k for k, r in results.items() if r["ran"]} == {"b", "d"}
     assert (root / "d.txt").read_text() == "xacd" and (root / "b.txt").read_text() == "xB"
-    # b was ready beside a, but a was known to be current: b got both CPUs instead of sharing them with a skip
-    assert timeline(results)["stages"]["b"]["threads"] == 2
+    # b computes with the thread count it had beside a, though a is skipped now: its bytes cannot depend on that
+    assert timeline(results)["stages"]["b"]["threads"] == 1
 
 
 def test_a_failed_stage_leaves_no_lock_entry_and_blocks_only_what_follows(tmp_path):
@@ -113,6 +113,20 @@ def test_max_parallel_one_runs_stages_one_after_another(tmp_path):
     spans = sorted((v["start"], v["end"]) for v in timeline(results)["stages"].values())
     assert all(prev_end <= start for (_, prev_end), (start, _) in zip(spans, spans[1:]))
     assert all(v["threads"] == 2 for v in timeline(results)["stages"].values())
+
+
+def test_threads_are_fixed_by_the_graph_not_by_what_runs_beside():
+    """A stage that can never run beside another gets every CPU; the others one share each, whatever is stale."""
+    from pipelines.flow import stage_threads
+
+    stages = {n: SimpleNamespace(upstream=set(u), downstream=set()) for n, u in
+              {"prep": "", "a": {"prep"}, "b": {"prep"}, "c": {"a"}, "end": {"b", "c"}}.items()}
+    for n, st in stages.items():
+        for u in st.upstream:
+            stages[u].downstream.add(n)
+    assert stage_threads(stages, 2, 2) == {"prep": 2, "a": 1, "b": 1, "c": 1, "end": 2}
+    assert stage_threads(stages, 2, 8) == {"prep": 8, "a": 4, "b": 4, "c": 4, "end": 8}
+    assert stage_threads(stages, 1, 2) == {n: 2 for n in stages}
 
 
 def test_the_longest_remaining_chain_starts_first_when_stage_times_are_known():

@@ -18,7 +18,12 @@ def _imports(path: Path) -> set[str]:
     me = _module_name(path).split(".")
     package = me if path.name == "__init__.py" else me[:-1]
     found = set()
+    # `if TYPE_CHECKING:` blocks never run: a name for the type checker is not an import
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(node)}
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):

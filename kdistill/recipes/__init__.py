@@ -1,7 +1,12 @@
 """Recipes: one module per way of distilling (how the student is built, which objectives each stage trains).
 
-Adding a recipe: a module here with NEEDS_TEACHER_MLM, general(ctx) and task(ctx), an entry in RECIPES, a
-`general_distill.<name>` / `task_distill.<name>` params section, and its name in dvc.yaml's `recipes` list.
+A recipe module holds everything about its way: its params (GeneralParams, TaskParams: kdistill.config puts them at
+general_distill.<name> and task_distill.<name>), its checks against the teacher's shape (check_teacher), whether it
+needs the teacher's masked-LM head (NEEDS_TEACHER_MLM), how its student is built and what each stage trains
+(general(ctx), task(ctx)). RECIPES is the one list of recipes: the params schema, validation and the stages follow it.
+
+Adding a recipe: its module and an entry in RECIPES, its section in params.yaml, its name in dvc.yaml's `recipes`,
+its small budget in profiles/smoke.yaml (tests check each against RECIPES).
 """
 
 from __future__ import annotations

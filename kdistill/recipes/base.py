@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
-from kdistill.config import OptimParams, Params
+from kdistill.schema import OptimParams
 from kdistill.train.evaluation import optim_to_trainer_config
 from kdistill.train.phases import Phase
 from kdistill.train.trainer import TrainerConfig
+
+if TYPE_CHECKING:  # kdistill.config assembles Params from the recipes: a name for the type checker only
+    from kdistill.config import Params
 
 
 @dataclass

@@ -3,6 +3,9 @@ targets) + L_cos, then task-distilled on soft and hard labels."""
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field, field_validator
 from transformers import BertForMaskedLM
 
 from kdistill.distill.objectives import DistilBertGeneral, Prediction
@@ -14,9 +17,47 @@ from kdistill.recipes.base import (
     special_ids,
     trainer_config,
 )
+from kdistill.schema import OptimParams, ParamsError, Section
 from kdistill.train.phases import Phase
 
 NEEDS_TEACHER_MLM = True
+
+
+class GeneralParams(Section):
+    """general_distill.distilbert"""
+
+    init_layers: Literal["every_other"] | list[int] = "every_other"
+    temperature: float = Field(2.0, gt=0)
+    weights: dict[Literal["mlm", "ce", "cos"], float] = {"mlm": 2.0, "ce": 5.0, "cos": 1.0}
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    optim: OptimParams = OptimParams(lr=1e-4, epochs=1.0)
+
+    @field_validator("init_layers")
+    @classmethod
+    def _distinct_layers(cls, v):
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("must be 'every_other' or a non-empty list of distinct teacher layer indices")
+        return v
+
+
+class TaskParams(Section):
+    """task_distill.distilbert"""
+
+    temperature: float = Field(2.0, gt=0)
+    alpha_soft: float = Field(0.5, ge=0, le=1)  # loss = alpha * soft + (1 - alpha) * hard
+    soft_loss: Literal["kl", "ce", "ce_mean_classes"] = "kl"
+    t2_scaling: bool = True
+    optim: OptimParams = OptimParams(lr=1e-4, epochs=2.0)
+    cache_teacher_outputs: bool = True
+
+
+def check_teacher(p, layers: int, heads: int, hidden: int) -> None:
+    """The layers the student starts from exist in the teacher."""
+    init = p.general_distill.distilbert.init_layers
+    bad = [i for i in init if not 0 <= i < layers] if isinstance(init, list) else []
+    if bad:
+        raise ParamsError(f"params.yaml: key 'general_distill.distilbert.init_layers': {bad} are not teacher layers "
+                          f"(0-based indices 0..{layers - 1})")
 
 
 def general(ctx: GeneralContext) -> GeneralPlan:

@@ -8,11 +8,13 @@ layer-wise transfer pass on the task data.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field, model_validator
 from transformers import BertForMaskedLM, MobileBertForMaskedLM
 
-from kdistill.config import OptimParams
-from kdistill.distill.layer_map import resolve_layer_map
+from kdistill.distill.layer_map import check_heads, resolve_layer_map
 from kdistill.distill.objectives import (
     FeatureTransfer,
     MobileBertPretrain,
@@ -28,9 +30,100 @@ from kdistill.recipes.base import (
     special_ids,
     trainer_config,
 )
+from kdistill.schema import OptimParams, ParamsError, Section, divisors, params_key
 from kdistill.train.phases import Phase
+from kdistill.train.precision import PrecisionSpec
 
 NEEDS_TEACHER_MLM = True
+
+
+class MobileBertShape(Section):
+    """Inter-block width and vocabulary are the teacher's; everything inside a block is narrow."""
+
+    layers: int | None = Field(None, ge=1, le=48)  # None: the teacher's depth (as the paper)
+    bottleneck: int = Field(96, ge=8)  # intra-block width
+    heads: int = Field(4, ge=1)  # must divide the bottleneck and the teacher's head count
+    ffn: int = Field(384, ge=8)  # intermediate size of each feed-forward network
+    stacked_ffn: int = Field(2, ge=1, le=8)  # feed-forward networks per block
+    embedding: int = Field(128, ge=8)  # factorised token-embedding width (trigram convolution up to the block width)
+    normalization: Literal["no_norm", "layer_norm"] = "no_norm"  # no_norm: MobileBERT's element-wise NoNorm
+    activation: Literal["relu", "gelu"] = "relu"
+
+    @model_validator(mode="after")
+    def _heads_divide_bottleneck(self):
+        if self.bottleneck % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide bottleneck ({self.bottleneck}); "
+                             f"valid head counts: {divisors(self.bottleneck)}")
+        return self
+
+
+class FeatureMapParams(Section):
+    normalize: bool = True  # normalised map discrepancy + statistics discrepancy (the paper's stabilised form)
+    mean_weight: float = Field(1.0, ge=0)
+    var_weight: float = Field(1.0, ge=0)
+
+
+class ProgressiveParams(Section):
+    """Progressive knowledge transfer: block l trains alone on its fmt + at losses, one block after another."""
+
+    steps_per_layer: int = Field(60, ge=1)
+    lower_lr_scale: float = Field(0.0, ge=0, le=1)  # 0: blocks below are frozen; > 0: they train at this x lr
+    weights: dict[Literal["fmt", "at"], float] = {"fmt": 1.0, "at": 1.0}
+    lr: float = Field(1e-3, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    checkpoint_every: int = Field(50, ge=1)
+    precision: PrecisionSpec | None = None
+
+
+class MobileBertJointParams(Section):
+    """After the progression, all blocks together: pre-training distillation (mlm + soft MLM targets, kd), with
+    the layer-wise terms kept alongside when weighted."""
+
+    weights: dict[Literal["mlm", "kd", "fmt", "at"], float] = {"mlm": 0.5, "kd": 0.5, "fmt": 1.0, "at": 1.0}
+    temperature: float = Field(1.0, gt=0)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    optim: OptimParams = OptimParams(lr=5e-4, max_steps=100)
+
+
+class GeneralParams(Section):
+    """general_distill.mobilebert"""
+
+    student: MobileBertShape = MobileBertShape()
+    # random: embeddings learnt from scratch (the paper); teacher: token table from the teacher's word vectors'
+    # principal directions, position/segment tables copied (kdistill.models.init_mobilebert_embeddings)
+    embedding_init: Literal["random", "teacher"] = "random"
+    feature_map: FeatureMapParams = FeatureMapParams()
+    progressive: ProgressiveParams = ProgressiveParams()
+    joint: MobileBertJointParams = MobileBertJointParams()
+
+
+class TaskParams(Section):
+    """task_distill.mobilebert. Task distillation: soft + hard labels, optionally after a layer-wise transfer pass on the task data
+    against the fine-tuned teacher (`transfer`; null skips it)."""
+
+    temperature: float = Field(1.0, gt=0)
+    alpha_soft: float = Field(0.5, ge=0, le=1)
+    soft_loss: Literal["kl", "ce", "ce_mean_classes"] = "kl"
+    t2_scaling: bool = True
+    cache_teacher_outputs: bool = True
+    transfer: OptimParams | None = None
+    transfer_weights: dict[Literal["fmt", "at"], float] = {"fmt": 1.0, "at": 1.0}
+    teacher_cache_gb: float = Field(8.0, ge=0)  # as tinybert's: used when `transfer` runs more than one epoch
+    optim: OptimParams = OptimParams(lr=1e-4, epochs=2.0)
+
+
+def check_teacher(p, layers: int, heads: int, hidden: int) -> None:
+    """The student's heads group the teacher's, its embedding fits the teacher's width, its depth maps."""
+    s = p.general_distill.mobilebert.student
+    with params_key("general_distill.mobilebert.student.heads"):
+        check_heads(s.heads, heads)
+    if s.embedding > hidden:
+        raise ParamsError(
+            f"params.yaml: key 'general_distill.mobilebert.student.embedding': {s.embedding} exceeds the block width, "
+            f"which is the teacher's hidden size ({hidden}); use at most {hidden}")
+    with params_key("general_distill.mobilebert.student.layers"):
+        resolve_layer_map("uniform", s.layers or layers, layers)
 
 
 def build_student(teacher_cfg, shape, seed: int) -> MobileBertForMaskedLM:

@@ -3,9 +3,13 @@ attention scores (general and task stage 1), then its predictions (task stage 2)
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, BertModel
 
+from kdistill.distill.layer_map import check_heads, resolve_layer_map
 from kdistill.distill.objectives import Intermediate, Prediction
 from kdistill.models import load_model, tinybert_config
 from kdistill.recipes.base import (
@@ -14,9 +18,44 @@ from kdistill.recipes.base import (
     TaskContext,
     trainer_config,
 )
+from kdistill.schema import LayerMapSpec, OptimParams, Section, StudentShape, params_key
 from kdistill.train.phases import Phase
 
 NEEDS_TEACHER_MLM = False
+
+
+class GeneralParams(Section):
+    """general_distill.tinybert"""
+
+    student: StudentShape = StudentShape()
+    layer_map: LayerMapSpec = "uniform"
+    attention: Literal["scores", "probs"] = "scores"
+    shared_projection: bool = False
+    mask_padding: bool = True
+    weights: dict[Literal["emb", "hidn", "attn"], float] = {"emb": 1.0, "hidn": 1.0, "attn": 1.0}
+    optim: OptimParams = OptimParams(lr=5e-4, epochs=1.0)
+
+
+class TaskParams(Section):
+    """task_distill.tinybert"""
+
+    temperature: float = Field(1.0, gt=0)
+    intermediate: OptimParams = OptimParams(lr=5e-4, epochs=1.0)
+    prediction: OptimParams = OptimParams(lr=1e-4, epochs=2.0)
+    weights: dict[Literal["emb", "hidn", "attn", "pred"], float] = {"emb": 1.0, "hidn": 1.0, "attn": 1.0, "pred": 1.0}
+    cache_teacher_outputs: bool = True
+    # disk budget (GiB) for the teacher's hidden states and scores, fp16 on disk, in a multi-epoch intermediate phase
+    teacher_cache_gb: float = Field(8.0, ge=0)
+
+
+def check_teacher(p, layers: int, heads: int, hidden: int) -> None:
+    """What the schema cannot see: the layer map fits the teacher's depth, the student's heads its heads."""
+    g = p.general_distill.tinybert
+    with params_key("general_distill.tinybert.layer_map"):
+        resolve_layer_map(g.layer_map, g.student.layers, layers)
+    if g.weights.get("attn", 0) > 0 or p.task_distill.tinybert.weights.get("attn", 0) > 0:
+        with params_key("general_distill.tinybert.student.heads"):
+            check_heads(g.student.heads, heads)
 
 
 def general(ctx: GeneralContext) -> GeneralPlan:
