@@ -53,8 +53,9 @@ test-fast:
 # NPROC=2: every training stage runs data-parallel in 2 processes (torchrun; overrides base.nproc)
 NPROC_ENV = $(if $(NPROC),KDISTILL_NPROC=$(NPROC) ,)
 
+# PROFILE=<name>: profiles/<name>.yaml as its own DVC pipeline (outputs-<name>/)
 pipeline:
-	$(NPROC_ENV)$(PY) -m pipelines.flow
+	$(NPROC_ENV)$(PY) -m pipelines.flow $(PROFILE_ARG)
 
 smoke:
 	$(NPROC_ENV)$(PY) -m pipelines.flow --profile smoke
