@@ -200,10 +200,11 @@ class Trainer:
             if best.get("value") is None or value > best["value"]:
                 best.update(value=value, step=step, state=self._trainable_state())
 
-    def train(self, resume: bool = True) -> TrainResult:
+    def _setup_optimizer(self) -> list:
+        """AdamW over the objective's trainable parameters (no weight decay on biases and norms; per-parameter
+        learning-rate scales when the objective asks for them) and the warm-up + linear-decay schedule. Returns the
+        trainable parameters."""
         cfg = self.cfg
-        self.obj.to(self.device).train()
-        install_fast_dropout(self.obj)  # same dropout, a cheaper CPU mask (kdistill.train.dropout)
         params = [p for p in self.obj.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the objective has no trainable parameters")
@@ -231,32 +232,82 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))
         )
+        return params
+
+    def _resume(self, resume: bool) -> tuple[int, int, int, dict, int | None]:
+        """Where training starts: (step, epoch, next batch, best state so far, step resumed from or None), from this
+        run's checkpoint when there is one (weights, optimizer, schedule, every rank's random streams), else fresh."""
+        cfg, w = self.cfg, self.world
         self.evals: list[dict] = []
         self.history: list[dict] = []
-        best: dict = {}
-        step, epoch, next_batch, resumed_from = 0, 0, 0, None
         state = self._load_checkpoint() if resume else None
-        w = self.world
         if state is None:
             seed_everything(cfg.seed + 1_000_003 * w.rank)  # rank 0 draws what a one-process run draws
-        else:
-            missing = self.obj.load_state_dict(state["objective"], strict=False)
-            if missing.unexpected_keys:
-                raise RuntimeError(f"checkpoint has unexpected keys {missing.unexpected_keys[:5]}")
-            self.opt.load_state_dict(state["optimizer"])
-            self.sched.load_state_dict(state["scheduler"])
-            rngs = state.get("rng_ranks") or [state["rng"]]
-            step, epoch, next_batch = state["step"], state["epoch"], state["next_batch"]
-            if len(rngs) == w.size:
-                _set_rng_state(rngs[w.rank])
-            else:  # saved with another process count: same batches and weights, fresh random streams
-                seed_everything(cfg.seed + 1_000_003 * w.rank + step)
-            best, self.evals, resumed_from = state["best"], state["evals"], step
-            self.history = state.get("history", [])
-            if w.main:
-                tqdm.write(f"[{cfg.desc}] resumed from step {step} (epoch {epoch}, batch {next_batch})"
-                           + (f" on {w.size} processes" if w.active else ""))
+            return 0, 0, 0, {}, None
+        missing = self.obj.load_state_dict(state["objective"], strict=False)
+        if missing.unexpected_keys:
+            raise RuntimeError(f"checkpoint has unexpected keys {missing.unexpected_keys[:5]}")
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        rngs = state.get("rng_ranks") or [state["rng"]]
+        step, epoch, next_batch = state["step"], state["epoch"], state["next_batch"]
+        if len(rngs) == w.size:
+            _set_rng_state(rngs[w.rank])
+        else:  # saved with another process count: same batches and weights, fresh random streams
+            seed_everything(cfg.seed + 1_000_003 * w.rank + step)
+        self.evals = state["evals"]
+        self.history = state.get("history", [])
+        if w.main:
+            tqdm.write(f"[{cfg.desc}] resumed from step {step} (epoch {epoch}, batch {next_batch})"
+                       + (f" on {w.size} processes" if w.active else ""))
+        return step, epoch, next_batch, state["best"], step
 
+    def _forward_backward(self, rows_of_batch: list[int], step: int, scaler) -> dict[str, float]:
+        """This rank's share of one batch: the loss components, checked finite, and their weighted sum's gradient
+        (scaled by the rank's share of the rows and the accumulation). Returns the components' batch means."""
+        cfg, w = self.cfg, self.world
+        mine = rows_of_batch[w.rank :: w.size]
+        share = len(mine) / len(rows_of_batch)  # this rank's part of the batch mean
+        # a short last batch may leave a rank no row: it runs one with weight 0 to join the reductions
+        rows = self.ds[mine or rows_of_batch[:1]]
+        rows = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
+        batch = {k: v.to(self.device) for k, v in self.collate(rows).items()}
+        with autocast(cfg.precision, self.device):
+            comps = self.obj(batch)
+        values = self._batch_means(comps, share)
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"[{cfg.desc}] step {step + 1}: loss component '{name}' is {value}; "
+                    f"stopping (the last good checkpoint in {self.ckpt_dir} is kept)"
+                )
+        loss = sum(self.obj.weights.get(k, 0.0) * v for k, v in comps.items())
+        scaled = loss * share / cfg.grad_accum if w.active else loss / cfg.grad_accum
+        (scaler.scale(scaled) if scaler else scaled).backward()
+        return values
+
+    def _optimizer_step(self, params: list, scaler) -> None:
+        """Gradients summed across ranks, clipped, one optimizer and schedule step."""
+        distributed.reduce_gradients(params)  # before unscaling: an overflow on any rank skips the step on all
+        if scaler:  # fp16: unscale before clipping; the scaler skips steps whose gradients overflowed
+            scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+            scaler.step(self.opt)
+            scaler.update()
+        else:
+            clip_gradients(params, self.cfg.max_grad_norm)
+            self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def train(self, resume: bool = True) -> TrainResult:
+        cfg = self.cfg
+        self.obj.to(self.device).train()
+        install_fast_dropout(self.obj)  # same dropout, a cheaper CPU mask (kdistill.train.dropout)
+        params = self._setup_optimizer()
+        total = self.total_steps
+        step, epoch, next_batch, best, resumed_from = self._resume(resume)
+        w = self.world
         if cfg.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"TrainerConfig.precision must be resolved to fp32, bf16 or fp16 (got {cfg.precision!r})")
         scaler = grad_scaler(cfg.precision, self.device)
@@ -267,39 +318,11 @@ class Trainer:
         while not done:
             batches = epoch_batches(self.lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_grouping)
             for bi in range(next_batch, len(batches)):
-                rows_of_batch = batches[bi].tolist()
-                mine = rows_of_batch[w.rank :: w.size]
-                share = len(mine) / len(rows_of_batch)  # this rank's part of the batch mean
-                # a short last batch may leave a rank no row: it runs one with weight 0 to join the reductions
-                rows = self.ds[mine or rows_of_batch[:1]]
-                rows = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
-                batch = {k: v.to(self.device) for k, v in self.collate(rows).items()}
-                with autocast(cfg.precision, self.device):
-                    comps = self.obj(batch)
-                values = self._batch_means(comps, share)
-                for name, value in values.items():
-                    if not math.isfinite(value):
-                        raise NonFiniteLossError(
-                            f"[{cfg.desc}] step {step + 1}: loss component '{name}' is {value}; "
-                            f"stopping (the last good checkpoint in {self.ckpt_dir} is kept)"
-                        )
-                loss = sum(self.obj.weights.get(k, 0.0) * v for k, v in comps.items())
-                scaled = loss * share / cfg.grad_accum if w.active else loss / cfg.grad_accum
-                (scaler.scale(scaled) if scaler else scaled).backward()
+                values = self._forward_backward(batches[bi].tolist(), step, scaler)
                 micro += 1
                 if micro % cfg.grad_accum:
                     continue
-                distributed.reduce_gradients(params)  # before unscaling: an overflow on any rank skips the step on all
-                if scaler:  # fp16: unscale before clipping; the scaler skips steps whose gradients overflowed
-                    scaler.unscale_(self.opt)
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                    scaler.step(self.opt)
-                    scaler.update()
-                else:
-                    clip_gradients(params, cfg.max_grad_norm)
-                    self.opt.step()
-                self.sched.step()
-                self.opt.zero_grad(set_to_none=True)
+                self._optimizer_step(params, scaler)
                 step += 1
                 total_loss = sum(self.obj.weights.get(k, 0.0) * v for k, v in values.items())
                 self.history.append({"step": step, "loss": total_loss, "lr": self.sched.get_last_lr()[0], **values})
