@@ -2,7 +2,7 @@
 on this CPU. `make bench-onnx-kernels` (HIDDEN="192 384" TOKENS=64 REPEATS=500, 1 intra-op thread).
 
 Why it exists: the export keeps the pair unfused and sessions turn ORT's SkipLayerNormFusion off
-(kdistill.onnx_export.DISABLED_OPTIMIZERS) because the fused CPU kernel measured several times slower. That is a
+(kdistill.deploy.onnx_export.DISABLED_OPTIMIZERS) because the fused CPU kernel measured several times slower. That is a
 property of ORT's kernels and of the CPU, so this prints the numbers for the machine at hand.
 """
 

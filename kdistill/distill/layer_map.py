@@ -52,7 +52,7 @@ def resolve_layer_map(spec, student_layers: int, teacher_layers: int) -> list[in
 
 def check_heads(student_heads: int, teacher_heads: int) -> None:
     """Attention maps are compared per student head: one to one when the counts match, otherwise each student head
-    against the mean of a group of teacher heads (kdistill.losses.group_heads), so the student's count must divide
+    against the mean of a group of teacher heads (kdistill.distill.losses.group_heads), so the student's count must divide
     the teacher's."""
     if teacher_heads % student_heads:
         raise LayerMapError(

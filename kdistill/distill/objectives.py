@@ -90,7 +90,7 @@ class Intermediate(_WithTeacher):
         )
         self.attention = attention
         self.mask_padding = mask_padding
-        self.teacher_features = None  # a kdistill.teacher_cache.TeacherFeatures, read instead of running the teacher
+        self.teacher_features = None  # a kdistill.distill.teacher_cache.TeacherFeatures, read instead of running the teacher
 
     def feature_spec(self):
         """The teacher outputs this loss reads, for a teacher cache (None: the loss reads padded positions)."""
@@ -343,7 +343,7 @@ class FeatureTransfer(_WithTeacher):
         self.layers, self.layer_map = list(layers), list(layer_map)
         self.weights = {k: float(v) for k, v in weights.items() if k in ("fmt", "at")}
         self.fmt_args = {"normalize": normalize, "mean_weight": mean_weight, "var_weight": var_weight}
-        self.teacher_features = None  # a kdistill.teacher_cache.TeacherFeatures, read instead of running the teacher
+        self.teacher_features = None  # a kdistill.distill.teacher_cache.TeacherFeatures, read instead of running the teacher
 
     def feature_spec(self):
         """The teacher outputs these losses read, for a teacher cache (both losses ignore padded positions)."""

@@ -49,7 +49,7 @@ class TrainerConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    precision: str = "fp32"  # resolved: fp32 | bf16 | fp16 (kdistill.precision.resolve_precision)
+    precision: str = "fp32"  # resolved: fp32 | bf16 | fp16 (kdistill.train.precision.resolve_precision)
     eval_every: int | None = None  # None: evaluate at each epoch end (when an eval_fn is given)
     checkpoint_every: int = 200
     seed: int = 42
