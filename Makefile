@@ -112,32 +112,32 @@ loadtest:
 	$(PY) scripts/loadtest.py --url http://127.0.0.1:$(PORT) --requests $(REQUESTS) --clients $(CLIENTS) --batch $(BATCH)
 
 bench:
-	$(PY) scripts/bench_task_distill.py
+	$(PY) benchmarks/bench_task_distill.py
 
 # TextBrewer is a benchmark-only dependency: installed here, never by `make setup`
 bench-textbrewer:
 	$(PY) -m pip install -q -r requirements-bench.txt
-	$(PY) scripts/bench_textbrewer.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_textbrewer.py $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs work reports mlruns mlartifacts mlflow.db .prefect
 
 REPEAT ?= 20
 bench-augment:
-	$(PY) scripts/bench_augment.py --rows $(or $(ROWS),300) --threads $(or $(THREADS),1)
+	$(PY) benchmarks/bench_augment.py --rows $(or $(ROWS),300) --threads $(or $(THREADS),1)
 
 bench-prepare:
-	$(PY) scripts/bench_prepare.py --repeat $(REPEAT)
+	$(PY) benchmarks/bench_prepare.py --repeat $(REPEAT)
 
 profile-onnx:
-	$(PY) scripts/profile_onnx.py --models $(or $(MODELS),teacher tinybert) --batch $(or $(BATCH),1) --seq $(or $(SEQ),64) --runs $(or $(RUNS),200) --variant $(or $(VARIANT),model.onnx)
+	$(PY) benchmarks/profile_onnx.py --models $(or $(MODELS),teacher tinybert) --batch $(or $(BATCH),1) --seq $(or $(SEQ),64) --runs $(or $(RUNS),200) --variant $(or $(VARIANT),model.onnx)
 
 bench-heads:
-	$(PY) scripts/bench_student_heads.py --heads $(or $(HEADS),12 6 4 3) --activations $(or $(ACTS),gelu relu) --rounds $(or $(ROUNDS),100)
+	$(PY) benchmarks/bench_student_heads.py --heads $(or $(HEADS),12 6 4 3) --activations $(or $(ACTS),gelu relu) --rounds $(or $(ROUNDS),100)
 
 bench-onnx-kernels:
-	$(PY) scripts/bench_onnx_kernels.py --hidden $(or $(HIDDEN),192 384) --tokens $(or $(TOKENS),64) --repeats $(or $(REPEATS),500)
+	$(PY) benchmarks/bench_onnx_kernels.py --hidden $(or $(HIDDEN),192 384) --tokens $(or $(TOKENS),64) --repeats $(or $(REPEATS),500)
 
 STEPS ?= 40
 bench-ddp:
-	$(PY) scripts/bench_data_parallel.py --nproc $(or $(NPROC),2) --steps $(STEPS)
+	$(PY) benchmarks/bench_data_parallel.py --nproc $(or $(NPROC),2) --steps $(STEPS)

@@ -4,7 +4,7 @@ Teacher all-MiniLM-L6-v2 -> 3-layer x 192 student, batch 32, sequence 64: exampl
 teacher running every step and with the teacher-logit cache (its one-off pass printed separately). The precisions are
 measured in interleaved rounds so that the machine's noise hits them alike. On a CPU without native bf16 (AVX2) the
 bf16 rows show why `auto` picks fp32 there.
-Usage: .venv/bin/python scripts/bench_task_distill.py [--steps 10] [--rounds 2] [--threads auto]
+Usage: .venv/bin/python benchmarks/bench_task_distill.py [--steps 10] [--rounds 2] [--threads auto]
 """
 
 import argparse

@@ -10,7 +10,7 @@ interleaved rounds, so the machine's noise hits them alike; the best round of ea
 `auto` runs both under the autocast that `precision: auto` picks here (TextBrewer has no CPU mixed precision of its
 own, so its train loop runs inside the same autocast context).
 
-Usage: make bench-textbrewer  (or .venv/bin/python scripts/bench_textbrewer.py [--rows 1024] [--rounds 3])
+Usage: make bench-textbrewer  (or .venv/bin/python benchmarks/bench_textbrewer.py [--rows 1024] [--rounds 3])
 """
 
 import argparse
