@@ -1,6 +1,8 @@
 import os
+import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,39 @@ def flow_env(project) -> dict:
     for k in ("MLFLOW_TRACKING_URI", "KDISTILL_PARAMS", "KDISTILL_OUTPUTS", "KDISTILL_DEBUG"):
         env.pop(k, None)
     return env
+
+
+# credentials a user may have in the environment: none may reach MLflow, Prefect, DVC's records or the logs
+SECRET = "kdistill-test-secret-7f3a9c"
+SECRET_ENV = {"HF_TOKEN": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET,
+              "DATABASE_URL": f"postgresql://user:{SECRET}@127.0.0.1:9/db"}
+
+
+def run_flow(project, *args, **env):
+    return subprocess.run([sys.executable, "-m", "pipelines.flow", *args], cwd=project, env={**flow_env(project), **env},
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory, request):
+    """The project copy the end-to-end tests share (2 GB once the smoke profile ran): removed at the end when every
+    test passed, kept for a look when one failed."""
+    root = tmp_path_factory.mktemp("kdistill")
+    yield copy_project(root / "proj")
+    if request.session.testsfailed == 0:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_project):
+    """The smoke profile run once, uninterrupted, through Prefect, DVC and MLflow in `smoke_project`, with
+    credentials in its environment; (the finished process, the student weights it ended with). One run serves every
+    end-to-end test that can start from a finished pipeline: the suite has a time budget."""
+    from safetensors.torch import load_file
+
+    proc = run_flow(smoke_project, "--profile", "smoke", **SECRET_ENV)
+    weights = {}
+    if proc.returncode == 0:
+        for f in sorted((smoke_project / "outputs-smoke" / "students").glob("*/model.safetensors")):
+            weights[f.parent.name] = load_file(f)
+    return proc, weights

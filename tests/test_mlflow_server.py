@@ -1,5 +1,7 @@
-"""A shared MLflow: `make mlflow-server` (PostgreSQL store, artifacts served over HTTP) and the whole smoke profile
-tracked, registered and aliased through it with `tracking.mlflow_uri: http://127.0.0.1:<port>`.
+"""A shared MLflow: `make mlflow-server` (PostgreSQL store, artifacts served over HTTP), and the smoke pipeline
+pointed at it with `tracking.mlflow_uri: http://127.0.0.1:<port>`: a training stage tracked, every student
+registered and aliased through it. It starts from a copy of the suite's finished smoke run (conftest.smoke_run):
+the new URI makes evaluate and export stale, and one task-distillation stage is made to run again.
 
 Needs Debian's postgresql (scripts/mlflow_server.sh installs it as root; .ci/run does so before the tests)."""
 
@@ -12,7 +14,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT, copy_project, flow_env, free_port
+from .conftest import ROOT, flow_env, free_port
 from .listening import listening_addresses
 
 SCRIPT = ["bash", str(ROOT / "scripts" / "mlflow_server.sh")]
@@ -36,7 +38,8 @@ def mlflow_server(tmp_path):
     if started.returncode != 0 and "could not install postgresql" in started.stderr:
         pytest.skip(f"PostgreSQL not available here: {started.stderr.strip()}")
     assert started.returncode == 0, started.stdout + started.stderr
-    pg_port = started.stdout.split("on 127.0.0.1:")[1].split(";")[0]
+    # the last line names the server and its database (a first start also says it created the cluster)
+    pg_port = started.stdout.split("on 127.0.0.1:")[-1].split(";")[0]
     try:
         yield f"http://127.0.0.1:{port}", pg_port, db, tmp_path / "run"
     finally:
@@ -46,7 +49,8 @@ def mlflow_server(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_smoke_profile_tracks_registers_and_aliases_over_http_on_postgresql(mlflow_server, tmp_path):
+def test_the_smoke_profile_tracks_registers_and_aliases_over_http_on_postgresql(mlflow_server, smoke_project, smoke_run,
+                                                                                  tmp_path):
     url, pg_port, db, run_dir = mlflow_server
     # the tracking server and PostgreSQL listen on loopback only
     server_pid = int((run_dir / "mlflow-server.pid").read_text())
@@ -54,7 +58,11 @@ def test_the_smoke_profile_tracks_registers_and_aliases_over_http_on_postgresql(
     assert _psql(pg_port, db, "SHOW listen_addresses").strip() == "127.0.0.1"
     assert (run_dir / "mlflow-server.log").read_text().count("postgresql://") == 0  # the password is not logged
 
-    project = copy_project(tmp_path / "proj")
+    assert smoke_run[0].returncode == 0, "the shared smoke run failed: see tests/test_smoke_pipeline.py"
+    project = tmp_path / "proj"
+    subprocess.run(["cp", "-a", str(smoke_project), str(project)], check=True)
+    (project / "mlflow.db").unlink()  # the shared run's local store: this one must track over HTTP only
+    shutil.rmtree(project / "outputs-smoke" / "students" / "tinybert")  # a training stage runs again, over HTTP
     prof = project / "profiles" / "smoke.yaml"
     text = prof.read_text()
     assert "tracking: {experiment_prefix: kdistill-smoke, registry_prefix: smoke-}" in text
@@ -64,6 +72,8 @@ def test_the_smoke_profile_tracks_registers_and_aliases_over_http_on_postgresql(
                           capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert not (project / "mlflow.db").exists()  # nothing went to a local store
+    ran = json.loads((project / "work" / "outputs-smoke" / "timeline.json").read_text())["stages"]
+    assert {"task_distill@tinybert", "evaluate", "export"} <= set(ran) and "teacher_finetune" not in ran
 
     import mlflow
     from mlflow import MlflowClient

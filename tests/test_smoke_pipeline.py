@@ -21,40 +21,16 @@ from safetensors.torch import load_file
 
 from pipelines.schedule import api_healthy
 
-from .conftest import ROOT, copy_project, flow_env, free_port
+from .conftest import ROOT, SECRET, copy_project, flow_env, free_port, run_flow
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, request):
-    """The project copy shared by this module's tests (2 GB once the smoke profile ran): removed when the module's
-    tests all passed, kept for a look when one failed."""
-    root = tmp_path_factory.mktemp("kdistill")
-    failed = request.session.testsfailed
-    yield copy_project(root / "proj")
-    if request.session.testsfailed == failed:
-        shutil.rmtree(root, ignore_errors=True)
+@pytest.fixture
+def project(smoke_project):
+    """The project copy every end-to-end test shares (conftest.smoke_project); `smoke_run` has run the profile in it."""
+    return smoke_project
 
 
-@pytest.fixture(scope="module")
-def smoke_run(project):
-    """The smoke profile run once, uninterrupted, in `project`; the student weights it ended with."""
-    proc = _flow(project, "--profile", "smoke", **SECRET_ENV)
-    weights = {}
-    if proc.returncode == 0:
-        for f in sorted((project / "outputs-smoke" / "students").glob("*/model.safetensors")):
-            weights[f.parent.name] = load_file(f)
-    return proc, weights
-
-
-def _flow(project, *args, **env):
-    return subprocess.run([sys.executable, "-m", "pipelines.flow", *args], cwd=project, env={**flow_env(project), **env},
-                          capture_output=True, text=True)
-
-
-# credentials a user may have in the environment: none may reach MLflow, Prefect, DVC's records or the logs
-SECRET = "kdistill-test-secret-7f3a9c"
-SECRET_ENV = {"HF_TOKEN": SECRET, "AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET,
-              "DATABASE_URL": f"postgresql://user:{SECRET}@127.0.0.1:9/db"}
+_flow = run_flow
 
 
 @pytest.mark.slow
@@ -288,7 +264,6 @@ def test_a_worker_of_the_work_pool_runs_a_deployment_run_triggered_on_the_server
     params = project / "profiles" / "smoke.yaml"  # a profile is complete on its own: the key goes there
     original = params.read_text()
     params.write_text(original + "schedule: {training_pool: kdistill-train}\n")
-    import shutil
 
     shutil.rmtree(project / "outputs-smoke" / "baselines" / "tinybert")
     port = free_port()
