@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from pipelines.schedule import api_healthy
 
-from .conftest import ROOT, SECRET, copy_project, flow_env, free_port, run_flow
+from .conftest import ROOT, SECRET, flow_env, free_port, run_flow
 
 
 @pytest.fixture
@@ -137,6 +137,116 @@ def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
     finally:  # the tests below use this run as it was
         prof.write_text(text)
         subprocess.run(regenerate, cwd=project, capture_output=True, text=True, check=True)
+
+
+# teacher_finetune and the stages that read its output, with what each writes under outputs-smoke/
+FROM_TEACHER = {"teacher_finetune": ["teacher"],
+                **{f"task_distill@{r}": [f"students/{r}"] for r in ("tinybert", "distilbert", "mobilebert")},
+                "evaluate": ["reports/summary.json", "reports/report.md"], "export": ["onnx", "reports/deploy.json"]}
+
+
+def _copy_forgetting(project, dst, stages: dict):
+    """A copy of the finished project in which `stages` never ran: their outputs and dvc.lock entries removed."""
+    from dvc.utils.serialize import dump_yaml, load_yaml  # DVC's own YAML: the params in the lock keep their types
+
+    subprocess.run(["cp", "-a", str(project), str(dst)], check=True)
+    for outs in stages.values():
+        for o in outs:
+            p = dst / "outputs-smoke" / o
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    lock_file = dst / "runs" / "smoke" / "dvc.lock"
+    lock = load_yaml(lock_file)
+    for name in stages:
+        del lock["stages"][name]
+    dump_yaml(lock_file, lock)
+    return dst
+
+
+@pytest.mark.slow
+def test_kill_9_inside_a_training_stage_and_between_stages_then_a_rerun_ends_as_if_uninterrupted(project, smoke_run,
+                                                                                                tmp_path):
+    """The shared run copied, with the teacher fine-tuning and everything after it forgotten (outputs and lock
+    entries): killed twice on the way, the pipeline then ends with the bytes the uninterrupted run ended with."""
+    base, weights = smoke_run
+    assert base.returncode == 0 and weights, "the uninterrupted run failed: see the test above"
+    project = _copy_forgetting(project, tmp_path / "proj", FROM_TEACHER)
+    ckpt = project / "work" / "outputs-smoke" / "teacher_finetune" / "state.pt"
+
+    # 1. SIGKILL inside teacher fine-tuning, once its step-2 checkpoint (of 4 steps) is on disk
+    proc = _start_flow(project)
+    _until(ckpt.is_file, proc, what="a teacher fine-tuning checkpoint")
+    _kill_everything(proc, project)
+    assert ckpt.is_file() and "teacher_finetune" not in _recorded(project)  # killed mid-stage, nothing recorded for it
+
+    # 2. SIGKILL between stages: the moment teacher_finetune is recorded in dvc.lock
+    proc = _start_flow(project)
+    _until(lambda: "teacher_finetune" in _recorded(project), proc, what="teacher_finetune in dvc.lock")
+    _kill_everything(proc, project)
+    log = (project / "work" / "outputs-smoke" / "logs" / "teacher_finetune.log").read_text()
+    assert "resumed from step 2" in log  # the second run went on from the first one's checkpoint
+    assert len(_recorded(project)) < 15
+
+    # 3. run again: it completes, and ends where the uninterrupted run ended
+    again = _flow(project, "--profile", "smoke")
+    assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
+    assert "as KILLED" in again.stdout + again.stderr  # the runs the second, killed run left RUNNING
+    assert len(_recorded(project)) == 15
+    for recipe, want in weights.items():
+        got = load_file(project / "outputs-smoke" / "students" / recipe / "model.safetensors")
+        assert got.keys() == want.keys()
+        # same seeds, data order, step counts and threads (fixed per stage, whatever was left to do): the same bits
+        assert all(torch.equal(got[k], want[k]) for k in want), recipe
+
+    # the records are intact: DVC clean, every cache file matches its hash, MLflow's database sound, no run RUNNING
+    dvc = str(project / ".venv" / "bin" / "dvc")
+    st = subprocess.run([dvc, "status", "--json", "runs/smoke/dvc.yaml"], cwd=project, capture_output=True, text=True,
+                        check=True).stdout
+    assert json.loads(st or "{}") == {}
+    cache = list((project / ".dvc" / "cache" / "files" / "md5").glob("*/*"))
+    assert cache
+    for f in cache:
+        digest = f.parent.name + f.name.removesuffix(".dir")
+        assert hashlib.md5(f.read_bytes()).hexdigest() == digest or f.name.endswith(".dir"), f
+        if f.name.endswith(".dir"):
+            json.loads(f.read_text())
+    with sqlite3.connect(project / "mlflow.db") as db:
+        assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+        status = dict(db.execute("select status, count(*) from runs group by status").fetchall())
+    assert "RUNNING" not in status and status.get("KILLED", 0) >= 2, status
+    assert [p.name for p in (project / "outputs-smoke").rglob(".*") if ".tmp-" in p.name] == []
+
+
+def _digest(tree):
+    return {str(p.relative_to(tree)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(tree.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_stage_rerun_beside_a_busy_process_with_other_packers_writes_the_same_bytes(project, smoke_run, tmp_path):
+    """Same params, same outputs: prepare (packing with another number of processes) and teacher_finetune again,
+    with both cores kept busy, give byte-equal outputs to the pipeline's own run of them."""
+    proc, _ = smoke_run
+    assert proc.returncode == 0, "the smoke run failed: see test_smoke_profile_through_prefect_and_dvc"
+    threads = {k: v["threads"] for k, v in
+               json.loads((project / "work" / "outputs-smoke" / "timeline.json").read_text())["stages"].items()}
+    env = {**flow_env(project), "KDISTILL_PARAMS": "runs/smoke/params.yaml", "KDISTILL_OUTPUTS": "outputs-again",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'again.db'}"}
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        # prepare packs with as many processes as it has threads: the pipeline's run had 2, this one 1
+        assert threads["prepare"] == 2
+        for step, n in (("prepare", 1), ("teacher_finetune", threads["teacher_finetune"])):
+            ran = subprocess.run([sys.executable, "-m", f"tasks.{step}"], cwd=project, capture_output=True, text=True,
+                                 env={**env, "KDISTILL_THREADS": str(n)}, timeout=900)
+            assert ran.returncode == 0, ran.stderr[-3000:]
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    for d in ("data", "teacher"):
+        want, got = _digest(project / "outputs-smoke" / d), _digest(project / "outputs-again" / d)
+        assert "corpus/state.json" in want or "model.safetensors" in want
+        assert got == want, f"outputs/{d}: {sorted(f for f in want.keys() | got.keys() if want.get(f) != got.get(f))}"
 
 
 @pytest.mark.slow
@@ -358,87 +468,3 @@ def _until(cond, proc, seconds=900, what=""):
         assert proc.poll() is None, f"the pipeline ended (rc {proc.returncode}) before {what}"
         assert time.time() < deadline, f"no {what} within {seconds} s"
         time.sleep(0.02)
-
-
-@pytest.mark.slow
-def test_kill_9_inside_a_training_stage_and_between_stages_then_a_rerun_ends_as_if_uninterrupted(smoke_run, tmp_path):
-    base, weights = smoke_run
-    assert base.returncode == 0 and weights, "the uninterrupted run failed: see the test above"
-    project = copy_project(tmp_path / "proj")
-    ckpt = project / "work" / "outputs-smoke" / "teacher_finetune" / "state.pt"
-
-    # 1. SIGKILL inside teacher fine-tuning, once its step-2 checkpoint (of 4 steps) is on disk
-    proc = _start_flow(project)
-    _until(ckpt.is_file, proc, what="a teacher fine-tuning checkpoint")
-    _kill_everything(proc, project)
-    assert ckpt.is_file() and "teacher_finetune" not in _recorded(project)  # killed mid-stage, nothing recorded for it
-
-    # 2. SIGKILL between stages: the moment teacher_finetune is recorded in dvc.lock
-    proc = _start_flow(project)
-    _until(lambda: "teacher_finetune" in _recorded(project), proc, what="teacher_finetune in dvc.lock")
-    _kill_everything(proc, project)
-    log = (project / "work" / "outputs-smoke" / "logs" / "teacher_finetune.log").read_text()
-    assert "resumed from step 2" in log  # the second run went on from the first one's checkpoint
-    assert len(_recorded(project)) < 15
-
-    # 3. run again: it completes, and ends where the uninterrupted run ended
-    again = _flow(project, "--profile", "smoke")
-    assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
-    assert "as KILLED" in again.stdout + again.stderr  # the runs the second, killed run left RUNNING
-    assert len(_recorded(project)) == 15
-    for recipe, want in weights.items():
-        got = load_file(project / "outputs-smoke" / "students" / recipe / "model.safetensors")
-        assert got.keys() == want.keys()
-        # same seeds, data order, step counts and threads (fixed per stage, whatever was left to do): the same bits
-        assert all(torch.equal(got[k], want[k]) for k in want), recipe
-
-    # the records are intact: DVC clean, every cache file matches its hash, MLflow's database sound, no run RUNNING
-    dvc = str(project / ".venv" / "bin" / "dvc")
-    st = subprocess.run([dvc, "status", "--json", "runs/smoke/dvc.yaml"], cwd=project, capture_output=True, text=True,
-                        check=True).stdout
-    assert json.loads(st or "{}") == {}
-    cache = list((project / ".dvc" / "cache" / "files" / "md5").glob("*/*"))
-    assert cache
-    for f in cache:
-        digest = f.parent.name + f.name.removesuffix(".dir")
-        assert hashlib.md5(f.read_bytes()).hexdigest() == digest or f.name.endswith(".dir"), f
-        if f.name.endswith(".dir"):
-            json.loads(f.read_text())
-    with sqlite3.connect(project / "mlflow.db") as db:
-        assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
-        status = dict(db.execute("select status, count(*) from runs group by status").fetchall())
-    assert "RUNNING" not in status and status.get("KILLED", 0) >= 2, status
-    assert [p.name for p in (project / "outputs-smoke").rglob(".*") if ".tmp-" in p.name] == []
-
-
-def _digest(tree):
-    return {str(p.relative_to(tree)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(tree.rglob("*"))
-            if p.is_file()}
-
-
-@pytest.mark.slow
-def test_a_stage_rerun_beside_a_busy_process_with_other_packers_writes_the_same_bytes(project, smoke_run):
-    """Same params, same outputs: prepare (packing with another number of processes) and teacher_finetune again,
-    with both cores kept busy, give byte-equal outputs to the pipeline's own run of them."""
-    proc, _ = smoke_run
-    assert proc.returncode == 0, "the smoke run failed: see test_smoke_profile_through_prefect_and_dvc"
-    threads = {k: v["threads"] for k, v in
-               json.loads((project / "work" / "outputs-smoke" / "timeline.json").read_text())["stages"].items()}
-    env = {**flow_env(project), "KDISTILL_PARAMS": "runs/smoke/params.yaml", "KDISTILL_OUTPUTS": "outputs-again",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'again.db'}"}
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
-    try:
-        # prepare packs with as many processes as it has threads: the pipeline's run had 2, this one 1
-        assert threads["prepare"] == 2
-        for step, n in (("prepare", 1), ("teacher_finetune", threads["teacher_finetune"])):
-            ran = subprocess.run([sys.executable, "-m", f"tasks.{step}"], cwd=project, capture_output=True, text=True,
-                                 env={**env, "KDISTILL_THREADS": str(n)}, timeout=900)
-            assert ran.returncode == 0, ran.stderr[-3000:]
-    finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
-    for d in ("data", "teacher"):
-        want, got = _digest(project / "outputs-smoke" / d), _digest(project / "outputs-again" / d)
-        assert "corpus/state.json" in want or "model.safetensors" in want
-        assert got == want, f"outputs/{d}: {sorted(f for f in want.keys() | got.keys() if want.get(f) != got.get(f))}"
