@@ -50,6 +50,7 @@ def two_process_run(tmp_path_factory):
     return _finish(_launch(work, 2), work)
 
 
+@pytest.mark.slow
 def test_two_processes_follow_the_one_process_run(tmp_path, two_process_run):
     one = _finish(_launch(tmp_path, 1), tmp_path)
     two = two_process_run
@@ -81,6 +82,7 @@ def _rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | Non
     return None
 
 
+@pytest.mark.slow
 def test_killed_rank_ends_the_run_and_the_rerun_resumes_to_the_same_weights(tmp_path, two_process_run):
     p = _launch(tmp_path, 2, delay=0.4)  # rank 0 sleeps after each step: time to kill mid-run
     state = tmp_path / "ckpt" / "state.pt"
@@ -131,6 +133,7 @@ def test_without_torchrun_everything_is_one_process():
     assert distributed.rank0_value("x") == "x" and distributed.gather_objects(4) == [4]
 
 
+@pytest.mark.slow
 def test_a_stage_launched_on_two_processes_fails_with_the_ranks_error_last(tmp_path):
     """NPROC=2 relaunches a training step under torchrun; a rank's deliberate error ends the step with that one
     line last (after torchrun's own failure report) and exit status 2, as a one-process step would."""

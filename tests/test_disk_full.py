@@ -45,6 +45,7 @@ def _leftovers(tree: Path) -> list:
     return [p.name for p in tree.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
 
 
+@pytest.mark.slow
 def test_a_stage_on_a_full_disk_fails_in_one_line_and_keeps_its_earlier_outputs(tmpfs):
     env = {**os.environ, "KDISTILL_PARAMS": "runs/smoke/params.yaml", "KDISTILL_OUTPUTS": str(tmpfs / "outputs"),
            "HF_HUB_OFFLINE": "1"}

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import yaml
 
 from pipelines.dvc_record import DVC, DvcRecord
@@ -67,6 +68,7 @@ def test_graph_comes_from_dvc_yaml(tmp_path):
     assert stages["c"].upstream == {"a"} and stages["d"].upstream == {"b", "c"}
 
 
+@pytest.mark.slow
 def test_independent_stages_overlap_and_every_stage_is_recorded(tmp_path):
     root = _project(tmp_path)
     results, errors = _run(root, tmp_path)

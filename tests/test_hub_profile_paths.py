@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 from transformers import BertForMaskedLM, MobileBertForMaskedLM
@@ -24,6 +25,7 @@ def test_hub_profile_is_valid_and_maps_12_to_4():
     assert p.general_distill.distilbert.init_layers == [0, 2, 4, 7, 9, 11]
 
 
+@pytest.mark.slow
 def test_teacher_with_own_mlm_head_is_used_not_refitted(tmp_path, tiny_tokenizer):
     torch.manual_seed(0)
     teacher = BertForMaskedLM(tiny_config(layers=12, hidden=24, heads=4, vocab=len(tiny_tokenizer)))

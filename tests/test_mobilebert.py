@@ -187,6 +187,7 @@ def _worker(workdir, delay, out=subprocess.DEVNULL):
                             env=env, stdout=out, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_progression_then_resume_gives_identical_weights(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     p = _worker(straight, 0.0)

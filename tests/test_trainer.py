@@ -27,6 +27,7 @@ def _run_worker(workdir, delay):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     p = _run_worker(straight, 0.0)

@@ -73,6 +73,7 @@ def _store(tmp_path, make_bert, tiny_tokenizer):
     return uri, run.info.experiment_id, run.info.run_id, [f"{p.base.task}-tinybert", f"{p.base.task}-distilbert"]
 
 
+@pytest.mark.slow
 def test_prefect_and_mlflow_uis_show_the_deployment_the_champions_and_the_loss_charts(tmp_path, make_bert,
                                                                                       tiny_tokenizer):
     uri, exp_id, run_id, models = _store(tmp_path, make_bert, tiny_tokenizer)
