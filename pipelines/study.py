@@ -38,6 +38,8 @@ from .stage_graph import (
     link_stages,
     load_stages,
     pipeline_file,
+    runtime_file,
+    split_params,
     write_runtime,
 )
 
@@ -98,10 +100,8 @@ def _cell_stage(body: dict, recipe: str, params_rel: str, shared_out: str, cell_
     for key in ("deps", "outs", "metrics", "plots"):
         if key in body:
             body[key] = [place(e) for e in body[key]]
-    keys = []
-    for e in body.get("params", []):
-        keys += [e] if isinstance(e, str) else [k for v in e.values() for k in v]
-    body["params"] = [{params_rel: keys}]
+    keys, runtime = split_params(body.get("params", []))
+    body["params"] = [{params_rel: keys}] + [{runtime_file(params_rel): v} for e in runtime for v in e.values()]
     return body
 
 
