@@ -30,9 +30,6 @@ def project(smoke_project):
     return smoke_project
 
 
-_flow = run_flow
-
-
 @pytest.mark.slow
 def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
     proc, _ = smoke_run
@@ -117,7 +114,7 @@ def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
     assert set(preds["label"]) <= {0, 1}
 
     # a second run with nothing changed skips every stage on DVC's word, before any Prefect server starts
-    again = _flow(project, "--profile", "smoke")
+    again = run_flow(project, "--profile", "smoke")
     assert again.returncode == 0 and "every stage is up to date" in again.stdout
     assert "Starting temporary server" not in again.stdout + again.stderr
 
@@ -187,7 +184,7 @@ def test_kill_9_inside_a_training_stage_and_between_stages_then_a_rerun_ends_as_
     assert len(_recorded(project)) < 15
 
     # 3. run again: it completes, and ends where the uninterrupted run ended
-    again = _flow(project, "--profile", "smoke")
+    again = run_flow(project, "--profile", "smoke")
     assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
     assert "as KILLED" in again.stdout + again.stderr  # the runs the second, killed run left RUNNING
     assert len(_recorded(project)) == 15
