@@ -48,7 +48,7 @@ def worker(steps: int, batch: int, out: str) -> None:
     src = resolve_teacher("offline:all-MiniLM-L6-v2")
     tok = load_tokenizer("offline:all-MiniLM-L6-v2")
     rows = load_split(str(ROOT / "data/glue"), "sst2", "train").select(range(batch * steps))
-    train = tokenize_task(rows, tok, "sst2", 64)
+    train = tokenize_task(rows, tok, 64)
     torch.manual_seed(0)
     teacher = load_model(AutoModelForSequenceClassification, src, num_labels=2).eval()
     student = load_model(AutoModelForSequenceClassification, src, num_labels=2, num_hidden_layers=3)

@@ -63,7 +63,7 @@ teacher_dir = resolve_teacher("offline:all-MiniLM-L6-v2")
 tok = load_tokenizer(teacher_dir)
 if args.data == "sst2":
     data = load_split(Path("data/glue"), "sst2", "train").shuffle(seed=0).select(range(args.rows))
-    ds = tokenize_task(data, tok, "sst2", MAX_LEN)
+    ds = tokenize_task(data, tok, MAX_LEN)
 else:
     ds = pack_corpus("data/corpus/enwiki_sample.txt", tok, MAX_LEN).shuffle(seed=0).select(range(args.rows))
 ds = ds.select_columns(["input_ids"]).add_column("row", list(range(len(ds))))

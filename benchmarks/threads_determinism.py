@@ -7,8 +7,12 @@ then the md5 of every weight: run it with 1 and with 2 threads and compare.
 Why the flow fixes each stage's thread count (pipelines.flow.stage_threads) instead of sharing the CPUs among the
 stages that happen to be ready."""
 
-import sys, torch, hashlib
+import hashlib
+import sys
+
+import torch
 from transformers import BertConfig, BertForSequenceClassification
+
 torch.set_num_threads(int(sys.argv[1]))
 torch.manual_seed(0)
 cfg = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=3, num_attention_heads=12, intermediate_size=1536, num_labels=2)

@@ -7,6 +7,7 @@ combination is refused in seconds with the key's full path, never after an hour 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from kdistill.recipes import RECIPES, baseline
@@ -28,7 +30,9 @@ _Section = Section  # the stage sections below
 
 class BaseParams(_Section):
     seed: int = 42
-    task: Literal["sst2", "cola", "mrpc", "rte", "stsb"] = "sst2"
+    # a GLUE preset (sst2, cola, mrpc, rte, stsb: read from data_dir), or the name of your own task (`data` section):
+    # registered students are <registry_prefix><task>-<recipe>
+    task: str = Field("sst2", pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)
     data_dir: str = "data/glue"  # GLUE tsv root, or a `datasets` name such as "glue/sst2" (needs network)
     teacher: str = "offline:all-MiniLM-L6-v2"  # offline package, a local directory or a hub id
     # pickle weights (pytorch_model.bin) can run code when loaded: a teacher must ship safetensors unless this is true
@@ -49,6 +53,28 @@ class BaseParams(_Section):
     nproc: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
 
 
+GLUE_PRESETS = ("sst2", "cola", "mrpc", "rte", "stsb")
+
+
+class DataParams(_Section):
+    """Your own labelled text (kdistill/data/tables.py); `train: null` uses the GLUE preset named by base.task."""
+
+    train: str | None = None  # a CSV/TSV, JSON/JSON Lines or Parquet file, or a datasets.save_to_disk directory
+    dev: str | None = None  # null: a seeded `dev_fraction` of train is held out as dev
+    test: str | None = None
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "arrow"] = "auto"  # auto: by suffix
+    text: str = Field("text", min_length=1)  # column names
+    text_pair: str | None = None
+    label: str = Field("label", min_length=1)
+    kind: Literal["single_label", "multi_label", "regression"] = "single_label"
+    labels: list[str] | None = Field(None, min_length=2)  # names in id order (null: train's own, sorted)
+    metric: str | None = None  # primary metric (null: accuracy, micro_f1 or pearson by kind)
+    dev_fraction: float = Field(0.1, gt=0, lt=1)
+    split_seed: int = 0  # fixed apart from base.seed, so every seed of a study scores on the same dev rows
+
+    _labels_once = field_validator("labels")(lambda v: v if v is None else _distinct(v))
+
+
 class PrepareParams(_Section):
     corpus: str = "data/corpus/enwiki_sample.txt"
     corpus_seq_len: int = Field(128, ge=8, le=512)
@@ -67,6 +93,10 @@ class AugmentParams(_Section):
 
 
 class TeacherFinetuneParams(_Section):
+    # auto: a teacher whose classification head already names the data's labels (in their order) is scored and used
+    # as it is, with zero training steps; any other is fine-tuned. train: always fine-tune. use: never (refused when
+    # the labels differ or it scores near chance on the validation rows)
+    mode: Literal["auto", "train", "use"] = "auto"
     max_train_examples: int | None = Field(None, ge=1)  # the teacher's own subset of the train split (None: all)
     optim: OptimParams = OptimParams(lr=5e-5, epochs=2.0)
 
@@ -183,6 +213,7 @@ class StudiesParams(_Section):
 
 class Params(_Section):
     base: BaseParams = BaseParams()
+    data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
     augment: AugmentParams = AugmentParams()
     teacher_mlm: TeacherMlmParams = TeacherMlmParams()
@@ -194,6 +225,18 @@ class Params(_Section):
     tracking: TrackingParams = TrackingParams()
     schedule: ScheduleParams = ScheduleParams()
     studies: StudiesParams = StudiesParams()
+
+
+    @model_validator(mode="after")
+    def _task_source(self):
+        if self.data.train is None and self.base.task not in GLUE_PRESETS:
+            raise ValueError(f"base.task: {self.base.task!r} is not a GLUE preset ({', '.join(GLUE_PRESETS)}) and "
+                             "data.train names no file: set data.train to your labelled table")
+        if self.data.train is None and self.data.dev is not None:
+            raise ValueError("data.dev: set, but data.train is not: name both (or neither, for a GLUE preset)")
+        if self.data.train is not None and self.base.eval_split == "test" and self.data.test is None:
+            raise ValueError("base.eval_split: test needs a test file (data.test)")
+        return self
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -234,6 +277,10 @@ def _format_errors(err: ValidationError, source: str) -> str:
             if loc[-1] in RENAMED:
                 hint = f"; {RENAMED[loc[-1]]}"
             lines[path] = f"{source}: unknown key '{path}'{hint} (valid keys here: {', '.join(valid)})"
+        elif not loc and re.match(r"^[a-z_]+\.[a-z_.]+: ", e["msg"].removeprefix("Value error, ")):
+            # a check across sections names its own key first ("base.task: ...")
+            key, msg = e["msg"].removeprefix("Value error, ").split(": ", 1)
+            lines[key] = f"{source}: key '{key}': {msg}"
         else:
             msg = e["msg"].removeprefix("Value error, ")
             if path in lines:  # a union (e.g. a number or 'auto'): one line naming every accepted form

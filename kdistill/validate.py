@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdistill.config import Params, ParamsError
-from kdistill.data.glue import DataError, check_split_available
+from kdistill.data.glue import DataError, check_split_available, glue_task
+from kdistill.data.splits import resolve_task
+from kdistill.data.task import Task
 from kdistill.models import ModelSpecError, teacher_config
 from kdistill.recipes import RECIPES
+from kdistill.teacher_head import plan
 
 
 def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, teacher_hidden: int) -> None:
@@ -16,15 +19,26 @@ def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, te
         recipe.check_teacher(p, teacher_layers, teacher_heads, teacher_hidden)
 
 
-def check_teacher(p: Params) -> None:
+def check_teacher(p: Params, task: Task) -> None:
     try:
         cfg = teacher_config(p.base.teacher, p.base.allow_pickle_weights)
     except (ModelSpecError, OSError) as exc:
         raise ParamsError(f"params.yaml: key 'base.teacher': {exc}") from None
     check_against_teacher(p, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size)
+    plan(cfg, task, p.teacher_finetune.mode, p.base.teacher)  # a head that names other labels: refused now
 
 
-def check_data(p: Params, root: str | Path = ".") -> None:
+def check_data(p: Params, root: str | Path = ".") -> Task:
+    """The task the params describe, every row of the user's files checked; GLUE presets: the splits exist."""
+    corpus = Path(root) / p.prepare.corpus
+    if not corpus.is_file():
+        raise ParamsError(f"params.yaml: key 'prepare.corpus': {corpus} does not exist (paragraph-per-line text)")
+    if p.data.train is not None:
+        for key in ("train", "dev", "test"):
+            name = getattr(p.data, key)
+            if name is not None and not (Path(root) / name).exists():
+                raise ParamsError(f"params.yaml: key 'data.{key}': {Path(root) / name} does not exist")
+        return resolve_task(p)
     src = p.base.data_dir
     local = Path(root) / src
     if local.is_dir():
@@ -36,11 +50,8 @@ def check_data(p: Params, root: str | Path = ".") -> None:
             check_split_available(src, p.base.task, split)
         except DataError as exc:
             raise ParamsError(f"params.yaml: key '{key}': {exc}") from None
-    corpus = Path(root) / p.prepare.corpus
-    if not corpus.is_file():
-        raise ParamsError(f"params.yaml: key 'prepare.corpus': {corpus} does not exist (paragraph-per-line text)")
+    return glue_task(p.base.task)
 
 
 def check_all(p: Params, root: str | Path = ".") -> None:
-    check_data(p, root)
-    check_teacher(p)
+    check_teacher(p, check_data(p, root))

@@ -163,6 +163,17 @@ def _profile_stage(body: dict, name: str, params_rel: str, out_dir: str) -> dict
     return body
 
 
+def data_deps(deps: list, params) -> list:
+    """prepare's deps for a profile: the user's own files (data.train/dev/test) in place of the GLUE root, and a
+    local teacher directory inside the project, so DVC re-runs prepare when any of them changes."""
+    teacher = params.base.teacher
+    local = [teacher] if not Path(teacher).is_absolute() and (ROOT / teacher).is_dir() else []
+    if params.data.train is None:
+        return deps + local
+    own = [f for f in (params.data.train, params.data.dev, params.data.test) if f]
+    return [d for d in deps if d != "data/glue"] + own + local
+
+
 def profile_pipeline(profile: str) -> Path:
     """Write runs/<profile>/{params.yaml,dvc.yaml} (only when their content changed) and return the dvc.yaml."""
     from kdistill.config import load_params
@@ -175,6 +186,8 @@ def profile_pipeline(profile: str) -> Path:
     root = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     stages = {}
     for name, body in root["stages"].items():
+        if name == "prepare":
+            body = {**body, "deps": data_deps(body["deps"], params)}
         if "foreach" in body:
             stages[name] = {"foreach": body["foreach"], "do": _profile_stage(body["do"], name, params_rel, out_dir)}
         else:

@@ -177,11 +177,11 @@ def _mean_std(xs: list[float]) -> dict:
 def summarize(profile: str, study: str, cells_: list[Cell], p) -> dict:
     """Each cell's dev metric and retention; for seeds, mean and standard deviation per model, and each student's
     margin over its baseline (mean and standard deviation of the per-seed difference)."""
-    from kdistill.data.glue import get_task
+    from kdistill.data.task import load_task
     from kdistill.paths import Paths
 
-    metric = get_task(p.base.task).metric
     shared = Paths(pipeline_file(profile)[2])
+    metric = load_task(shared.data).metric
     teacher = _score(shared.teacher, metric)
     rows = []
     for c in cells_:

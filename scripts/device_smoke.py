@@ -61,8 +61,8 @@ def main() -> None:
     data = str(ROOT / p.base.data_dir)
     rows = args.rows or p.base.max_train_examples
     train = load_split(data, p.base.task, "train").shuffle(seed=p.base.seed).select(range(rows))
-    train = tokenize_task(train, tok, p.base.task, p.base.max_seq_len)
-    dev = tokenize_task(load_split(data, p.base.task, "dev"), tok, p.base.task, p.base.max_seq_len)
+    train = tokenize_task(train, tok, p.base.max_seq_len)
+    dev = tokenize_task(load_split(data, p.base.task, "dev"), tok, p.base.max_seq_len)
     corpus = pack_corpus(ROOT / p.prepare.corpus, tok, p.prepare.corpus_seq_len, p.prepare.max_documents)
     corpus = corpus.remove_columns([c for c in corpus.column_names if c != "input_ids"])
     work = Path(args.work)

@@ -15,8 +15,8 @@ import torch
 from kdistill import tracking
 from kdistill.config import Params, load_params
 from kdistill.data.batches import tokenize_task
-from kdistill.data.glue import get_task
 from kdistill.data.splits import validation_rows
+from kdistill.data.task import Task
 from kdistill.errors import KdistillError
 from kdistill.io import check_dir_target, disk_full_error, is_disk_full
 from kdistill.paths import ROOT, Paths, params_file
@@ -137,14 +137,14 @@ def setup(stage: str) -> tuple[Params, Paths]:
     return p, paths
 
 
-def checkpoint_selection(p: Params, train_dir: Path, tok, precision: str):
+def checkpoint_selection(p: Params, train_dir: Path, tok, precision: str, task: Task):
     """(eval_fn, select_metric) for a training stage: score the validation rows of `train_dir` (tokenised with the
     stage's tokenizer) and keep the best state; (None, None) when base.validation_rows is 0 (keep the last state)."""
     val = validation_rows(datasets.load_from_disk(str(train_dir)), p.base.validation_rows)
     if val is None:
         return None, None
-    val = tokenize_task(val, tok, p.base.task, p.base.max_seq_len)
-    return (lambda obj: score(obj.student, val, p.base.task, precision)), get_task(p.base.task).metric
+    val = tokenize_task(val, tok, p.base.max_seq_len)
+    return (lambda obj: score(obj.student, val, task, precision)), task.metric
 
 
 

@@ -12,7 +12,7 @@ from datasets import load_from_disk
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from kdistill.data.batches import tokenize_task
-from kdistill.data.glue import get_task
+from kdistill.data.task import load_task
 from kdistill.deploy.speed import interleaved_profiles, model_profile
 from kdistill.io import write_json_atomic, write_text_atomic
 from kdistill.models import load_model
@@ -82,15 +82,15 @@ def compare(summary: dict, seq: int) -> str:
 
 def main() -> None:
     p, paths = setup("evaluate")
-    spec = get_task(p.base.task)
+    task = load_task(paths.data)
     e = p.evaluate
     tok = AutoTokenizer.from_pretrained(paths.teacher)
-    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.task, p.base.max_seq_len)
+    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.max_seq_len)
     rep = paths.reports
     rep.mkdir(parents=True, exist_ok=True)
     precision = precision_for(p, e.precision)
     rt = runtime()
-    summary = {"task": p.base.task, "metric": spec.metric, "threads": torch.get_num_threads(), "precision": precision,
+    summary = {"task": p.base.task, "metric": task.metric, "threads": torch.get_num_threads(), "precision": precision,
                "device": rt.device, "cpu_capability": rt.cpu_capability, "models": {}}
     with stage_run(p, "evaluate"):
         loaded = {}
@@ -99,11 +99,11 @@ def main() -> None:
                 print(f"[evaluate] skipping {name}: {d} missing")
                 continue
             model = load_model(AutoModelForSequenceClassification, d).eval()
-            metrics = score(model, dev, p.base.task, precision)
-            summary["models"][name] = {"task": p.base.task, "metric": spec.metric, "score": metrics[spec.metric],
+            metrics = score(model, dev, task, precision)
+            summary["models"][name] = {"task": p.base.task, "metric": task.metric, "score": metrics[task.metric],
                                        "metrics": metrics, **model_profile(model, d, e.seq_lens)}
             loaded[name] = model
-            print(f"[evaluate] {name}: {spec.metric} {metrics[spec.metric]:.4f}, "
+            print(f"[evaluate] {name}: {task.metric} {metrics[task.metric]:.4f}, "
                   f"params {summary['models'][name]['params']:,}")
         print(f"[evaluate] timing {len(loaded)} models in turns ({e.repeats} rounds per batch x length)", flush=True)
         for name, t in interleaved_profiles(loaded, e.batch_sizes, e.seq_lens, e.warmup, e.repeats, precision).items():

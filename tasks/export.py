@@ -21,8 +21,7 @@ from datasets import load_from_disk
 from transformers import AutoTokenizer
 
 from kdistill.data.batches import tokenize_task
-from kdistill.data.glue import get_task
-from kdistill.data.metrics import task_metrics
+from kdistill.data.task import Task, load_task
 from kdistill.deploy.onnx_export import (
     export_onnx,
     file_mb,
@@ -52,15 +51,13 @@ def exported_models(paths) -> list[tuple[str, Path]]:
     return [("teacher", paths.teacher)] + [(r, paths.student(r)) for r in RECIPES]
 
 
-def metrics_of(task: str, logits: np.ndarray, labels) -> dict[str, float]:
-    preds = logits[:, 0] if get_task(task).is_regression else logits.argmax(-1)
-    return task_metrics(task, preds.tolist(), labels)
+def metrics_of(task: Task, logits: np.ndarray, labels) -> dict[str, float]:
+    return task.score_logits(torch.from_numpy(np.asarray(logits)), labels)
 
 
-def export_one(name: str, model_dir: Path, out: Path, dev, p, threads: int) -> dict:
+def export_one(name: str, model_dir: Path, out: Path, dev, p, threads: int, task: Task) -> dict:
     """fp32 + int8 ONNX files, tokenizer and card into `out`; parity and dev metrics of each variant."""
-    task, e = p.base.task, p.export
-    spec = get_task(task)
+    e = p.export
     model = load_for_export(model_dir)
     t0 = time.perf_counter()
     export_onnx(model, out / FILES["onnx-fp32"], e.opset)
@@ -73,16 +70,16 @@ def export_one(name: str, model_dir: Path, out: Path, dev, p, threads: int) -> d
     row = {"export_seconds": round(seconds, 1), "fused_kernels": fused, "pytorch-fp32": {"metrics": metrics_of(task, reference, dev["labels"])}}
     for v in VARIANTS:
         logits = predict_onnx(session(out / FILES[v], threads), dev)
-        par = parity(reference, logits, spec.is_regression)
+        par = parity(reference, logits, task.is_regression)
         if v == "onnx-fp32":
             par.check(name, e.parity_atol)
         row[v] = {"file": FILES[v], "size_mb": round(file_mb(out / FILES[v]), 2), "metrics": metrics_of(task, logits, dev["labels"]),
                   "max_abs_logit_diff": par.max_abs_diff, "labels_differing": par.labels_differing}
-    drop = row["pytorch-fp32"]["metrics"][spec.metric] - row["onnx-int8"]["metrics"][spec.metric]
+    drop = row["pytorch-fp32"]["metrics"][task.metric] - row["onnx-int8"]["metrics"][task.metric]
     row["onnx-int8"]["metric_drop"] = round(drop, 6)
     row["onnx-int8"]["registrable"] = drop <= e.int8_max_drop
     print(f"[export] {name}: fp32 max |diff| {row['onnx-fp32']['max_abs_logit_diff']:.2e} (labels differing "
-          f"{row['onnx-fp32']['labels_differing']}), int8 {spec.metric} change {0.0 - drop:+.4f} "
+          f"{row['onnx-fp32']['labels_differing']}), int8 {task.metric} change {0.0 - drop:+.4f} "
           f"({row['onnx-int8']['labels_differing']} labels differ), fused kernels {fused or 'none (export.fuse false)'}, "
           f"{seconds:.0f} s", flush=True)
     return row
@@ -146,25 +143,28 @@ def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, c
     return "\n".join(lines)
 
 
-def register(p, name: str, out: Path, chosen: str, row: dict, metric: str, card: str) -> tuple[str, bool]:
+def register(p, name: str, out: Path, chosen: str, row: dict, task: Task, card: str) -> tuple[str, bool]:
     """Log the pyfunc (ONNX Runtime, `chosen` variant) and register it; move `champion` only on a better dev metric,
     or an equal one at a lower p50 latency (`row[chosen]["p50_ms"]`, tagged on the version)."""
     reg = f"{p.tracking.registry_prefix}{p.base.task}-{name}"
     with mlflow.start_run(run_name=f"register-{name}", nested=True), warnings.catch_warnings():
         # a run of its own: MLflow logs model_config as params, which differ between the students
         warnings.filterwarnings("ignore", message=".*integer column")  # `label` is an int column by design
-        return _register(p, name, reg, out, chosen, row, metric, card)
+        return _register(p, name, reg, out, chosen, row, task, card)
 
 
-def _register(p, name, reg, out, chosen, row, metric, card):
+def _register(p, name, reg, out, chosen, row, task, card):
+    metric = task.metric
     from mlflow import MlflowClient
 
     info = mlflow.pyfunc.log_model(
         name=name, python_model=str(ROOT / "kdistill" / "deploy" / "serving_model.py"),
         artifacts={"onnx": str(out / FILES[chosen]), "tokenizer": str(out / "tokenizer")},
         model_config={"variant": chosen, "max_seq_len": p.base.max_seq_len, "threads": p.export.serve_threads,
-                      "regression": get_task(p.base.task).is_regression},
-        registered_model_name=reg, input_example=["a good movie"],
+                      "kind": task.kind, "labels": list(task.labels or []), "pair": task.pair},
+        # no input example, so no inferred signature: MLflow would cast every input to a string column first, and
+        # null or 3 would be classified as the texts "None" and "3"; the model checks its inputs itself
+        registered_model_name=reg,
         pip_requirements=["onnxruntime", "transformers", "pandas", "numpy"],
     )
     mlflow.log_artifacts(str(out), artifact_path=f"{name}-onnx")  # both variants and the tokenizer, beside the model
@@ -263,7 +263,7 @@ def deploy_md(deploy: dict, ref: str) -> str:
 def main() -> None:
     p, paths = setup("export")
     e = p.export
-    task, spec = p.base.task, get_task(p.base.task)
+    task = load_task(paths.data)
     summary_file = paths.reports / "summary.json"
     if not summary_file.is_file():
         raise KdistillError(f"{summary_file}: missing; the export stage reads the evaluate stage's summary (run it first)")
@@ -272,23 +272,23 @@ def main() -> None:
     precision = precision_for(p, p.evaluate.precision)
     todo = [(n, d) for n, d in exported_models(paths) if d.is_dir()]
     tok = AutoTokenizer.from_pretrained(paths.teacher)
-    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, task, p.base.max_seq_len)
+    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.max_seq_len)
     ref = f"bs{e.batch_sizes[0]}_seq{e.seq_lens[0]}"
-    deploy = {"task": task, "metric": spec.metric, "threads": threads, "cpu_capability": runtime().cpu_capability,
+    deploy = {"task": p.base.task, "metric": task.metric, "threads": threads, "cpu_capability": runtime().cpu_capability,
               "parity_atol": e.parity_atol, "dev_rows": len(dev), "reference_shape": ref, "models": {}}
     with stage_run(p, "export"):
         with atomic_dir(paths.root / "onnx") as tmp:
-            _export_all(p, todo, tmp, dev, deploy, summary, precision, threads, ref)
-        _publish(p, paths, deploy, summary, ref)
+            _export_all(p, todo, tmp, dev, deploy, summary, precision, threads, ref, task)
+        _publish(p, paths, deploy, summary, ref, task)
     print(f"[export] wrote {paths.root / 'onnx'}, {paths.reports / 'deploy.md'}", flush=True)
 
 
-def _export_all(p, todo, tmp: Path, dev, deploy: dict, summary: dict, precision: str, threads: int, ref: str) -> None:
+def _export_all(p, todo, tmp: Path, dev, deploy: dict, summary: dict, precision: str, threads: int, ref: str,
+                task: Task) -> None:
     """Every model exported and checked, every variant timed, a card per student: all inside the temporary dir."""
-    task, spec = p.base.task, get_task(p.base.task)
     for name, d in todo:
         (tmp / name).mkdir()
-        deploy["models"][name] = export_one(name, d, tmp / name, dev, p, threads)
+        deploy["models"][name] = export_one(name, d, tmp / name, dev, p, threads, task)
     deploy["timing"] = time_variants(todo, tmp, p, precision, threads)
     t = deploy["timing"][ref]
     deploy["speedups"] = {}
@@ -309,9 +309,9 @@ def _export_all(p, todo, tmp: Path, dev, deploy: dict, summary: dict, precision:
         row = deploy["models"][name]
         row["registered_variant"] = choose_variant(row, deploy["timing"], name, ref, p.export.int8_min_gain)
         row[row["registered_variant"]]["p50_ms"] = deploy["timing"][ref][f"{name}/{row['registered_variant']}"]["p50"]
-        reg = f"{p.tracking.registry_prefix}{task}-{name}"
-        cards[name] = deploy_card(name, reg, task, spec.metric, row, row["registered_variant"], deploy["timing"], ref,
-                                  p.base.max_seq_len, spec.is_regression, p.export.int8_min_gain)
+        reg = f"{p.tracking.registry_prefix}{p.base.task}-{name}"
+        cards[name] = deploy_card(name, reg, p.base.task, task.metric, row, row["registered_variant"], deploy["timing"], ref,
+                                  p.base.max_seq_len, task.is_regression, p.export.int8_min_gain)
         write_text_atomic(tmp / name / "README.md", cards[name])
     deploy["cards"] = cards
     for name, r in deploy["models"].items():
@@ -319,7 +319,7 @@ def _export_all(p, todo, tmp: Path, dev, deploy: dict, summary: dict, precision:
                             f"{name}/int8_metric_change": -r["onnx-int8"]["metric_drop"]})
 
 
-def _publish(p, paths, deploy: dict, summary: dict, ref: str) -> None:
+def _publish(p, paths, deploy: dict, summary: dict, ref: str, task: Task) -> None:
     """Reports and plot, then the registry: only once every export passed and the ONNX dir is in place."""
     rep = paths.reports
     cards = deploy.pop("cards")
@@ -332,7 +332,7 @@ def _publish(p, paths, deploy: dict, summary: dict, ref: str) -> None:
         return
     for name, card in cards.items():
         row = deploy["models"][name]
-        v, champ = register(p, name, paths.root / "onnx" / name, row["registered_variant"], row, deploy["metric"], card)
+        v, champ = register(p, name, paths.root / "onnx" / name, row["registered_variant"], row, task, card)
         print(f"[export] registered {p.tracking.registry_prefix}{p.base.task}-{name} v{v} ({row['registered_variant']})"
               f"{' (champion)' if champ else ''}", flush=True)
 

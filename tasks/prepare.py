@@ -5,8 +5,9 @@ import shutil
 import pyarrow.compute as pc
 
 from kdistill.data.corpus import pack_corpus
-from kdistill.data.splits import load_task_splits
+from kdistill.data.splits import load_task_splits, shared_rows
 from kdistill.data.store import save_dataset
+from kdistill.data.task import label_counts, save_task
 from kdistill.io import atomic_dir, write_json_atomic
 from kdistill.models import load_tokenizer
 from kdistill.train.precision import resolve_threads
@@ -16,7 +17,9 @@ from .common import ROOT, cli, setup
 
 def main() -> None:
     p, paths = setup("prepare")
-    train, dev = load_task_splits(p)  # reads and validates every row before anything is written
+    task, train, dev = load_task_splits(p)  # reads and validates every row before anything is written
+    balance = {"train": label_counts(task, train["label"]), p.base.eval_split: label_counts(task, dev["label"])}
+    overlap = shared_rows(train, dev)
     tok = load_tokenizer(p.base.teacher)
     num_proc = resolve_threads(p.prepare.num_proc)
     with atomic_dir(paths.data) as tmp:
@@ -29,13 +32,23 @@ def main() -> None:
         save_dataset(dev, tmp / "dev")
         save_dataset(corpus, tmp / "corpus")
         docs = pc.count_distinct(corpus.data.column("doc")).as_py()
-        write_json_atomic(tmp / "stats.json", {"task": p.base.task, "train": len(train), "dev": len(dev),
-                                               "corpus_sequences": len(corpus), "corpus_documents": docs})
+        save_task(task, tmp)
+        write_json_atomic(tmp / "stats.json", {"task": p.base.task, "kind": task.kind, "train": len(train),
+                                               "dev": len(dev), "labels": task.labels, "label_counts": balance,
+                                               "train_dev_overlap": overlap, "corpus_sequences": len(corpus),
+                                               "corpus_documents": docs})
         sequences = len(corpus)
         del corpus  # its memory map points into the scratch directory
         shutil.rmtree(scratch)
     print(f"[prepare] train {len(train)}, {p.base.eval_split} {len(dev)}, corpus {sequences} sequences "
           f"from {docs} documents ({num_proc} processes)")
+    if task.labels is not None:
+        for split, counts in balance.items():
+            total = sum(counts.values()) or 1
+            print(f"[prepare] {split} labels: " + ", ".join(f"{n} {c} ({c / total:.1%})" for n, c in counts.items()))
+    if overlap:
+        print(f"[prepare] warning: {overlap} {p.base.eval_split} rows also occur in train (same text): their score "
+              "measures memory, not skill")
 
 
 if __name__ == "__main__":

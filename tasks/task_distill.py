@@ -14,7 +14,8 @@ from transformers import AutoModelForSequenceClassification
 
 from kdistill import recipes
 from kdistill.data.batches import tokenize_task
-from kdistill.data.glue import get_task, label_names
+from kdistill.data.splits import data_description
+from kdistill.data.task import load_task
 from kdistill.deploy.speed import latency_ms
 from kdistill.distill.objectives import teacher_logits
 from kdistill.distill.teacher_cache import features_for
@@ -41,17 +42,17 @@ def main(which: str) -> None:
     recipe = recipes.get(name)
     stage = f"baseline@{name}" if baseline else f"task_distill@{name}"
     p, paths = setup(stage)
-    spec = get_task(p.base.task)
+    task = load_task(paths.data)
     general = paths.general(name)
     # a baseline never reads the teacher (its tokenizer is the general student's), so it can run beside teacher_finetune
     tok = load_tokenizer(str(general if baseline else paths.teacher))
-    train = tokenize_task(load_from_disk(str(paths.augmented / "train")), tok, p.base.task, p.base.max_seq_len)
-    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.task, p.base.max_seq_len)
-    student = load_model(AutoModelForSequenceClassification, general, num_labels=spec.num_labels, **label_names(spec))
+    train = tokenize_task(load_from_disk(str(paths.augmented / "train")), tok, p.base.max_seq_len)
+    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.max_seq_len)
+    student = load_model(AutoModelForSequenceClassification, general, **task.model_config())
     teacher = None if baseline else load_model(AutoModelForSequenceClassification, paths.teacher)
     eval_precision = precision_for(p, p.evaluate.precision)
     # augment took the students' rows from before the validation rows, so no student trains on them
-    eval_fn, select_metric = checkpoint_selection(p, paths.data / "train", tok, eval_precision)
+    eval_fn, select_metric = checkpoint_selection(p, paths.data / "train", tok, eval_precision, task)
     out = paths.baseline(name) if baseline else paths.student(name)
 
     def logits(precision: str):
@@ -70,16 +71,16 @@ def main(which: str) -> None:
             return  # rank 0 scores, times and saves
         logs.flush()
         write_loss_csv(paths.reports_for(stage.replace("@", "_")), *res.histories)
-        metrics = score(student, dev, p.base.task, eval_precision)  # once, on the state the validation rows chose
+        metrics = score(student, dev, task, eval_precision)  # once, on the state the validation rows chose
         mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
         info = {"recipe": name, "baseline": baseline, "task": p.base.task, "dev": metrics, "teacher": p.base.teacher,
                 "steps": res.steps, "phases": {k: r.steps for k, r in res.results.items()}, "best_step": res.last.best_step}
         lat = latency_ms(student, 1, p.base.max_seq_len, warmup=3, repeats=20, precision=eval_precision)
         card = model_card(which if baseline else name, p.base.task, name, p.base.teacher,
-                          f"GLUE {p.base.task} train ({len(train)} rows incl. {p.augment.method} augmentation), "
+                          f"{data_description(p)} train ({len(train)} rows incl. {p.augment.method} augmentation), "
                           f"corpus {p.prepare.corpus} for general distillation",
                           metrics, count_parameters(student), {f"bs1_seq{p.base.max_seq_len}": lat["p50"]},
-                          None if baseline else json.loads((paths.teacher / "metrics.json").read_text()), spec.metric,
+                          None if baseline else json.loads((paths.teacher / "metrics.json").read_text()), task.metric,
                           baseline=baseline, runtime=runtime().describe(),
                           registered_name=f"{p.tracking.registry_prefix}{p.base.task}-{name}")
         save_model_atomic(student, tok, out, extra=info, files={"README.md": card, "metrics.json": json.dumps(metrics, indent=2)})

@@ -11,9 +11,10 @@ from pathlib import Path
 import mlflow
 from datasets import load_from_disk
 from safetensors import safe_open
-from transformers import BertForMaskedLM
+from transformers import AutoModelForMaskedLM
 
 from kdistill.distill.objectives import MlmHeadFit, masked_token_accuracy
+from kdistill.families import mlm_head_prefixes
 from kdistill.models import (
     load_model,
     load_tokenizer,
@@ -49,12 +50,12 @@ def main() -> None:
         raise ParamsError(f"params.yaml: key 'teacher_mlm.heldout_sequences': {h.heldout_sequences} leaves no corpus "
                           f"sequence to fit on (the corpus has {len(corpus)}); use fewer")
     src = resolve_teacher(p.base.teacher)
-    teacher = load_model(BertForMaskedLM, src, p.base.allow_pickle_weights)
+    teacher = load_model(AutoModelForMaskedLM, src, p.base.allow_pickle_weights)
     special, mask_id = special_ids(tok)
     held = corpus.select(range(len(corpus) - h.heldout_sequences, len(corpus)))
     info = {"source": p.base.teacher}
     with stage_run(p, "teacher_mlm"):
-        if any(k.startswith("cls.") for k in _checkpoint_keys(src)):
+        if any(k.startswith(mlm_head_prefixes(teacher)) for k in _checkpoint_keys(src)):
             info["head"] = "pre-trained"
         else:
             fit = MlmHeadFit(teacher, h.mlm_probability, special, mask_id)

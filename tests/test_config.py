@@ -26,7 +26,7 @@ def test_wrong_type_and_range_name_the_full_path():
         parse_params({"task_distill": {"distilbert": {"optim": {"batch_size": "many"}}}})
     with pytest.raises(ParamsError, match=r"key 'augment.aug_p': Input should be less than or equal to 1"):
         parse_params({"augment": {"aug_p": 1.5}})
-    with pytest.raises(ParamsError, match=r"key 'base.task': Input should be 'sst2', 'cola', 'mrpc', 'rte' or 'stsb'"):
+    with pytest.raises(ParamsError, match=r"key 'base.task': 'qqp' is not a GLUE preset \(sst2, cola, mrpc, rte, stsb\) and data.train names no file"):
         parse_params({"base": {"task": "qqp"}})
     with pytest.raises(ParamsError, match=r"key 'general_distill.tinybert.student.activation': Input should be 'teacher', 'gelu' or 'relu'"):
         parse_params({"general_distill": {"tinybert": {"student": {"activation": "swish"}}}})

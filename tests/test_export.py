@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from transformers import MobileBertConfig, MobileBertForSequenceClassification
 
 from kdistill.config import Params
+from kdistill.data.glue import glue_task
 from kdistill.deploy.onnx_export import (
     ParityError,
     export_onnx,
@@ -138,6 +140,9 @@ def test_int8_is_registered_only_when_it_passed_and_is_clearly_faster():
     assert pick(8.0, 10.0) == "onnx-fp32"
 
 
+SST2 = glue_task("sst2")
+
+
 @pytest.fixture
 def registered(make_bert, tiny_tokenizer, tmp_path, monkeypatch):
     """A tiny classifier exported and registered as `t-sst2-tinybert` in a throw-away MLflow store."""
@@ -155,7 +160,7 @@ def registered(make_bert, tiny_tokenizer, tmp_path, monkeypatch):
     row = {"onnx-fp32": {"metrics": {"accuracy": 0.75}}}
     mlflow.set_experiment("export-test")
     with mlflow.start_run():
-        version, champion = register(p, "tinybert", out, "onnx-fp32", row, "accuracy", "# card")
+        version, champion = register(p, "tinybert", out, "onnx-fp32", row, SST2, "# card")
     return model, tiny_tokenizer, uri, version, champion, p, out
 
 
@@ -171,24 +176,28 @@ def test_registered_student_is_an_onnx_pyfunc_and_champion_moves_only_on_improve
     enc = tok(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         probs = model(**enc).logits.softmax(-1)
-    assert served["label"].tolist() == probs.argmax(-1).tolist()
+    assert served["label"].tolist() == [SST2.labels[i] for i in probs.argmax(-1).tolist()]  # the task's names
     assert np.allclose(served["probability"], probs.max(-1).values.numpy(), atol=1e-5)
+    pyfunc = mlflow.pyfunc.load_model("models:/t-sst2-tinybert@champion")
+    for bad in ([None], [3.5], ["fine", None]):  # never classified as the text "None" or "3.5"
+        with pytest.raises(Exception, match=r"is not text"):
+            pyfunc.predict(bad)
     client = MlflowClient()
     v = client.get_model_version("t-sst2-tinybert", version)
     assert v.tags["variant"] == "onnx-fp32" and v.description == "# card"
 
     with mlflow.start_run():  # a worse run registers a version but keeps the champion
-        v2, moved = register(p, "tinybert", out, "onnx-fp32", {"onnx-fp32": {"metrics": {"accuracy": 0.5}}}, "accuracy", "")
+        v2, moved = register(p, "tinybert", out, "onnx-fp32", {"onnx-fp32": {"metrics": {"accuracy": 0.5}}}, SST2, "")
     assert not moved and str(client.get_model_version_by_alias("t-sst2-tinybert", "champion").version) == str(version)
     with mlflow.start_run():
-        v3, moved = register(p, "tinybert", out, "onnx-fp32", {"onnx-fp32": {"metrics": {"accuracy": 0.9}}}, "accuracy", "")
+        v3, moved = register(p, "tinybert", out, "onnx-fp32", {"onnx-fp32": {"metrics": {"accuracy": 0.9}}}, SST2, "")
     assert moved and str(client.get_model_version_by_alias("t-sst2-tinybert", "champion").version) == str(v3)
     tie = {"metrics": {"accuracy": 0.9}}
     with mlflow.start_run():  # the same score, faster (e.g. a better-fused graph): the champion moves
-        v4, moved = register(p, "tinybert", out, "onnx-fp32", {"onnx-fp32": {**tie, "p50_ms": 5.0}}, "accuracy", "")
+        v4, moved = register(p, "tinybert", out, "onnx-fp32", {"onnx-fp32": {**tie, "p50_ms": 5.0}}, SST2, "")
     assert moved and client.get_model_version("t-sst2-tinybert", v4).tags["p50_ms"] == "5.000"
     with mlflow.start_run():  # the same score, slower: it stays
-        v5, moved = register(p, "tinybert", out, "onnx-fp32", {"onnx-fp32": {**tie, "p50_ms": 6.0}}, "accuracy", "")
+        v5, moved = register(p, "tinybert", out, "onnx-fp32", {"onnx-fp32": {**tie, "p50_ms": 6.0}}, SST2, "")
     assert not moved and str(client.get_model_version_by_alias("t-sst2-tinybert", "champion").version) == str(v4)
 
 
@@ -216,7 +225,13 @@ def test_make_serve_answers_on_loopback_and_stops_cleanly(registered, tmp_path):
         preds = json.loads(urllib.request.urlopen(req, timeout=30).read())["predictions"]
         with torch.no_grad():
             want = model(**tok(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
-        assert [r["label"] for r in preds] == want
+        assert [r["label"] for r in preds] == [SST2.labels[i] for i in want]
+        for bad in ([None], [1, 2]):  # not text: HTTP 400 with a JSON error, nothing classified
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": bad}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=30)
+            assert err.value.code == 400 and "is not text" in json.loads(err.value.read())["message"]
         # bound to loopback only: every listening socket of the server's process tree, and no answer elsewhere
         assert {ip for ip, _ in listening_addresses(proc.pid)} == {"127.0.0.1"}
         with socket.socket() as s:

@@ -6,10 +6,10 @@ from kdistill.data.glue import (
     DataError,
     check_split_available,
     get_task,
+    glue_task,
     load_split,
     read_glue_tsv,
 )
-from kdistill.data.metrics import task_metrics
 
 from .conftest import ROOT, SHARED_DATA
 
@@ -118,13 +118,13 @@ def test_unknown_task():
 
 
 def test_metrics_by_hand():
-    m = task_metrics("mrpc", [1, 1, 0, 0], [1, 0, 0, 1])
+    m = glue_task("mrpc").metrics([1, 1, 0, 0], [1, 0, 0, 1])
     assert m["accuracy"] == 0.5 and m["f1"] == pytest.approx(0.5)
-    m = task_metrics("cola", [1, 1, 0, 0], [1, 1, 0, 0])
+    m = glue_task("cola").metrics([1, 1, 0, 0], [1, 1, 0, 0])
     assert m["matthews_corr"] == pytest.approx(1.0)
     # tp=1 tn=1 fp=1 fn=1 -> (1 - 1)/... = 0
-    assert task_metrics("cola", [1, 1, 0, 0], [1, 0, 0, 1])["matthews_corr"] == 0.0
-    s = task_metrics("stsb", [1.0, 2.0, 3.0], [2.0, 4.0, 7.0])
+    assert glue_task("cola").metrics([1, 1, 0, 0], [1, 0, 0, 1])["matthews_corr"] == 0.0
+    s = glue_task("stsb").metrics([1.0, 2.0, 3.0], [2.0, 4.0, 7.0])
     assert s["spearman"] == pytest.approx(1.0) and 0.9 < s["pearson"] < 1.0
     assert s["pearson"] == pytest.approx(0.9933992677987828)
-    assert not math.isnan(task_metrics("stsb", [1.0, 1.0], [1.0, 2.0])["pearson"])
+    assert not math.isnan(glue_task("stsb").metrics([1.0, 1.0], [1.0, 2.0])["pearson"])

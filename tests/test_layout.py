@@ -90,7 +90,7 @@ def test_the_engine_imports_no_orchestration_and_pipelines_no_steps():
 
 
 def test_the_engine_parts_show_in_their_folders():
-    for part, modules in {"data": {"glue", "corpus", "batches", "augment", "splits", "metrics"},
+    for part, modules in {"data": {"glue", "corpus", "batches", "augment", "splits", "task", "tables"},
                           "distill": {"losses", "attention", "layer_map", "objectives", "features", "teacher_cache"},
                           "train": {"trainer", "distributed", "precision", "dropout", "phases", "evaluation"},
                           "deploy": {"onnx_export", "onnx_fusion", "serving_model", "speed"}}.items():

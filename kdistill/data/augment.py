@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdistill.models import load_model
+from kdistill.families import mlm_logits
+from kdistill.models import encoder_of, load_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,10 +122,10 @@ class TinyBertAugmenter:
         glove: GloveNeighbours | None = None,
         max_length: int = 128,
     ):
-        from transformers import AutoTokenizer, BertForMaskedLM
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(mlm_dir)
-        self.mlm = load_model(BertForMaskedLM, mlm_dir).eval()
+        self.mlm = load_model(AutoModelForMaskedLM, mlm_dir).eval()
         self.glove = glove or GloveNeighbours()
         self.aug_p, self.top_k, self.glove_k, self.seed, self.batch_size = aug_p, top_k, glove_k, seed, batch_size
         self.max_length = max_length
@@ -143,13 +144,13 @@ class TinyBertAugmenter:
         for s in range(0, len(unique), self.batch_size):
             chunk = unique[s : s + self.batch_size]
             enc = self.tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
-            hidden = self.mlm.bert(**enc).last_hidden_state
+            hidden = encoder_of(self.mlm)(**enc).last_hidden_state
             rows, cols = (enc["input_ids"] == self.tok.mask_token_id).nonzero(as_tuple=True)
             first = {}
             for r, c in zip(rows.tolist(), cols.tolist()):
                 first.setdefault(r, c)
             masked = list(first)
-            top = self.mlm.cls(hidden[masked, [first[r] for r in masked]]).topk(self.top_k + 1).indices.tolist() \
+            top = mlm_logits(self.mlm, hidden[masked, [first[r] for r in masked]]).topk(self.top_k + 1).indices.tolist() \
                 if masked else []
             for text in chunk:
                 found[text] = []  # unless below: the mask was truncated away

@@ -7,8 +7,6 @@ import pyarrow.compute as pc
 import torch
 from datasets import Dataset
 
-from kdistill.data.glue import get_task
-
 
 def row_lengths(ds: Dataset, column: str = "input_ids", batch_rows: int = 65_536) -> np.ndarray:
     """Every row's token count, read from Arrow in batches: a corpus larger than memory stays on disk (no Python
@@ -18,11 +16,11 @@ def row_lengths(ds: Dataset, column: str = "input_ids", batch_rows: int = 65_536
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
 
-def tokenize_task(ds: Dataset, tokenizer, task: str, max_seq_len: int) -> Dataset:
-    spec = get_task(task)
+def tokenize_task(ds: Dataset, tokenizer, max_seq_len: int) -> Dataset:
+    pair = "sentence2" in ds.column_names
 
     def enc(batch):
-        second = batch["sentence2"] if spec.is_pair else None
+        second = batch["sentence2"] if pair else None
         out = tokenizer(batch["sentence1"], second, truncation=True, max_length=max_seq_len)
         out["labels"] = batch["label"]
         return out

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, Features, Value
 
+from kdistill.data.task import Task
 from kdistill.errors import KdistillError
 
 
@@ -58,12 +59,13 @@ READABLE = {"sst2": ("negative", "positive"), "cola": ("unacceptable", "acceptab
             "mrpc": ("not_equivalent", "equivalent"), "rte": ("entailment", "not_entailment")}
 
 
-def label_names(spec: TaskSpec) -> dict:
-    """id2label/label2id for a model's config, so pipelines print 'positive' rather than 'LABEL_1'."""
-    names = READABLE.get(spec.name)
-    if not names:
-        return {}
-    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+def glue_task(name: str) -> Task:
+    """A GLUE preset as a Task: its readable label names and its official metrics."""
+    spec = get_task(name)
+    if spec.is_regression:
+        return Task(name, "regression", None, "pearson", True, ("pearson", "spearman"))
+    reported = ("accuracy",) + ((spec.metric,) if spec.metric != "accuracy" else ())
+    return Task(name, "single_label", READABLE[name], spec.metric, spec.is_pair, reported)
 
 
 def get_task(name: str) -> TaskSpec:

@@ -4,16 +4,67 @@ of the rows before them."""
 
 from __future__ import annotations
 
+import random
+
 from kdistill.config import Params
-from kdistill.data.glue import load_split
+from kdistill.data.glue import glue_task, load_split
+from kdistill.data.tables import Columns, check_labels, read_table, resolve_labels, to_dataset, user_task
+from kdistill.data.task import Task
 from kdistill.errors import KdistillError
-from kdistill.paths import data_source
+from kdistill.paths import ROOT, data_source
+
+
+def read_user_splits(p: Params):
+    """(task, train, dev, test) from the `data` section, every row checked; dev is a seeded held-out share of train
+    when no dev file is named (its rows are then never in train)."""
+    d = p.data
+    cols = Columns(d.text, d.label, d.text_pair)
+    train = read_table(ROOT / d.train, cols, d.kind, d.format)
+    dev = read_table(ROOT / d.dev, cols, d.kind, d.format) if d.dev else None
+    test = read_table(ROOT / d.test, cols, d.kind, d.format) if d.test else None
+    labels = resolve_labels(train, d.kind, d.labels)
+    for t in (dev, test):
+        if t is not None:
+            check_labels(t, labels, train.path)
+    task = user_task(p.base.task, d.kind, labels, d.metric, d.text_pair is not None)
+    train_ds = to_dataset(train, d.kind, labels)
+    if dev is None:
+        order = list(range(len(train_ds)))
+        random.Random(d.split_seed).shuffle(order)
+        n_dev = max(1, round(len(order) * d.dev_fraction))
+        if len(order) - n_dev < 2:
+            raise KdistillError(f"{train.path}: {len(order)} rows are too few to hold out data.dev_fraction "
+                                f"{d.dev_fraction} as dev; name a dev file (data.dev)")
+        dev_ds = train_ds.select(sorted(order[:n_dev]))
+        train_ds = train_ds.select(sorted(order[n_dev:]))
+    else:
+        dev_ds = to_dataset(dev, d.kind, labels)
+    return task, train_ds, dev_ds, (to_dataset(test, d.kind, labels) if test else None)
+
+
+def data_description(p: Params) -> str:
+    """Where the task's rows come from, for model cards: "GLUE sst2" or the user's train file."""
+    return f"GLUE {p.base.task}" if p.data.train is None else f"{p.base.task} ({p.data.train})"
+
+
+def resolve_task(p: Params) -> Task:
+    """The task the params describe (reads the user's train labels when data.labels does not state them)."""
+    if p.data.train is None:
+        return glue_task(p.base.task)
+    return read_user_splits(p)[0]
 
 
 def load_task_splits(p: Params):
-    """The train split shuffled once with the seed (so any prefix is a random subset) and the eval split."""
-    train = load_split(data_source(p), p.base.task, "train").shuffle(seed=p.base.seed, keep_in_memory=True)
-    return train.flatten_indices(keep_in_memory=True), load_split(data_source(p), p.base.task, p.base.eval_split)
+    """(task, the train split shuffled once with the seed (so any prefix is a random subset), the eval split)."""
+    if p.data.train is None:
+        task = glue_task(p.base.task)
+        train = load_split(data_source(p), p.base.task, "train")
+        evaluated = load_split(data_source(p), p.base.task, p.base.eval_split)
+    else:
+        task, train, dev, test = read_user_splits(p)
+        evaluated = {"train": train, "dev": dev, "test": test}[p.base.eval_split]
+    train = train.shuffle(seed=p.base.seed, keep_in_memory=True)
+    return task, train.flatten_indices(keep_in_memory=True), evaluated
 
 
 def first(ds, n: int | None, holdout: int = 0, source: str = "the train split"):
@@ -36,3 +87,13 @@ def validation_rows(ds, rows: int):
     if rows >= len(ds):  # first() names the problem first in every stage; this is the same check for direct callers
         raise KdistillError(f"base.validation_rows: {rows} is not less than the {len(ds)} rows of the train split")
     return ds.select(range(len(ds) - rows, len(ds)))
+
+
+def shared_rows(train, other) -> int:
+    """Rows of `other` whose text (and pair) also occurs in train: a dev score on them measures memory, not skill."""
+    def keys(ds):
+        pair = ds["sentence2"] if "sentence2" in ds.column_names else [None] * len(ds)
+        return list(zip(ds["sentence1"], pair))
+
+    seen = set(keys(train))
+    return sum(k in seen for k in keys(other))

@@ -50,7 +50,8 @@ def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool, score_
         keep(mod, inp, out)
         raise _StopForward
 
-    handles = [enc.embeddings.register_forward_hook(keep)]
+    # ELECTRA projects its embeddings to the layers' width: the projected output is what layer 1 reads
+    handles = [getattr(enc, "embeddings_project", enc.embeddings).register_forward_hook(keep)]
     handles += [layers[i].register_forward_hook(keep) for i in range(upto - 1)]
     handles.append(layers[upto - 1].register_forward_hook(keep_and_stop))
     cap = AttentionScores(enc, probs=probs, layers=score_layers) if want_attn else contextlib.nullcontext()

@@ -54,8 +54,24 @@ def soft_regression_loss(student_pred: torch.Tensor, teacher_pred: torch.Tensor)
     return F.mse_loss(student_pred.view(-1).float(), teacher_pred.view(-1).float())
 
 
+def soft_multilabel_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, t2_scaling: bool = False
+) -> torch.Tensor:
+    """Multi-label soft targets: each label is its own yes/no, so the teacher's sigmoid(z_T/T) is matched by the
+    binary KL of every label, summed over labels and averaged over the batch (the counterpart of "kl" above)."""
+    with torch.autocast(student_logits.device.type, enabled=False):
+        s, t = _full(student_logits) / temperature, _full(teacher_logits) / temperature
+        p_t = torch.sigmoid(t)
+        kl = (p_t * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p_t) * (F.logsigmoid(-t) - F.logsigmoid(-s)))
+    loss = kl.sum(-1).mean()
+    return loss * temperature**2 if t2_scaling else loss
+
+
 def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on gold labels (classification) or MSE (a single regression output)."""
+    """Cross-entropy on gold labels (classification), binary cross-entropy per label (multi-label: labels are
+    multi-hot, shaped like the logits) or MSE (a single regression output)."""
+    if labels.dim() == 2 and labels.shape == logits.shape:
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
     if logits.size(-1) == 1:
         return F.mse_loss(logits.view(-1).float(), labels.view(-1).float())
     return F.cross_entropy(logits.float(), labels.view(-1).long())

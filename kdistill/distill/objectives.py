@@ -17,6 +17,7 @@ from kdistill.distill import losses as L
 from kdistill.distill.attention import AttentionScores
 from kdistill.distill.features import FeatureSpec, model_inputs, run_layers
 from kdistill.distill.layer_map import check_heads, resolve_layer_map
+from kdistill.families import mlm_head_prefixes, mlm_logits
 from kdistill.fingerprint import dataset_digest, module_digest
 from kdistill.io import atomic_file
 from kdistill.models import encoder_of
@@ -222,6 +223,8 @@ class Prediction(_WithTeacher):
                 t_logits = self.teacher(**model_inputs(batch)).logits
         if s_logits.size(-1) == 1:
             soft = L.soft_regression_loss(s_logits, t_logits)
+        elif getattr(self.student.config, "problem_type", None) == "multi_label_classification":
+            soft = L.soft_multilabel_loss(s_logits, t_logits, self.temperature, self.t2)
         else:
             soft = L.soft_label_loss(s_logits, t_logits, self.temperature, self.kind, self.t2)
         out = {self.soft_name: soft}
@@ -256,10 +259,10 @@ class DistilBertGeneral(_WithTeacher):
         sel = labels != -100
         # The vocabulary projection is the costliest layer: apply the MLM heads to masked positions only.
         with torch.no_grad():
-            t_h = self.teacher.bert(**inputs).last_hidden_state
-            t_logits = self.teacher.cls(t_h[sel])
-        s_h = self.student.bert(**inputs).last_hidden_state
-        s_logits = self.student.cls(s_h[sel])
+            t_h = encoder_of(self.teacher)(**inputs).last_hidden_state
+            t_logits = mlm_logits(self.teacher, t_h[sel])
+        s_h = encoder_of(self.student)(**inputs).last_hidden_state
+        s_logits = mlm_logits(self.student, s_h[sel])
         out = {"mlm": L.mlm_loss(s_logits, labels[sel]) if sel.any() else s_h.sum() * 0.0}
         if sel.any():
             out["ce"] = L.soft_label_loss(s_logits, t_logits, self.temperature, "kl", t2_scaling=True)
@@ -270,30 +273,31 @@ class DistilBertGeneral(_WithTeacher):
 
 
 class MlmHeadFit(nn.Module):
-    """Fit a BERT MLM head on a frozen encoder (for a teacher that ships without one)."""
+    """Fit an MLM head on a frozen encoder (for a teacher that ships without one)."""
 
     def __init__(self, mlm_model: nn.Module, mlm_probability: float = 0.15, special_ids=(0, 101, 102), mask_token_id=103):
         super().__init__()
         self.student = mlm_model
+        head, embedding = mlm_head_prefixes(mlm_model), mlm_model.get_input_embeddings().weight
         for n, p in mlm_model.named_parameters():
             # the decoder weight is tied to the (frozen) word embeddings; only the transform and bias learn
-            p.requires_grad_(n.startswith("cls.") and "decoder.weight" not in n)
+            p.requires_grad_(n.startswith(head) and p is not embedding)
         self.weights = {"mlm": 1.0}
         self.p, self.special_ids, self.mask_token_id = mlm_probability, special_ids, mask_token_id
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.student.bert.eval()  # frozen encoder: no dropout
+        encoder_of(self.student).eval()  # frozen encoder: no dropout
         return self
 
     def forward(self, batch: dict) -> dict:
         masked, labels = _mask_batch(batch, self.special_ids, self.mask_token_id, self.student.config.vocab_size, self.p)
         with torch.no_grad():
-            h = self.student.bert(**{**model_inputs(batch), "input_ids": masked}).last_hidden_state
+            h = encoder_of(self.student)(**{**model_inputs(batch), "input_ids": masked}).last_hidden_state
         sel = labels != -100
         if not sel.any():
-            return {"mlm": sum(p.sum() for p in self.student.cls.parameters()) * 0.0}
-        return {"mlm": L.mlm_loss(self.student.cls(h[sel]), labels[sel])}
+            return {"mlm": sum(p.sum() for p in self.student.parameters() if p.requires_grad) * 0.0}
+        return {"mlm": L.mlm_loss(mlm_logits(self.student, h[sel]), labels[sel])}
 
 
 @torch.no_grad()
@@ -310,9 +314,9 @@ def masked_token_accuracy(mlm_model: nn.Module, dataset, collate, batch_size=32,
         ids = batch["input_ids"]
         special = torch.isin(ids, torch.tensor(special_ids)) | (batch["attention_mask"] == 0)
         masked, labels = L.mask_tokens(ids, special, mask_token_id, mlm_model.config.vocab_size, p, generator=g)
-        h = mlm_model.bert(input_ids=masked.to(device), attention_mask=batch["attention_mask"].to(device)).last_hidden_state
+        h = encoder_of(mlm_model)(input_ids=masked.to(device), attention_mask=batch["attention_mask"].to(device)).last_hidden_state
         sel = labels != -100
-        pred = mlm_model.cls(h[sel.to(device)]).argmax(-1).cpu()
+        pred = mlm_logits(mlm_model, h[sel.to(device)]).argmax(-1).cpu()
         hit += int((pred == labels[sel]).sum())
         n += int(sel.sum())
     return hit / max(1, n)
@@ -401,10 +405,10 @@ class MobileBertPretrain(FeatureTransfer):
         want_attn = self.weights.get("at", 0.0) > 0
         with torch.no_grad():
             t_hidden, t_scores = run_layers(self.teacher, batch, self.teacher.config.num_hidden_layers, want_attn)
-            t_logits = self.teacher.cls(t_hidden[-1][sel])
+            t_logits = mlm_logits(self.teacher, t_hidden[-1][sel])
         s_hidden, s_scores = run_layers(self.student, batch, len(self.layers), want_attn)
         # the vocabulary projection is the costliest layer: apply the MLM heads to masked positions only
-        s_logits = self.student.cls(s_hidden[-1][sel])
+        s_logits = mlm_logits(self.student, s_hidden[-1][sel])
         out = {}
         if sel.any():
             out["mlm"] = L.mlm_loss(s_logits, labels[sel])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, field_validator
-from transformers import BertForMaskedLM
+from transformers import AutoModelForMaskedLM
 
 from kdistill.distill.objectives import DistilBertGeneral, Prediction
 from kdistill.models import distilbert_student, every_other_layer, load_model
@@ -62,7 +62,7 @@ def check_teacher(p, layers: int, heads: int, hidden: int) -> None:
 
 def general(ctx: GeneralContext) -> GeneralPlan:
     g = ctx.p.general_distill.distilbert
-    teacher = load_model(BertForMaskedLM, ctx.teacher_mlm)
+    teacher = load_model(AutoModelForMaskedLM, ctx.teacher_mlm)
     layers = every_other_layer(teacher.config.num_hidden_layers) if g.init_layers == "every_other" else g.init_layers
     student = distilbert_student(teacher, layers)
     special, mask_id = special_ids(ctx.tokenizer)

@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
-from transformers import BertForMaskedLM, MobileBertForMaskedLM
+from transformers import AutoModelForMaskedLM, MobileBertForMaskedLM
 
 from kdistill.distill.layer_map import check_heads, resolve_layer_map
 from kdistill.distill.objectives import (
@@ -135,7 +135,7 @@ def build_student(teacher_cfg, shape, seed: int) -> MobileBertForMaskedLM:
 
 def general(ctx: GeneralContext) -> GeneralPlan:
     g = ctx.p.general_distill.mobilebert
-    teacher = load_model(BertForMaskedLM, ctx.teacher_mlm)
+    teacher = load_model(AutoModelForMaskedLM, ctx.teacher_mlm)
     student = build_student(teacher.config, g.student, ctx.p.base.seed)
     dropped = init_mobilebert_embeddings(student, teacher) if g.embedding_init == "teacher" else None
     n = student.config.num_hidden_layers

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, BertModel
+from transformers import AutoModel
 
 from kdistill.distill.layer_map import check_heads, resolve_layer_map
 from kdistill.distill.objectives import Intermediate, Prediction
@@ -62,7 +62,7 @@ def general(ctx: GeneralContext) -> GeneralPlan:
     g = ctx.p.general_distill.tinybert
     teacher = load_model(AutoModel, ctx.teacher)
     s = g.student
-    student = BertModel(tinybert_config(teacher.config, s.layers, s.hidden, s.heads, s.ffn, s.activation), add_pooling_layer=True)
+    student = AutoModel.from_config(tinybert_config(teacher.config, s.layers, s.hidden, s.heads, s.ffn, s.activation))
     obj = Intermediate(student, teacher, g.weights, g.layer_map, g.attention, g.shared_projection, g.mask_padding)
 
     def save_projections(tmp):

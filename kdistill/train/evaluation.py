@@ -1,4 +1,4 @@
-"""Dev-set prediction and GLUE scoring for sequence-classification models."""
+"""Dev-set prediction and scoring for sequence-classification models."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from kdistill.data.batches import pad_collate, row_lengths
-from kdistill.data.glue import get_task
-from kdistill.data.metrics import task_metrics
+from kdistill.data.glue import glue_task
+from kdistill.data.task import Task
 from kdistill.train.precision import autocast
 from kdistill.train.trainer import TrainerConfig
 
@@ -43,11 +43,10 @@ def predict(model, dataset, batch_size: int = 64, collate=pad_collate, precision
     return out
 
 
-def score(model, dataset, task: str, precision: str = "fp32") -> dict[str, float]:
-    """All GLUE metrics of `task` for a model on a tokenised split that has `labels`."""
-    logits = predict(model, dataset, precision=precision)
-    preds = logits.view(-1) if get_task(task).is_regression else logits.argmax(-1)
-    return task_metrics(task, preds.tolist(), dataset["labels"])
+def score(model, dataset, task: Task | str, precision: str = "fp32") -> dict[str, float]:
+    """Every metric of `task` (a Task, or a GLUE preset's name) for a model on a tokenised split with `labels`."""
+    task = glue_task(task) if isinstance(task, str) else task
+    return task.score_logits(predict(model, dataset, precision=precision), dataset["labels"])
 
 
 def optim_to_trainer_config(optim, seed: int, desc: str, precision: str = "fp32"):
