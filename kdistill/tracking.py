@@ -76,10 +76,9 @@ def write_loss_csv(path: Path, *histories: list[dict]) -> None:
     for hist in histories:
         rows += [{**r, "step": r["step"] + offset} for r in hist]
         offset = rows[-1]["step"] if rows else offset
-    if not rows:
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+    # no steps (a teacher used as it is): the header alone, so the stage's plot output exists
+    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["step", "loss"]
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()

@@ -90,8 +90,11 @@ def time_variants(names_dirs, onnx_root: Path, p, precision: str, threads: int) 
     e = p.export
     runners = {}
     torch.set_num_threads(threads)
+    vocab = None
     for name, model_dir in names_dirs:
-        runners[f"{name}/pytorch-{precision}"] = torch_runner(load_for_export(model_dir), precision)
+        model = load_for_export(model_dir)
+        vocab = min(vocab or model.config.vocab_size, model.config.vocab_size)  # token ids every model can read
+        runners[f"{name}/pytorch-{precision}"] = torch_runner(model, precision)
         for v in VARIANTS:
             sess = session(onnx_root / name / FILES[v], threads)
             runners[f"{name}/{v}"] = (lambda s: (lambda ids, mask: run_session(s, ids, mask)))(sess)
@@ -99,7 +102,8 @@ def time_variants(names_dirs, onnx_root: Path, p, precision: str, threads: int) 
     for s in e.seq_lens:
         for b in e.batch_sizes:
             t0 = time.perf_counter()
-            out[f"bs{b}_seq{s}"] = interleaved_latency(runners, b, s, e.warmup, e.repeats, e.max_seconds_per_shape)
+            out[f"bs{b}_seq{s}"] = interleaved_latency(runners, b, s, e.warmup, e.repeats, e.max_seconds_per_shape,
+                                                       vocab=vocab)
             rounds = next(iter(out[f"bs{b}_seq{s}"].values()))["rounds"]
             print(f"[export] timed batch {b} x {s} tokens: {len(runners)} variants, {rounds} interleaved rounds, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)

@@ -76,6 +76,7 @@ def use_as_is(p, paths, task, src, tok, dev, eval_precision) -> None:
         raise TeacherHeadError(f"{p.base.teacher}: {task.metric} {checked:.4f} on {len(rows)} {where}, near chance "
                                f"({chance:.4f}): it looks pre-trained, not fine-tuned: set teacher_finetune.mode: train")
     with stage_run(p, "teacher_finetune"):
+        write_loss_csv(paths.reports_for("teacher_finetune"), [])
         metrics = score(model, dev, task, eval_precision)
         mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
         mlflow.log_metric(f"validation/{task.metric}", checked)

@@ -100,7 +100,8 @@ def predict_onnx(sess, dataset, batch_size: int = 64) -> np.ndarray:
         width = max(len(x) for x in rows["input_ids"])
         ids = np.zeros((len(idx), width), dtype=np.int64)
         mask, types = np.zeros_like(ids), np.zeros_like(ids)
-        for i, (x, t) in enumerate(zip(rows["input_ids"], rows["token_type_ids"])):
+        segments = rows.get("token_type_ids") or [[0] * len(x) for x in rows["input_ids"]]  # RoBERTa: no segments
+        for i, (x, t) in enumerate(zip(rows["input_ids"], segments)):
             ids[i, : len(x)], mask[i, : len(x)], types[i, : len(t)] = x, 1, t
         logits = run_session(sess, ids, mask, types)
         if out is None:

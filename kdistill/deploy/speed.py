@@ -14,17 +14,19 @@ from kdistill.train.precision import autocast
 
 
 @torch.no_grad()
-def latency_ms(model, batch: int, seq: int, warmup: int = 3, repeats: int = 20, vocab: int = 30522,
+def latency_ms(model, batch: int, seq: int, warmup: int = 3, repeats: int = 20, vocab: int | None = None,
                precision: str = "fp32") -> dict[str, float]:
-    """Forward latency percentiles (ms) and throughput under a resolved precision (fp32 | bf16 | fp16)."""
+    """Forward latency percentiles (ms) and throughput under a resolved precision (fp32 | bf16 | fp16); token ids
+    drawn from the model's own vocabulary unless `vocab` is given."""
     with autocast(precision, next(model.parameters()).device):
-        return _latency(model, batch, seq, warmup, repeats, vocab)
+        return _latency(model, batch, seq, warmup, repeats, vocab or model.config.vocab_size)
 
 
 def _latency(model, batch, seq, warmup, repeats, vocab) -> dict[str, float]:
     model.eval()
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, min(vocab, 20000), (batch, seq), generator=g)
+    low = 1000 if vocab > 2000 else 0  # past the special tokens of a real vocabulary; any id in a tiny one
+    ids = torch.randint(low, min(vocab, 20000), (batch, seq), generator=g)
     mask = torch.ones_like(ids)
     for _ in range(warmup):
         model(input_ids=ids, attention_mask=mask)

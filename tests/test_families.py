@@ -1,0 +1,172 @@
+"""Teachers of every family the engine reads (BERT, RoBERTa, XLM-RoBERTa, ELECTRA), tiny and random: each recipe's
+general and task phases run a few steps and build a student of the teacher's family; the others are refused with the
+reason before any work; a teacher already fine-tuned for the data's labels is used as it is."""
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from kdistill import recipes
+from kdistill.config import parse_params
+from kdistill.data.batches import pad_collate, tokenize_task
+from kdistill.data.task import Task
+from kdistill.distill.attention import AttentionScores
+from kdistill.distill.objectives import Intermediate
+from kdistill.families import REFUSED
+from kdistill.models import ModelSpecError, teacher_config
+from kdistill.recipes.base import GeneralContext, TaskContext
+from kdistill.teacher_head import TeacherHeadError, near_chance, plan
+from kdistill.train.evaluation import score
+from kdistill.train.phases import run_phases
+
+from .families import FAMILIES, SENTENCES, save_teacher, tokenizer
+
+SHAPES = {  # every recipe at a size the tiny teachers (2 layers, width 32, 4 heads) allow
+    "general_distill": {"tinybert": {"student": {"layers": 2, "hidden": 16, "heads": 4, "ffn": 32},
+                                     "optim": {"batch_size": 4, "max_steps": 2}},
+                        "distilbert": {"optim": {"batch_size": 4, "max_steps": 2}, "init_layers": [0]},
+                        "mobilebert": {"student": {"bottleneck": 8, "heads": 2, "ffn": 16, "stacked_ffn": 1, "embedding": 8},
+                                       "progressive": {"steps_per_layer": 1, "batch_size": 4},
+                                       "joint": {"optim": {"batch_size": 4, "max_steps": 1}}}},
+    "task_distill": {"tinybert": {"intermediate": {"batch_size": 4, "max_steps": 2}, "cache_teacher_outputs": False,
+                                  "teacher_cache_gb": 0, "prediction": {"batch_size": 4, "max_steps": 2}},
+                     "distilbert": {"optim": {"batch_size": 4, "max_steps": 2}, "cache_teacher_outputs": False},
+                     "mobilebert": {"optim": {"batch_size": 4, "max_steps": 2}}},
+}
+TASK = Task("toy", "single_label", ("neg", "neu", "pos"), "accuracy", False, ("accuracy", "macro_f1"))
+
+
+def toy_rows(tok, n=12):
+    rows = Dataset.from_dict({"sentence1": (SENTENCES * 2)[:n], "label": [i % 3 for i in range(n)]})
+    return tokenize_task(rows, tok, 24)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """Per family: a pre-trained-style teacher with an MLM head and its fine-tuned (here: random) classifier."""
+    out = {}
+    for fam in FAMILIES:
+        root = tmp_path_factory.mktemp(fam)
+        save_teacher(fam, root / "mlm", "mlm")
+        AutoModelForSequenceClassification.from_pretrained(root / "mlm", **TASK.model_config()).save_pretrained(root / "seq")
+        tokenizer_dir = root / "mlm"
+        out[fam] = (root / "mlm", root / "seq", tokenizer_dir)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("recipe", list(recipes.RECIPES))
+def test_every_recipe_distils_a_teacher_of_every_family(teachers, family, recipe, tmp_path):
+    from transformers import AutoTokenizer
+
+    mlm_dir, seq_dir, tok_dir = teachers[family]
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    p = parse_params({**SHAPES, "base": {"seed": 0}})
+    ctx = GeneralContext(p, str(mlm_dir), mlm_dir, tok, lambda s: "fp32")
+    general = recipes.get(recipe).general(ctx)
+    corpus = Dataset.from_dict({"input_ids": tokenize_task(Dataset.from_dict(
+        {"sentence1": SENTENCES, "label": [0] * len(SENTENCES)}), tok, 24)["input_ids"]})
+    res = run_phases(general.phases, corpus, tmp_path / "g", general.student)
+    values = [v for r in res.histories for h in r for k, v in h.items() if k != "step"]
+    assert res.steps > 0 and values and all(torch.isfinite(torch.tensor(float(v))) for v in values)
+    # the student is of the teacher's family (MobileBERT-style: its own architecture, the teacher's vocabulary)
+    want = "mobilebert" if recipe == "mobilebert" else AutoConfig.from_pretrained(mlm_dir).model_type
+    assert general.student.config.model_type == want and general.student.config.vocab_size == len(tok)
+    general.student.save_pretrained(tmp_path / "general")
+    tok.save_pretrained(tmp_path / "general")
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "general", **TASK.model_config())
+    teacher = AutoModelForSequenceClassification.from_pretrained(seq_dir).eval()
+    train = toy_rows(tok)
+    tctx = TaskContext(p, student, teacher, tmp_path / "general", lambda s: "fp32", lambda prec: None)
+    res = run_phases(recipes.get(recipe).task(tctx), train, tmp_path / "t", student)
+    assert res.steps > 0
+    assert set(score(student, train, TASK)) == {"accuracy", "macro_f1"}
+    assert student.config.id2label == {0: "neg", 1: "neu", 2: "pos"}
+
+
+def test_hidden_and_attention_losses_of_a_roberta_pair_match_a_hand_computation(teachers):
+    """TinyBERT's terms on RoBERTa: the student's states are projected onto the teacher's width and compared by MSE
+    (padding excluded), and the pre-softmax scores Q.K^T/sqrt(d) of each mapped layer by MSE."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from kdistill.models import tinybert_config
+
+    mlm_dir, _, _ = teachers["roberta"]
+    tok = AutoTokenizer.from_pretrained(mlm_dir)
+    teacher = AutoModel.from_pretrained(mlm_dir, attn_implementation="eager").eval()
+    torch.manual_seed(0)
+    student = AutoModel.from_config(tinybert_config(teacher.config, 2, 16, 4, 32)).eval()
+    assert student.config.model_type == "roberta" and student.config.pad_token_id == tok.pad_token_id
+    obj = Intermediate(student, teacher, {"emb": 1.0, "hidn": 1.0, "attn": 1.0}, "uniform", "scores", False, True).eval()
+    batch = pad_collate([dict(r) for r in toy_rows(tok, 3)], tok.pad_token_id)
+    got = obj(batch)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad(), AttentionScores(teacher) as tcap:
+        t_out = teacher(**inputs, output_hidden_states=True)
+    with torch.no_grad(), AttentionScores(student) as scap:
+        s_out = student(**inputs, output_hidden_states=True)
+    mask = batch["attention_mask"].bool()
+    # hand: projections are Linear layers; hidden terms over the real tokens only
+    want_hidn = 0.0
+    for i, t_layer in enumerate(obj.layer_map):
+        proj = obj.projections(i + 1, s_out.hidden_states[i + 1])
+        diff = (proj - t_out.hidden_states[t_layer])[mask]
+        want_hidn += (diff**2).mean() / len(obj.layer_map)
+    assert got["hidn"].item() == pytest.approx(want_hidn.item(), rel=1e-4)
+    want_attn = 0.0
+    for i, t_layer in enumerate(obj.layer_map):
+        s_sc, t_sc = scap.scores[i], tcap.scores[t_layer - 1]
+        keep = mask[:, None, :, None] & mask[:, None, None, :]
+        want_attn += ((s_sc - t_sc) ** 2)[keep.expand_as(s_sc)].mean() / len(obj.layer_map)
+    assert got["attn"].item() == pytest.approx(want_attn.item(), rel=1e-4)
+    # and the scores are Q.K^T/sqrt(d) of the RoBERTa layer, by hand
+    layer = teacher.encoder.layer[0].attention.self
+    h0 = t_out.hidden_states[0]
+    q = layer.query(h0).view(3, -1, 4, 8).transpose(1, 2)
+    k = layer.key(h0).view(3, -1, 4, 8).transpose(1, 2)
+    assert torch.allclose(tcap.scores[0], q @ k.transpose(-1, -2) / 8**0.5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,config_kw", [("distilbert", dict(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32)),
+                                            ("deberta-v2", dict(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                                num_attention_heads=2, intermediate_size=32))])
+def test_a_family_no_recipe_reads_is_refused_with_the_reason_before_any_work(kind, config_kw, tmp_path):
+    from transformers import CONFIG_MAPPING, AutoModel
+
+    AutoModel.from_config(CONFIG_MAPPING[kind](**config_kw)).save_pretrained(tmp_path)
+    with pytest.raises(ModelSpecError) as err:
+        teacher_config(str(tmp_path))
+    msg = str(err.value)
+    assert f"is a '{kind}' model" in msg and REFUSED[kind].split(" ")[0] in msg
+    assert "recipes run on BERT, RoBERTa, XLM-RoBERTa, ELECTRA teachers" in msg
+
+
+def test_a_fine_tuned_teacher_is_used_as_it_is_or_refused_when_its_labels_differ(teachers):
+    mlm_dir, seq_dir, _ = teachers["roberta"]
+    seq = AutoConfig.from_pretrained(seq_dir)
+    assert plan(seq, TASK, "auto", "t") == "use"
+    assert plan(seq, TASK, "train", "t") == "train"
+    assert plan(AutoConfig.from_pretrained(mlm_dir), TASK, "auto", "t") == "train"  # no classification head
+    with pytest.raises(TeacherHeadError, match=r"no classification head with label names"):
+        plan(AutoConfig.from_pretrained(mlm_dir), TASK, "use", "t")
+    reordered = Task("toy", "single_label", ("pos", "neu", "neg"), "accuracy", False, ("accuracy",))
+    with pytest.raises(TeacherHeadError, match=r"same labels in another order: teacher \['neg', 'neu', 'pos'\], data "
+                                               r"\['pos', 'neu', 'neg'\].*set data.labels: \['neg', 'neu', 'pos'\]"):
+        plan(seq, reordered, "auto", "t")
+    other = Task("toy", "single_label", ("sports", "tech", "world"), "accuracy", False, ("accuracy",))
+    with pytest.raises(TeacherHeadError, match=r"fine-tuned for other labels.*teacher_finetune.mode: train"):
+        plan(seq, other, "auto", "t")
+
+
+def test_near_chance_is_the_majority_rate_within_two_standard_errors():
+    gold = [0] * 60 + [1] * 30 + [2] * 10
+    assert TASK.chance(gold) == 0.6
+    assert near_chance(TASK, 0.65, gold)[0] and not near_chance(TASK, 0.75, gold)[0]  # SE = sqrt(.24/100) = 0.049
+
+
+def test_tokenizers_of_every_family_pad_with_their_own_id():
+    for fam in FAMILIES:
+        tok = tokenizer(fam, __import__("pathlib").Path(__import__("tempfile").mkdtemp()))
+        batch = pad_collate([{"input_ids": [5, 6, 7]}, {"input_ids": [5]}], tok.pad_token_id)
+        assert batch["input_ids"][1, 1].item() == tok.pad_token_id

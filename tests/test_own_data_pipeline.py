@@ -1,0 +1,131 @@
+"""End to end on a user's own problem: a CSV with a `review` column and three string labels, and a local RoBERTa
+teacher already fine-tuned for those labels, through Prefect, DVC and MLflow: the teacher is used as it is (zero
+steps), every student is registered with the label names, exported with parity, and answers with the names."""
+
+import json
+import random
+
+import mlflow
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from kdistill.data.batches import pad_collate, tokenize_task
+from kdistill.data.task import Task
+from kdistill.recipes import RECIPES
+from kdistill.train.evaluation import score
+
+from .conftest import copy_project, run_flow
+from .families import save_teacher
+
+LABELS = ("negative", "neutral", "positive")
+WORDS = {"negative": ["bad", "awful", "boring", "dull", "worst"], "neutral": ["it", "a", "film", "story", "scene"],
+         "positive": ["good", "great", "fun", "best", "love"]}
+
+
+def reviews(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = LABELS[i % 3]
+        words = rng.sample(WORDS[label], 3) + rng.sample(WORDS["neutral"], 2)
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path, rows):
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["review", "sentiment"])
+        w.writerows(rows)
+
+
+def fine_tuned_roberta(out, rows) -> None:
+    """A tiny RoBERTa classifier fine-tuned (a plain loop, a few seconds) to tell the three labels apart."""
+    from datasets import Dataset
+
+    task = Task("reviews", "single_label", LABELS, "accuracy", False, ("accuracy",))
+    model, tok = save_teacher("roberta", out, "seq", layers=2, hidden=32, heads=4, ffn=64)
+    model = AutoModelForSequenceClassification.from_pretrained(out, ignore_mismatched_sizes=True, **task.model_config())
+    ds = tokenize_task(Dataset.from_dict({"sentence1": [t for t, _ in rows], "label": [LABELS.index(x) for _, x in rows]}),
+                       tok, 32)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    torch.manual_seed(0)
+    for _ in range(8):
+        for idx in torch.randperm(len(ds)).split(16):
+            b = pad_collate([ds[i] for i in idx.tolist()], tok.pad_token_id)
+            loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    model.eval()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def own_project(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("own") / "proj")
+    train, dev = reviews(240, 0), reviews(45, 1)
+    write_csv(project / "data" / "reviews" / "train.csv", train)
+    write_csv(project / "data" / "reviews" / "dev.csv", dev)
+    fine_tuned_roberta(project / "teachers" / "reviews-roberta", train)
+    smoke = yaml.safe_load((project / "profiles" / "smoke.yaml").read_text())
+    profile = {**smoke,
+               "base": {**smoke["base"], "task": "reviews", "teacher": "teachers/reviews-roberta", "validation_rows": 30,
+                        "max_train_examples": 120},
+               "data": {"train": "data/reviews/train.csv", "dev": "data/reviews/dev.csv", "text": "review",
+                        "label": "sentiment"},
+               "augment": {"method": "none"},
+               "general_distill": {
+                   "tinybert": {"student": {"layers": 2, "hidden": 16, "heads": 4, "ffn": 32},
+                                "optim": {"batch_size": 8, "max_steps": 3}},
+                   "distilbert": {"init_layers": [0, 1], "optim": {"batch_size": 8, "max_steps": 3}},
+                   "mobilebert": {"student": {"bottleneck": 8, "heads": 2, "ffn": 16, "stacked_ffn": 1, "embedding": 8},
+                                  "progressive": {"steps_per_layer": 1, "batch_size": 8},
+                                  "joint": {"optim": {"batch_size": 8, "max_steps": 2}}}},
+               "tracking": {"experiment_prefix": "kdistill-own", "registry_prefix": "own-"}}
+    (project / "profiles" / "reviews.yaml").write_text(yaml.safe_dump(profile))
+    proc = run_flow(project, "--profile", "reviews")
+    return project, proc
+
+
+@pytest.mark.slow
+def test_a_csv_with_string_labels_and_a_fine_tuned_roberta_teacher_run_end_to_end(own_project):
+    project, proc = own_project
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error" in line.lower()]
+    assert proc.returncode == 0, "\n".join(errors[-20:]) or (proc.stdout + proc.stderr)[-4000:]
+    out = project / "outputs-reviews"
+    assert json.loads((out / "data" / "task.json").read_text())["labels"] == list(LABELS)
+    # the teacher already named the labels: used as it is, zero training steps
+    info = json.loads((out / "teacher" / "kdistill.json").read_text())
+    assert info["mode"] == "use" and info["steps"] == 0
+    assert "used as it is (0 training steps" in proc.stdout
+    # its reported dev score is what an independent evaluation of the same directory gives
+    src = project / "teachers" / "reviews-roberta"
+    tok = AutoTokenizer.from_pretrained(src)
+    from datasets import load_from_disk
+
+    dev = tokenize_task(load_from_disk(str(out / "data" / "dev")), tok, 32)
+    task = Task("reviews", "single_label", LABELS, "accuracy", False, ("accuracy", "macro_f1"))
+    independent = score(AutoModelForSequenceClassification.from_pretrained(src), dev, task)
+    summary = json.loads((project / "outputs-reviews" / "reports" / "summary.json").read_text())
+    assert summary["models"]["teacher"]["score"] == pytest.approx(independent["accuracy"], abs=1e-9)
+    assert set(summary["models"]["teacher"]["metrics"]) == {"accuracy", "macro_f1"}
+    deploy = json.loads((out / "reports" / "deploy.json").read_text())
+    for r in RECIPES:
+        student = AutoModelForSequenceClassification.from_pretrained(out / "students" / r)
+        assert student.config.id2label == dict(enumerate(LABELS))
+        assert student.config.model_type == ("mobilebert" if r == "mobilebert" else "roberta")
+        assert deploy["models"][r]["onnx-fp32"]["max_abs_logit_diff"] <= 1e-3  # parity held (the stage checks it)
+    # registered with the label names, and the served model answers with them
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    for r in RECIPES:
+        served = mlflow.pyfunc.load_model(f"models:/own-reviews-{r}@champion").predict(["great fun", "awful and dull"])
+        assert set(served["label"]) <= set(LABELS) and served["probability"].between(0, 1).all()
