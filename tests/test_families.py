@@ -170,3 +170,51 @@ def test_tokenizers_of_every_family_pad_with_their_own_id():
         tok = tokenizer(fam, __import__("pathlib").Path(__import__("tempfile").mkdtemp()))
         batch = pad_collate([{"input_ids": [5, 6, 7]}, {"input_ids": [5]}], tok.pad_token_id)
         assert batch["input_ids"][1, 1].item() == tok.pad_token_id
+
+
+def test_the_readme_family_table_is_what_the_tests_run_and_refuse():
+    """Every "runs" cell is a family these tests distil with that recipe; every other row a family refused above."""
+    from kdistill.families import FAMILIES as ENGINE
+
+    from .conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("<!-- families:start -->"):text.index("<!-- families:end -->")].splitlines()[1:]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header[1:] == list(recipes.RECIPES)
+    names = {f.name: kind for kind, f in ENGINE.items()}
+    refused = {"DistilBERT": "distilbert", "DeBERTa-v2/v3": "deberta-v2", "ModernBERT": "modernbert"}
+    seen = set()
+    for row in table[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        family, verdicts = cells[0], cells[1:]
+        if all(v == "runs" for v in verdicts):
+            assert names[family] in FAMILIES  # parametrizes test_every_recipe_distils_a_teacher_of_every_family
+        else:
+            assert all(v.startswith("refused") for v in verdicts) and refused[family] in REFUSED
+        seen.add(family)
+    assert set(names) <= seen
+
+
+@pytest.mark.parametrize("kind", ["multi_label", "regression"])
+def test_task_distillation_of_multi_label_and_regression_tasks(teachers, kind, tmp_path):
+    """Soft targets by kind: the teacher's sigmoids (multi-label, binary KL per label) or its score (regression)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    mlm_dir, _, _ = teachers["roberta"]
+    tok = AutoTokenizer.from_pretrained(mlm_dir)
+    labels = ("price", "speed") if kind == "multi_label" else None
+    task = Task("toy", kind, labels, "micro_f1" if labels else "pearson", False,
+                ("micro_f1", "macro_f1", "subset_accuracy") if labels else ("pearson", "spearman"))
+    y = [[float(i % 2), float(i % 3 == 0)] for i in range(12)] if labels else [i / 11 for i in range(12)]
+    rows = tokenize_task(Dataset.from_dict({"sentence1": (SENTENCES * 2)[:12], "label": y}), tok, 24)
+    AutoModelForMaskedLM.from_pretrained(mlm_dir).save_pretrained(tmp_path / "general")
+    teacher = AutoModelForSequenceClassification.from_pretrained(tmp_path / "general", **task.model_config()).eval()
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "general", **task.model_config())
+    p = parse_params({**SHAPES, "base": {"seed": 0}})
+    ctx = TaskContext(p, student, teacher, tmp_path / "general", lambda s: "fp32", lambda prec: None)
+    res = run_phases(recipes.get("distilbert").task(ctx), rows, tmp_path / "t", student)
+    assert res.steps == 2 and all(torch.isfinite(torch.tensor(h["ce"])) for h in res.histories[0])
+    got = score(student, rows, task)
+    assert set(got) == set(task.reported)
+    assert student.config.problem_type == task.model_config()["problem_type"]
