@@ -117,7 +117,8 @@ def main() -> None:
         pngs = plot_losses(paths, rep)
         aug_file = rep / "augment.json"
         augment = json.loads(aug_file.read_text()) if aug_file.is_file() else None
-        write_text_atomic(rep / "report.md", report_md(summary, ref, pngs, rep, augment))
+        stats = json.loads((paths.data / "stats.json").read_text()) if (paths.data / "stats.json").is_file() else None
+        write_text_atomic(rep / "report.md", report_md(summary, ref, pngs, rep, augment, stats))
         for f in [rep / "summary.json", rep / "report.md", *pngs]:
             mlflow.log_artifact(str(f))
     print(f"[evaluate] wrote {rep / 'summary.json'} and {rep / 'report.md'}")
@@ -137,7 +138,21 @@ def augment_md(a: dict) -> list[str]:
     return lines
 
 
-def report_md(summary, ref, pngs, rep, augment: dict | None = None) -> str:
+def data_md(stats: dict) -> list[str]:
+    """The rows each model learnt from and was scored on: class balance and train/dev overlap (prepare's record)."""
+    lines = ["", "## Data", "", f"{stats.get('kind', 'single_label').replace('_', '-')} task, train {stats['train']} rows, "
+             f"dev {stats['dev']} rows."]
+    for split, counts in (stats.get("label_counts") or {}).items():
+        if counts:
+            total = sum(counts.values()) or 1
+            lines.append(f"- {split}: " + ", ".join(f"{n} {c} ({c / total:.1%})" for n, c in counts.items()))
+    overlap = stats.get("train_dev_overlap")
+    if overlap:
+        lines.append(f"- {overlap} dev rows have the same text as a train row: their score measures memory, not skill.")
+    return lines
+
+
+def report_md(summary, ref, pngs, rep, augment: dict | None = None, stats: dict | None = None) -> str:
     task, metric = summary["task"], summary["metric"]
     lines = [f"# Distillation report: {task}", "",
              f"Dev {metric}; latency at batch 1, {ref.split('_')[1].removeprefix('seq')} tokens, p50, {summary['threads']} threads; "
@@ -162,6 +177,7 @@ def report_md(summary, ref, pngs, rep, augment: dict | None = None) -> str:
         lines.append(f"| {name} | {scores.get(task, float('nan'))} | {params} | {speed} |")
     lines += ["", "ONNX Runtime fp32 and int8 variants, their parity checks and interleaved timings, the score-vs-latency plot "
               "of every variant, and which variant each registered student serves: [deploy.md](deploy.md) (export stage)."]
+    lines += data_md(stats) if stats and "train" in stats else []
     lines += augment_md(augment) if augment else []
     lines += ["", "## Plots", ""]
     lines += [f"![{png.stem}]({png.relative_to(rep)})" for png in pngs]

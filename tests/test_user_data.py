@@ -162,3 +162,19 @@ def test_params_refuse_a_named_task_without_data_and_a_metric_of_another_kind(in
     write_csv(in_root / "r.csv", REVIEWS)
     with pytest.raises(DataError, match=r"data.metric 'pearson' is not a single_label metric"):
         read_user_splits(params(in_root, train="r.csv", dev="r.csv", metric="pearson"))
+
+
+def test_prepare_records_the_class_balance_and_the_dev_rows_train_also_has(in_root):
+    from kdistill.data.splits import shared_rows
+    from tasks.evaluate import data_md
+
+    write_csv(in_root / "train.csv", REVIEWS)
+    write_csv(in_root / "dev.csv", [("great phone, love it", "positive"), ("fresh text", "neutral")])
+    task, train, dev = load_task_splits(params(in_root, train="train.csv", dev="dev.csv"))
+    assert shared_rows(train, dev) == 1
+    counts = label_counts(task, train["label"])
+    assert counts == {"negative": 8, "neutral": 8, "positive": 8}
+    text = "\n".join(data_md({"kind": task.kind, "train": len(train), "dev": len(dev), "train_dev_overlap": 1,
+                              "label_counts": {"train": counts, "dev": label_counts(task, dev["label"])}}))
+    assert "train: negative 8 (33.3%)" in text and "dev: negative 0 (0.0%), neutral 1 (50.0%)" in text
+    assert "1 dev rows have the same text as a train row" in text
