@@ -121,7 +121,7 @@ def choose_variant(row: dict, timing: dict, name: str, ref: str, int8_min_gain: 
 
 
 def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, chosen: str, timing: dict, ref: str,
-                max_seq_len: int, regression: bool, int8_min_gain: float) -> str:
+                max_seq_len: int, kind: str, int8_min_gain: float) -> str:
     lines = [f"# {registered}: ONNX Runtime variants", "",
              f"`models:/{registered}@champion` (MLflow pyfunc) runs **{chosen}** (`{FILES[chosen]}`): the fastest variant "
              f"at {ref.replace('_', ', ')} that passed the export checks (int8 only when its p50 is at least "
@@ -132,17 +132,22 @@ def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, c
         r = row[v]
         lines.append(f"| {v} | `{r['file']}` | {r['size_mb']:.1f} | {r['metrics'][metric]:.4f} | {r['max_abs_logit_diff']:.2e} | "
                      f"{r['labels_differing']} | {timing[ref][f'{name}/{v}']['p50']:.2f} |")
-    out = "probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)" if not regression else "score = logits[:, 0]"
+    fused = row.get("fused_kernels") or {}
+    graph = (f"fused attention ({fused['Attention']} Attention kernels)" if fused.get("Attention") else
+             "the plain graph (no attention fusion matched this family's graph)" if fused else "the graph as exported (export.fuse false)")
+    lines += ["", f"Graph: {graph}; parity with PyTorch checked over the whole dev split either way."]
+    out = {"regression": "score = logits[:, 0]", "multi_label": "probabilities = 1 / (1 + np.exp(-logits))  # per label"}.get(
+        kind, "probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)")
     lines += ["", "## Load with ONNX Runtime alone", "", "```python", "import numpy as np, onnxruntime as ort",
               "from transformers import AutoTokenizer", 'tok = AutoTokenizer.from_pretrained("tokenizer")',
               f'# or "{FILES["onnx-fp32" if chosen == "onnx-int8" else "onnx-int8"]}"; SkipLayerNormFusion off: ONNX Runtime\'s CPU kernel for it is slower than Add + LayerNorm',
               f'sess = ort.InferenceSession("{FILES[chosen]}", providers=["CPUExecutionProvider"], disabled_optimizers=["SkipLayerNormFusion"])',
               f'enc = tok(["a good movie"], truncation=True, max_length={max_seq_len}, padding=True, return_tensors="np")',
-              "feed = {i.name: enc[i.name].astype(np.int64) for i in sess.get_inputs()}",
+              "feed = {i.name: enc.get(i.name, np.zeros_like(enc['input_ids'])).astype(np.int64) for i in sess.get_inputs()}",
               'logits = sess.run(["logits"], feed)[0]', out, "```", "",
               "## From the MLflow registry", "", "```python", "import mlflow",
               f'model = mlflow.pyfunc.load_model("models:/{registered}@champion")',
-              'model.predict(["a good movie", "a dull plot"])  # DataFrame: label, probability (or score)', "```", "",
+              'model.predict(["a good movie", "a dull plot"])  # DataFrame: label (a name), probability; or labels, or score', "```", "",
               f"Served over HTTP: `make serve MODEL={registered}` (MLflow's model server, 127.0.0.1).", ""]
     return "\n".join(lines)
 
@@ -315,7 +320,7 @@ def _export_all(p, todo, tmp: Path, dev, deploy: dict, summary: dict, precision:
         row[row["registered_variant"]]["p50_ms"] = deploy["timing"][ref][f"{name}/{row['registered_variant']}"]["p50"]
         reg = f"{p.tracking.registry_prefix}{p.base.task}-{name}"
         cards[name] = deploy_card(name, reg, p.base.task, task.metric, row, row["registered_variant"], deploy["timing"], ref,
-                                  p.base.max_seq_len, task.is_regression, p.export.int8_min_gain)
+                                  p.base.max_seq_len, task.kind, p.export.int8_min_gain)
         write_text_atomic(tmp / name / "README.md", cards[name])
     deploy["cards"] = cards
     for name, r in deploy["models"].items():
