@@ -1,4 +1,5 @@
-"""The README's results table, written from reports/summary.json (evaluate) and reports/deploy.json (export).
+"""The README's results tables, written from reports/summary.json (evaluate) and reports/deploy.json (export), and
+for each profile in PROFILES from reports/<profile>/ (copied there from outputs-<profile>/reports by a quiet run).
 
     python scripts/results_table.py           # rewrite the table between the README's results markers
     python scripts/results_table.py --check   # exit 1 when the README's table is not what the reports say
@@ -15,6 +16,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start (scripts/results_table.py writes this table) -->", "<!-- results:end -->"
+PROFILES = ("bbc-news",)  # profiles whose committed reports the README quotes too
+
+
+def markers(profile: str | None) -> tuple[str, str]:
+    if profile is None:
+        return START, END
+    return f"<!-- results-{profile}:start (scripts/results_table.py writes this table) -->", f"<!-- results-{profile}:end -->"
 
 
 def table(summary: dict, deploy: dict) -> str:
@@ -46,13 +54,19 @@ def table(summary: dict, deploy: dict) -> str:
 
 
 def render(readme: str, reports: Path) -> str:
-    summary = json.loads((reports / "summary.json").read_text())
-    deploy = json.loads((reports / "deploy.json").read_text())
-    if START not in readme or END not in readme:
-        raise SystemExit(f"README.md: the markers {START!r} and {END!r} are missing")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table(summary, deploy)}\n{END}{tail}"
+    for profile in (None, *PROFILES):
+        src = reports if profile is None else reports / profile
+        if profile is not None and not (src / "summary.json").is_file():
+            continue
+        summary = json.loads((src / "summary.json").read_text())
+        deploy = json.loads((src / "deploy.json").read_text())
+        start, end = markers(profile)
+        if start not in readme or end not in readme:
+            raise SystemExit(f"README.md: the markers {start!r} and {end!r} are missing")
+        head, rest = readme.split(start, 1)
+        _, tail = rest.split(end, 1)
+        readme = f"{head}{start}\n{table(summary, deploy)}\n{end}{tail}"
+    return readme
 
 
 def main() -> None:
