@@ -144,4 +144,5 @@ def test_a_stage_launched_on_two_processes_fails_with_the_ranks_error_last(tmp_p
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "data-parallel: 2 processes (torchrun, gloo)" in proc.stdout
     assert "2 processes x 1 threads" in proc.stdout  # each rank's share of the CPUs
-    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'out' / 'teacher'}: no such model directory"
+    want = f"error: {tmp_path / 'out' / 'data' / 'task.json'}: no task record; run the prepare stage first"
+    assert proc.stderr.strip().splitlines()[-1] == want

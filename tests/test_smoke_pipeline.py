@@ -111,7 +111,7 @@ def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     preds = mlflow.pyfunc.load_model("models:/smoke-sst2-tinybert@champion").predict(["a good movie", "a dull plot"])
     assert list(preds.columns) == ["label", "probability"] and len(preds) == 2
-    assert set(preds["label"]) <= {0, 1}
+    assert set(preds["label"]) <= {"negative", "positive"}  # the task's label names
 
     # a second run with nothing changed skips every stage on DVC's word, before any Prefect server starts
     again = run_flow(project, "--profile", "smoke")

@@ -17,6 +17,8 @@ import torch
 from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from kdistill.errors import KdistillError
+
 Kind = Literal["single_label", "multi_label", "regression"]
 KINDS = ("single_label", "multi_label", "regression")
 
@@ -129,7 +131,7 @@ def load_task(data_dir: str | Path) -> Task:
     """The task prepare recorded beside the data it wrote."""
     path = Path(data_dir) / TASK_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no task record; run the prepare stage first")
+        raise KdistillError(f"{path}: no task record; run the prepare stage first")
     return Task.from_json(json.loads(path.read_text()))
 
 
