@@ -51,6 +51,7 @@ def _wait(url: str, proc=None, seconds: int = 180) -> None:
 def _store(tmp_path, make_bert, tiny_tokenizer):
     """Two registered students with the champion alias and a task-distillation run with its loss components."""
     from kdistill.tracking import LossLog
+    from kdistill.data.glue import glue_task
     from tasks.export import register
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -63,7 +64,8 @@ def _store(tmp_path, make_bert, tiny_tokenizer):
         export_onnx(make_bert(vocab=len(tiny_tokenizer), seed=seed), out / "model.onnx")
         tiny_tokenizer.save_pretrained(out / "tokenizer")
         with mlflow.start_run(run_name=f"register-{recipe}"):
-            register(p, recipe, out, "onnx-fp32", {"onnx-fp32": {"metrics": {"accuracy": 0.7}}}, "accuracy", "# card")
+            register(p, recipe, out, "onnx-fp32", {"onnx-fp32": {"metrics": {"accuracy": 0.7}}}, glue_task("sst2"),
+                     "# card")
     with mlflow.start_run(run_name="task_distill@tinybert") as run:
         log = LossLog(flush_every=10)
         for step in range(1, 31):
