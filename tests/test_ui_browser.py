@@ -50,8 +50,8 @@ def _wait(url: str, proc=None, seconds: int = 180) -> None:
 
 def _store(tmp_path, make_bert, tiny_tokenizer):
     """Two registered students with the champion alias and a task-distillation run with its loss components."""
-    from kdistill.tracking import LossLog
     from kdistill.data.glue import glue_task
+    from kdistill.tracking import LossLog
     from tasks.export import register
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
