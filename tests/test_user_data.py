@@ -140,11 +140,8 @@ def test_a_dev_label_that_train_never_has_is_refused(in_root):
         read_user_splits(params(in_root, train="train.csv", dev="dev.csv"))
 
 
-def test_malformed_files_name_their_line():
-    import tempfile
-    from pathlib import Path
-
-    d = Path(tempfile.mkdtemp())
+def test_malformed_files_name_their_line(tmp_path):
+    d = tmp_path
     (d / "bad.jsonl").write_text('{"review": "a", "sentiment": "x"}\n{"review": "b", \n')
     with pytest.raises(DataError, match=r"bad.jsonl: line 2: not valid JSON"):
         read_table(d / "bad.jsonl", Columns("review", "sentiment"), "single_label")

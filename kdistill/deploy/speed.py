@@ -22,11 +22,15 @@ def latency_ms(model, batch: int, seq: int, warmup: int = 3, repeats: int = 20, 
         return _latency(model, batch, seq, warmup, repeats, vocab or model.config.vocab_size)
 
 
+def token_id_range(vocab: int) -> tuple[int, int]:
+    """Token ids for timing: past the special tokens of a real vocabulary, any id of a tiny one."""
+    return (1000 if vocab > 2000 else 0), min(vocab, 20000)
+
+
 def _latency(model, batch, seq, warmup, repeats, vocab) -> dict[str, float]:
     model.eval()
     g = torch.Generator().manual_seed(0)
-    low = 1000 if vocab > 2000 else 0  # past the special tokens of a real vocabulary; any id in a tiny one
-    ids = torch.randint(low, min(vocab, 20000), (batch, seq), generator=g)
+    ids = torch.randint(*token_id_range(vocab), (batch, seq), generator=g)
     mask = torch.ones_like(ids)
     for _ in range(warmup):
         model(input_ids=ids, attention_mask=mask)
@@ -110,8 +114,7 @@ def interleaved_latency(runners: dict, batch: int, seq: int, warmup: int = 3, re
     Returns name -> {p50, p95, throughput, rounds}.
     """
     rng = np.random.default_rng(seed)
-    low = 1000 if vocab > 2000 else 0  # past the special tokens of a real vocabulary; any id in a tiny one
-    ids = rng.integers(low, min(vocab, 20000), size=(batch, seq), dtype=np.int64)
+    ids = rng.integers(*token_id_range(vocab), size=(batch, seq), dtype=np.int64)
     mask = np.ones_like(ids)
     names = list(runners)
     for _ in range(warmup):
