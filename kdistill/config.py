@@ -43,6 +43,9 @@ class BaseParams(_Section):
     # rows held out at the end of the (shuffled) train split, never trained on: training stages pick their best
     # checkpoint on them, and the eval split is scored once, on the state picked (0: no selection, the last state)
     validation_rows: int = Field(1000, ge=0)
+    # which evaluated state a stage keeps (kdistill.train.selection): the last one unless an earlier one leads on
+    # the validation rows by more than two standard errors of the paired difference | the best | the last
+    checkpoint_rule: Literal["last_unless_significant", "best", "last"] = "last_unless_significant"
     # auto: bf16 where the hardware runs it natively (AVX512-BF16/AMX CPUs, CUDA with bf16), fp16 + loss scaling on
     # other CUDA devices, fp32 elsewhere. A stage's own `precision` overrides it.
     precision: PrecisionSpec = "auto"

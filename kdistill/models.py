@@ -108,8 +108,9 @@ def tinybert_config(teacher_cfg, layers: int, hidden: int, heads: int, ffn: int,
         raise ModelSpecError(f"student heads ({heads}) must divide its hidden size ({hidden})")
     act = teacher_cfg.hidden_act if activation == "teacher" else activation
     extra = {k: getattr(teacher_cfg, k) for k in ("bos_token_id", "eos_token_id") if getattr(teacher_cfg, k, None) is not None}
-    if hasattr(teacher_cfg, "embedding_size"):  # ELECTRA: a token table as wide as the student's layers
-        extra["embedding_size"] = hidden
+    if hasattr(teacher_cfg, "embedding_size"):  # ELECTRA: the teacher's narrower token table and a projection
+        factorised = teacher_cfg.embedding_size != teacher_cfg.hidden_size  # up to the layers, or one as wide as them
+        extra["embedding_size"] = teacher_cfg.embedding_size if factorised else hidden
     return type(teacher_cfg)(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                              intermediate_size=ffn, hidden_act=act, **_teacher_fields(teacher_cfg), **extra)
 

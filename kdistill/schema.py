@@ -30,6 +30,16 @@ class StudentShape(Section):
     # the FFN activation; teacher: the teacher's own. A fresh student is free to differ: ReLU is one cheap max per
     # element where GELU's erf is several instructions, which counts at batch 1 in a narrow student (MobileBERT's choice)
     activation: Literal["teacher", "gelu", "relu"] = "teacher"
+    # teacher: layers by the layer map, evenly spaced hidden units, heads and FFN units of the teacher's weights
+    # (kdistill.student_init); random: a fresh student
+    init: Literal["teacher", "random"] = "teacher"
+
+    @model_validator(mode="after")
+    def _teacher_init_keeps_activation(self):
+        if self.init == "teacher" and self.activation != "teacher":
+            raise ValueError(f"a teacher-initialised student keeps the teacher's FFN activation: set activation: "
+                             f"teacher, or init: random for {self.activation}")
+        return self
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self):

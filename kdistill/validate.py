@@ -13,10 +13,11 @@ from kdistill.recipes import RECIPES
 from kdistill.teacher_head import plan
 
 
-def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, teacher_hidden: int) -> None:
+def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, teacher_hidden: int,
+                          teacher_ffn: int | None = None) -> None:
     """Each recipe's own checks of its params against the teacher's shape (kdistill/recipes/<name>.py)."""
     for recipe in RECIPES.values():
-        recipe.check_teacher(p, teacher_layers, teacher_heads, teacher_hidden)
+        recipe.check_teacher(p, teacher_layers, teacher_heads, teacher_hidden, teacher_ffn)
 
 
 def check_teacher(p: Params, task: Task) -> None:
@@ -24,7 +25,8 @@ def check_teacher(p: Params, task: Task) -> None:
         cfg = teacher_config(p.base.teacher, p.base.allow_pickle_weights)
     except (ModelSpecError, OSError) as exc:
         raise ParamsError(f"params.yaml: key 'base.teacher': {exc}") from None
-    check_against_teacher(p, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size)
+    check_against_teacher(p, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size,
+                          getattr(cfg, "intermediate_size", None))
     plan(cfg, task, p.teacher_finetune.mode, p.base.teacher)  # a head that names other labels: refused now
 
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 
 from kdistill import tracking
@@ -21,13 +22,14 @@ from kdistill.errors import KdistillError
 from kdistill.io import check_dir_target, disk_full_error, is_disk_full
 from kdistill.paths import ROOT, Paths, params_file
 from kdistill.train import distributed
-from kdistill.train.evaluation import score
+from kdistill.train.evaluation import predict
 from kdistill.train.precision import (
     Runtime,
     cpu_capability,
     resolve_precision,
     resolve_threads,
 )
+from kdistill.train.selection import paired_bootstrap
 from kdistill.train.trainer import default_device
 from kdistill.validate import check_all
 
@@ -137,16 +139,25 @@ def setup(stage: str) -> tuple[Params, Paths]:
     return p, paths
 
 
-def checkpoint_selection(p: Params, train_dir: Path, tok, precision: str, task: Task):
-    """(eval_fn, select_metric) for a training stage: score the validation rows of `train_dir` (tokenised with the
-    stage's tokenizer) and keep the best state; (None, None) when base.validation_rows is 0 (keep the last state)."""
+def checkpoint_selection(p: Params, train_dir: Path, tok, precision: str, task: Task) -> dict:
+    """How a training stage chooses the state it keeps (Trainer/run_phases keyword arguments): score the validation
+    rows of `train_dir` (tokenised with the stage's tokenizer) at each evaluation and apply base.checkpoint_rule
+    (kdistill.train.selection); nothing when base.validation_rows is 0 (the last state)."""
     val = validation_rows(datasets.load_from_disk(str(train_dir)), p.base.validation_rows)
     if val is None:
-        return None, None
+        return {}
     val = tokenize_task(val, tok, p.base.max_seq_len)
-    return (lambda obj: score(obj.student, val, task, precision)), task.metric
+    gold = np.asarray(val["labels"])
 
+    def evaluate(obj):
+        predictions = task.predictions(predict(obj.student, val, precision=precision))
+        return task.metrics(predictions, gold), predictions
 
+    def primary(a, g):  # accuracy without sklearn's checks: the bootstrap calls it two thousand times
+        return float(np.mean(a == g)) if task.metric == "accuracy" else task.metrics(a, g)[task.metric]
+
+    return {"eval_fn": evaluate, "select_metric": task.metric, "select_rule": p.base.checkpoint_rule,
+            "compare": paired_bootstrap(primary, gold)}
 
 
 def stage_run(p: Params, stage: str):

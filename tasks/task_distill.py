@@ -52,7 +52,7 @@ def main(which: str) -> None:
     teacher = None if baseline else load_model(AutoModelForSequenceClassification, paths.teacher)
     eval_precision = precision_for(p, p.evaluate.precision)
     # augment took the students' rows from before the validation rows, so no student trains on them
-    eval_fn, select_metric = checkpoint_selection(p, paths.data / "train", tok, eval_precision, task)
+    selection = checkpoint_selection(p, paths.data / "train", tok, eval_precision, task)
     out = paths.baseline(name) if baseline else paths.student(name)
 
     def logits(precision: str):
@@ -66,7 +66,7 @@ def main(which: str) -> None:
         phases = (recipes.baseline if baseline else recipe).task(ctx)
         logs = PhaseLogs()
         res = run_phases(phases, train, paths.work / stage.replace("@", "_"), student,
-                         eval_fn=eval_fn, select_metric=select_metric, callbacks=logs)
+                         callbacks=logs, **selection)
         if not world().main:
             return  # rank 0 scores, times and saves
         logs.flush()
@@ -74,7 +74,8 @@ def main(which: str) -> None:
         metrics = score(student, dev, task, eval_precision)  # once, on the state the validation rows chose
         mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
         info = {"recipe": name, "baseline": baseline, "task": p.base.task, "dev": metrics, "teacher": p.base.teacher,
-                "steps": res.steps, "phases": {k: r.steps for k, r in res.results.items()}, "best_step": res.last.best_step}
+                "steps": res.steps, "phases": {k: r.steps for k, r in res.results.items()}, "best_step": res.last.best_step,
+                "selection": res.last.selection}
         lat = latency_ms(student, 1, p.base.max_seq_len, warmup=3, repeats=20, precision=eval_precision)
         card = model_card(which if baseline else name, p.base.task, name, p.base.teacher,
                           f"{data_description(p)} train ({len(train)} rows incl. {p.augment.method} augmentation), "

@@ -42,13 +42,13 @@ def main() -> None:
     # a head of another size (a teacher fine-tuned for other labels, mode: train) is replaced by a fresh one
     model = load_model(AutoModelForSequenceClassification, src, p.base.allow_pickle_weights,
                        ignore_mismatched_sizes=True, **task.model_config())
-    eval_fn, select_metric = checkpoint_selection(p, paths.data / "train", tok, eval_precision, task)
+    selection = checkpoint_selection(p, paths.data / "train", tok, eval_precision, task)
     with stage_run(p, "teacher_finetune"):
         log = LossLog()
         cfg = optim_to_trainer_config(p.teacher_finetune.optim, p.base.seed, "teacher fine-tune",
                                       precision_for(p, p.teacher_finetune.optim.precision))
         res = Trainer(Supervised(model), train, cfg, paths.work / "teacher_finetune",
-                      eval_fn=eval_fn, select_metric=select_metric,
+                      **selection,
                       callbacks=[log], fingerprint={"stage": "teacher_finetune", "task": p.base.task}).train()
         if not world().main:
             return  # rank 0 scores and saves
@@ -57,7 +57,8 @@ def main() -> None:
         metrics = score(model, dev, task, eval_precision)  # once, on the state the validation rows chose
         mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
         save_model_atomic(model, tok, paths.teacher, extra={"role": "teacher", "task": p.base.task, "dev": metrics,
-                                                            "mode": "train", "steps": res.steps, "best_step": res.best_step},
+                                                            "mode": "train", "steps": res.steps, "best_step": res.best_step,
+                                                            "selection": res.selection},
                           files={"metrics.json": json.dumps(metrics, indent=2)})
     print(f"[teacher_finetune] dev {metrics}")
 

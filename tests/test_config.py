@@ -43,7 +43,7 @@ def test_layer_map_must_fit_the_teacher():
 
     with pytest.raises(ParamsError, match=r"general_distill.tinybert.layer_map': .*multiple of the student depth"):
         check_against_teacher(p, teacher_layers=6, teacher_heads=12, teacher_hidden=384)
-    p = parse_params({"general_distill": {"tinybert": {"student": {"layers": 3, "hidden": 192, "heads": 4}}}})
+    p = parse_params({"general_distill": {"tinybert": {"student": {"layers": 3, "hidden": 192, "heads": 4, "init": "random"}}}})
     check_against_teacher(p, teacher_layers=6, teacher_heads=12, teacher_hidden=384)  # 4 divides 12: heads grouped
     p = parse_params({"general_distill": {"tinybert": {"student": {"layers": 3, "hidden": 160, "heads": 5}}}})
     with pytest.raises(ParamsError, match=r"general_distill.tinybert.student.heads': .*student has 5 heads, the teacher 12"):

@@ -28,11 +28,14 @@ SHAPES = {  # every recipe at a size the tiny teachers (2 layers, width 32, 4 he
                         "distilbert": {"optim": {"batch_size": 4, "max_steps": 2}, "init_layers": [0]},
                         "mobilebert": {"student": {"bottleneck": 8, "heads": 2, "ffn": 16, "stacked_ffn": 1, "embedding": 8},
                                        "progressive": {"steps_per_layer": 1, "batch_size": 4},
-                                       "joint": {"optim": {"batch_size": 4, "max_steps": 1}}}},
+                                       "joint": {"optim": {"batch_size": 4, "max_steps": 1}}},
+                        "minilm": {"student": {"layers": 2, "hidden": 16, "heads": 4, "ffn": 32}, "relation_heads": 4,
+                                   "optim": {"batch_size": 4, "max_steps": 2}}},
     "task_distill": {"tinybert": {"intermediate": {"batch_size": 4, "max_steps": 2}, "cache_teacher_outputs": False,
                                   "teacher_cache_gb": 0, "prediction": {"batch_size": 4, "max_steps": 2}},
                      "distilbert": {"optim": {"batch_size": 4, "max_steps": 2}, "cache_teacher_outputs": False},
-                     "mobilebert": {"optim": {"batch_size": 4, "max_steps": 2}}},
+                     "mobilebert": {"optim": {"batch_size": 4, "max_steps": 2}},
+                     "minilm": {"optim": {"batch_size": 4, "max_steps": 2}, "cache_teacher_outputs": False}},
 }
 TASK = Task("toy", "single_label", ("neg", "neu", "pos"), "accuracy", False, ("accuracy", "macro_f1"))
 

@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from kdistill.recipes import RECIPES
+
 from .conftest import ROOT, flow_env, free_port
 from .listening import listening_addresses
 
@@ -80,7 +82,7 @@ def test_the_smoke_profile_tracks_registers_and_aliases_over_http_on_postgresql(
 
     client = MlflowClient(tracking_uri=url, registry_uri=url)
     names = {m.name for m in client.search_registered_models()}
-    recipes = ("tinybert", "distilbert", "mobilebert")
+    recipes = tuple(RECIPES)
     assert {f"smoke-sst2-{r}" for r in recipes} <= names
     for r in recipes:
         champion = client.get_model_version_by_alias(f"smoke-sst2-{r}", "champion")

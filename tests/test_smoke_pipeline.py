@@ -19,6 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from kdistill.recipes import RECIPES
 from pipelines.schedule import api_healthy
 
 from .conftest import ROOT, SECRET, flow_env, free_port, run_flow
@@ -45,7 +46,7 @@ def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
 
     # every model evaluated and reported
     summary = json.loads((out / "reports" / "summary.json").read_text())
-    recipes = ("tinybert", "distilbert", "mobilebert")
+    recipes = tuple(RECIPES)
     assert set(summary["models"]) == {"teacher", *recipes, *(f"baseline-{r}" for r in recipes)}
     assert summary["precision"] in ("fp32", "bf16") and summary["cpu_capability"]
     for name, m in summary["models"].items():
@@ -138,7 +139,7 @@ def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
 
 # teacher_finetune and the stages that read its output, with what each writes under outputs-smoke/
 FROM_TEACHER = {"teacher_finetune": ["teacher"],
-                **{f"task_distill@{r}": [f"students/{r}"] for r in ("tinybert", "distilbert", "mobilebert")},
+                **{f"task_distill@{r}": [f"students/{r}"] for r in RECIPES},
                 "evaluate": ["reports/summary.json", "reports/report.md"], "export": ["onnx", "reports/deploy.json"]}
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdistill.distill.attention import AttentionScores
+from kdistill.distill.attention import AttentionScores, self_attention_modules
 from kdistill.models import encoder_of
 
 
@@ -64,3 +64,18 @@ def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool, score_
         for h in handles:
             h.remove()
     return hidden, ((cap.probs if probs else cap.scores) if want_attn else None)
+
+
+def layer_qkv(model: nn.Module, batch: dict, layer: int) -> dict[str, torch.Tensor]:
+    """The outputs of layer `layer`'s (1-based) query, key and value projections, [B, L, heads x head width] each
+    (MiniLM's relations); the forward stops after that layer."""
+    attn = self_attention_modules(encoder_of(model))[layer - 1]
+    out: dict[str, torch.Tensor] = {}
+    handles = [getattr(attn, k).register_forward_hook(lambda _m, _i, o, k=k: out.__setitem__(k, o))
+               for k in ("query", "key", "value")]
+    try:
+        run_layers(model, batch, layer, want_attn=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return out

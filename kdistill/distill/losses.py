@@ -6,6 +6,7 @@ Conventions (see README "Losses"): every mean is over the elements that count (n
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -233,3 +234,30 @@ def attention_kl(
         kl = (p_t * (torch.log(p_t.clamp_min(1e-30)) - log_p_s)).masked_fill(~keys, 0.0).sum(-1)  # [B, H, L]
     q = attention_mask[:, None, :].to(kl.dtype).expand_as(kl)
     return (kl * q).sum() / q.sum().clamp_min(1.0)
+
+
+def relation_kl(x_s: torch.Tensor, x_t: torch.Tensor, heads: int, attention_mask: torch.Tensor) -> torch.Tensor:
+    """MiniLMv2's self-attention relation loss for one kind of vector (queries, keys or values).
+
+    x_s [B, L, d_s] and x_t [B, L, d_t] are the concatenated per-head vectors of one layer (the output of its
+    query, key or value projection). Each is split into `heads` relation heads of width d/heads, whatever the models'
+    own head counts, and R = softmax(X X^T / sqrt(d/heads)) is formed per relation head; the loss is
+    KL(R_t || R_s), summed over keys, averaged over relation heads and real (unpadded) query positions. Padded keys
+    take no probability in either relation.
+    """
+    b, n = x_s.shape[:2]
+    if x_s.size(-1) % heads or x_t.size(-1) % heads:
+        raise ValueError(f"{heads} relation heads must divide both widths ({x_s.size(-1)}, {x_t.size(-1)})")
+
+    def log_relation(x: torch.Tensor) -> torch.Tensor:
+        x = x.float().view(b, n, heads, -1).transpose(1, 2)  # [B, R, L, d_r]
+        scores = x @ x.transpose(-1, -2) / math.sqrt(x.size(-1))
+        scores = scores.masked_fill(attention_mask[:, None, None, :] == 0, float("-inf"))
+        return torch.log_softmax(scores, dim=-1)
+
+    log_t, log_s = log_relation(x_t), log_relation(x_s)
+    keys = attention_mask[:, None, None, :].bool()
+    # 0 * log 0 at padded keys: where() keeps the -inf - -inf out of the sum
+    kl = torch.where(keys, log_t.exp() * (log_t - log_s), torch.zeros((), device=log_t.device)).sum(-1)  # [B, R, L]
+    queries = attention_mask[:, None, :].to(kl.dtype)
+    return (kl * queries).sum() / (queries.sum() * heads).clamp_min(1)

@@ -15,7 +15,7 @@ from torch import nn
 
 from kdistill.distill import losses as L
 from kdistill.distill.attention import AttentionScores
-from kdistill.distill.features import FeatureSpec, model_inputs, run_layers
+from kdistill.distill.features import FeatureSpec, layer_qkv, model_inputs, run_layers
 from kdistill.distill.layer_map import check_heads, resolve_layer_map
 from kdistill.families import mlm_head_prefixes, mlm_logits
 from kdistill.fingerprint import dataset_digest, module_digest
@@ -231,6 +231,35 @@ class Prediction(_WithTeacher):
         if self.weights.get("hard", 0.0) > 0:
             out["hard"] = L.hard_label_loss(s_logits, batch["labels"])
         return out
+
+
+class Relations(_WithTeacher):
+    """MiniLMv2's objective: the student's last layer learns the query-query, key-key and value-value relations of
+    one teacher layer (`qq`, `kk`, `vv`: relation KLs over `heads` relation heads). No projection is learnt, so
+    the student's width and head count are free."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, weights: dict[str, float], teacher_layer: int,
+                 heads: int):
+        super().__init__()
+        self.student = student
+        self._set_teacher(teacher)
+        self.weights = {k: float(v) for k, v in weights.items() if k in ("qq", "kk", "vv")}
+        n = teacher.config.num_hidden_layers
+        self.teacher_layer = n + 1 + teacher_layer if teacher_layer < 0 else teacher_layer
+        if not 1 <= self.teacher_layer <= n:
+            raise ValueError(f"teacher layer {teacher_layer} is not one of the teacher's {n} layers (1..{n}, or -1 for the last)")
+        for who, cfg in (("student", student.config), ("teacher", teacher.config)):
+            if cfg.hidden_size % heads:
+                raise ValueError(f"{heads} relation heads must divide the {who}'s query/key/value width {cfg.hidden_size}")
+        self.heads = heads
+
+    def forward(self, batch: dict) -> dict:
+        mask = batch["attention_mask"]
+        with torch.no_grad():
+            t = layer_qkv(self.teacher, batch, self.teacher_layer)
+        s = layer_qkv(self.student, batch, self.student.config.num_hidden_layers)
+        return {k[0] * 2: L.relation_kl(s[k], t[k], self.heads, mask) for k in ("query", "key", "value")
+                if self.weights.get(k[0] * 2, 0.0) > 0}
 
 
 class DistilBertGeneral(_WithTeacher):

@@ -14,9 +14,10 @@ from __future__ import annotations
 from types import ModuleType
 
 from kdistill.errors import KdistillError
-from kdistill.recipes import baseline, distilbert, mobilebert, tinybert
+from kdistill.recipes import baseline, distilbert, minilm, mobilebert, tinybert
 
-RECIPES: dict[str, ModuleType] = {"tinybert": tinybert, "distilbert": distilbert, "mobilebert": mobilebert}
+RECIPES: dict[str, ModuleType] = {"tinybert": tinybert, "distilbert": distilbert, "mobilebert": mobilebert,
+                                  "minilm": minilm}
 
 
 class UnknownRecipe(KdistillError, ValueError):

@@ -51,7 +51,7 @@ class TaskParams(Section):
     cache_teacher_outputs: bool = True
 
 
-def check_teacher(p, layers: int, heads: int, hidden: int) -> None:
+def check_teacher(p, layers: int, heads: int, hidden: int, ffn: int | None = None) -> None:
     """The layers the student starts from exist in the teacher."""
     init = p.general_distill.distilbert.init_layers
     bad = [i for i in init if not 0 <= i < layers] if isinstance(init, list) else []

@@ -113,7 +113,7 @@ class TaskParams(Section):
     optim: OptimParams = OptimParams(lr=1e-4, epochs=2.0)
 
 
-def check_teacher(p, layers: int, heads: int, hidden: int) -> None:
+def check_teacher(p, layers: int, heads: int, hidden: int, ffn: int | None = None) -> None:
     """The student's heads group the teacher's, its embedding fits the teacher's width, its depth maps."""
     s = p.general_distill.mobilebert.student
     with params_key("general_distill.mobilebert.student.heads"):

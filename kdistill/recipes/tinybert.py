@@ -19,6 +19,7 @@ from kdistill.recipes.base import (
     trainer_config,
 )
 from kdistill.schema import LayerMapSpec, OptimParams, Section, StudentShape, params_key
+from kdistill.student_init import check_fits_teacher, init_from_teacher
 from kdistill.train.phases import Phase
 
 NEEDS_TEACHER_MLM = False
@@ -48,11 +49,15 @@ class TaskParams(Section):
     teacher_cache_gb: float = Field(8.0, ge=0)
 
 
-def check_teacher(p, layers: int, heads: int, hidden: int) -> None:
-    """What the schema cannot see: the layer map fits the teacher's depth, the student's heads its heads."""
+def check_teacher(p, layers: int, heads: int, hidden: int, ffn: int | None = None) -> None:
+    """What the schema cannot see: the layer map fits the teacher's depth, the student's heads its heads, and a
+    teacher-initialised student is no wider than its teacher on any axis."""
     g = p.general_distill.tinybert
     with params_key("general_distill.tinybert.layer_map"):
         resolve_layer_map(g.layer_map, g.student.layers, layers)
+    if g.student.init == "teacher":
+        with params_key("general_distill.tinybert.student"):
+            check_fits_teacher(g.student, layers, heads, hidden, ffn)
     if g.weights.get("attn", 0) > 0 or p.task_distill.tinybert.weights.get("attn", 0) > 0:
         with params_key("general_distill.tinybert.student.heads"):
             check_heads(g.student.heads, heads)
@@ -64,12 +69,15 @@ def general(ctx: GeneralContext) -> GeneralPlan:
     s = g.student
     student = AutoModel.from_config(tinybert_config(teacher.config, s.layers, s.hidden, s.heads, s.ffn, s.activation))
     obj = Intermediate(student, teacher, g.weights, g.layer_map, g.attention, g.shared_projection, g.mask_padding)
+    info = {"layer_map": obj.layer_map, "init": s.init}
+    if s.init == "teacher":
+        info.update(init_from_teacher(student, teacher, obj.layer_map))
 
     def save_projections(tmp):
         save_file({k: v.contiguous() for k, v in obj.projections.state_dict().items()}, str(tmp / "projections.safetensors"))
 
     return GeneralPlan(student, [Phase("general", obj, trainer_config(g.optim, ctx, "general distill (tinybert)"))],
-                       {"layer_map": obj.layer_map}, save_projections)
+                       info, save_projections)
 
 
 def task(ctx: TaskContext) -> list[Phase]:

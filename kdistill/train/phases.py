@@ -69,6 +69,8 @@ def run_phases(
     select_metric: str | None = None,
     callbacks: Callable[[Phase, int], list[Callback]] = lambda phase, offset: [],
     device: torch.device | None = None,
+    select_rule: str = "best",
+    compare: Callable | None = None,
 ) -> PhasesResult:
     """Train `phases` in order on `dataset`; `model` is the module whose weights the phases hand on to each other.
 
@@ -87,6 +89,7 @@ def run_phases(
         trainer = Trainer(phase.objective, dataset, phase.config, work / phase.name,
                           eval_fn=eval_fn if phase.evaluate else None, select_metric=select_metric if phase.evaluate else None,
                           callbacks=callbacks(phase, offset), fingerprint={"phase": phase.name},
+                          select_rule=select_rule, compare=compare,
                           device=device)
         done = work / f"{phase.name}.done.pt"
         done_files.append(done)

@@ -33,6 +33,7 @@ from kdistill.io import atomic_dir
 from kdistill.train import distributed
 from kdistill.train.dropout import install_fast_dropout
 from kdistill.train.precision import autocast, grad_scaler
+from kdistill.train.selection import choose
 
 
 class NonFiniteLossError(KdistillError, FloatingPointError):
@@ -70,6 +71,7 @@ class TrainResult:
     evals: list[dict] = field(default_factory=list)
     resumed_from: int | None = None
     history: list[dict] = field(default_factory=list)  # per step: step, loss, lr and every component
+    selection: dict | None = None  # how the kept state was chosen (kdistill.train.selection.choose)
 
 
 def _rng_state() -> dict:
@@ -113,9 +115,11 @@ class Trainer:
         config: TrainerConfig,
         checkpoint_dir: str | Path,
         collate: Callable[[list[dict]], dict] = pad_collate,
-        eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+        eval_fn: Callable[[nn.Module], dict[str, float] | tuple[dict[str, float], object]] | None = None,
         select_metric: str | None = None,
         callbacks: list[Callback] = (),
+        select_rule: str = "best",
+        compare: Callable | None = None,
         fingerprint: dict | None = None,
         device: torch.device | None = None,
     ):
@@ -128,6 +132,8 @@ class Trainer:
         self.collate = collate
         self.eval_fn = eval_fn
         self.select_metric = select_metric
+        # eval_fn may return (metrics, per-row predictions): the rule last_unless_significant compares them
+        self.select_rule, self.compare = select_rule, compare
         self.callbacks = list(callbacks)
         self.device = device or default_device()
         self.world = distributed.world()
@@ -190,7 +196,8 @@ class Trainer:
         if self.eval_fn is None or not self.world.main:  # the others wait for rank 0 at the next step's reduction
             return
         self.obj.eval()
-        metrics = self.eval_fn(self.obj)
+        out = self.eval_fn(self.obj)
+        metrics, predictions = out if isinstance(out, tuple) else (out, None)
         self.obj.train()
         self.evals.append({"step": step, **metrics})
         for cb in self.callbacks:
@@ -198,7 +205,8 @@ class Trainer:
         if self.select_metric:
             value = metrics[self.select_metric]
             if best.get("value") is None or value > best["value"]:
-                best.update(value=value, step=step, state=self._trainable_state())
+                best.update(value=value, step=step, state=self._trainable_state(), predictions=predictions)
+            best["last"] = {"value": value, "step": step, "predictions": predictions}
 
     def _setup_optimizer(self) -> list:
         """AdamW over the objective's trainable parameters (no weight decay on biases and norms; per-parameter
@@ -347,14 +355,24 @@ class Trainer:
         bar.close()
         if self.eval_fn is not None and (not self.evals or self.evals[-1]["step"] != step):
             self._evaluate(step, best)
+        kept, record = None, None
         if best.get("state") is not None:
-            self.obj.load_state_dict(best["state"], strict=False)
+            back, record = choose(self.select_rule, best, best["last"], self.compare)
+            kept = best if back else best["last"]
+            if back:
+                self.obj.load_state_dict(best["state"], strict=False)
+            if w.main:
+                tqdm.write(f"[{cfg.desc}] kept the state of step {record['kept_step']} ({self.select_rule}: "
+                           + (f"best step {record['best_step']} leads by {record['lead']:+.4f} +- {record['lead_se']:.4f}"
+                              if "lead" in record else f"best step {record['best_step']}, last step {record['last_step']}")
+                           + ")")
         if self.eval_fn is not None:
-            distributed.broadcast_module(self.obj)  # rank 0 chose the best state: every rank goes on from it
+            distributed.broadcast_module(self.obj)  # rank 0 chose the state: every rank goes on from it
         # The run is complete: its checkpoint has served (resuming is for interrupted runs only).
         if w.main:
             self.clear_checkpoint()
-        return TrainResult(step, best.get("value"), best.get("step"), self.evals, resumed_from, self.history)
+        return TrainResult(step, kept["value"] if kept else None, kept["step"] if kept else None, self.evals,
+                           resumed_from, self.history, record)
 
     def _batch_means(self, comps: dict[str, torch.Tensor], share: float) -> dict[str, float]:
         """Each component's value over the whole global batch: the ranks' shares of it, summed."""
