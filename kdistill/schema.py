@@ -22,6 +22,17 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class GeneralSection(Section):
+    """What every general_distill.<recipe> section has besides its own keys: `from`, a general student already
+    distilled (a local directory or a hub id) that the task stage starts from instead, skipping general
+    distillation; its shape is read from it (the section's student shape is then not used) and checked against
+    the teacher before any work (kdistill.general_start)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+    from_: str | None = Field(None, alias="from")
+
+
 class StudentShape(Section):
     layers: int = Field(3, ge=1, le=48)
     hidden: int = Field(192, ge=8)

@@ -8,16 +8,28 @@ from kdistill.config import Params, ParamsError
 from kdistill.data.glue import DataError, check_split_available, glue_task
 from kdistill.data.splits import resolve_task
 from kdistill.data.task import Task
+from kdistill.general_start import check_start, start_config
 from kdistill.models import ModelSpecError, teacher_config
 from kdistill.recipes import RECIPES
+from kdistill.schema import params_key
 from kdistill.teacher_head import plan
 
 
 def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, teacher_hidden: int,
                           teacher_ffn: int | None = None) -> None:
     """Each recipe's own checks of its params against the teacher's shape (kdistill/recipes/<name>.py)."""
-    for recipe in RECIPES.values():
-        recipe.check_teacher(p, teacher_layers, teacher_heads, teacher_hidden, teacher_ffn)
+    for name, recipe in RECIPES.items():
+        if getattr(p.general_distill, name).from_ is None:  # a student given with `from` has its own shape
+            recipe.check_teacher(p, teacher_layers, teacher_heads, teacher_hidden, teacher_ffn)
+
+
+def check_starts(p: Params, teacher_cfg) -> None:
+    """Each general student given with general_distill.<recipe>.from fits the teacher and its recipe."""
+    for name in RECIPES:
+        src = getattr(p.general_distill, name).from_
+        if src is not None:
+            with params_key(f"general_distill.{name}.from"):
+                check_start(name, start_config(src, p.base.allow_pickle_weights), teacher_cfg, p)
 
 
 def check_teacher(p: Params, task: Task) -> None:
@@ -27,6 +39,7 @@ def check_teacher(p: Params, task: Task) -> None:
         raise ParamsError(f"params.yaml: key 'base.teacher': {exc}") from None
     check_against_teacher(p, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size,
                           getattr(cfg, "intermediate_size", None))
+    check_starts(p, cfg)
     plan(cfg, task, p.teacher_finetune.mode, p.base.teacher)  # a head that names other labels: refused now
 
 

@@ -10,6 +10,7 @@ import mlflow
 from datasets import load_from_disk
 
 from kdistill import recipes
+from kdistill.general_start import load_start
 from kdistill.io import atomic_dir, write_json_atomic
 from kdistill.models import load_tokenizer, resolve_teacher
 from kdistill.recipes.base import GeneralContext
@@ -23,6 +24,9 @@ from .common import cli, precision_for, setup, stage_run
 def main(name: str) -> None:
     recipe = recipes.get(name)
     p, paths = setup(f"general_distill@{name}")
+    start = getattr(p.general_distill, name).from_
+    if start is not None:
+        return save_start(p, paths, name, start, load_tokenizer(p.base.teacher))
     if recipe.NEEDS_TEACHER_MLM and not (paths.teacher_mlm / "config.json").is_file():
         from kdistill.errors import KdistillError
 
@@ -51,6 +55,26 @@ def main(name: str) -> None:
                                                       "phases": {k: r.steps for k, r in res.results.items()},
                                                       "teacher": p.base.teacher, **plan.info})
     print(f"[general_distill] {name}: {res.steps} steps -> {out}")
+
+
+def save_start(p, paths, name: str, src: str, tok) -> None:
+    """general_distill.<name>.from: the given general student (checked against the teacher in validation) is this
+    stage's output, with the teacher's tokenizer; no step is trained (an empty loss curve is kept on record)."""
+    out = paths.general(name)
+    with stage_run(p, f"general_distill@{name}"):
+        if not world().main:
+            return
+        student = load_start(src, tok.get_vocab(), p.base.allow_pickle_weights)
+        c = student.config
+        info = {"from": src, "layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads}
+        mlflow.log_params({k: str(v) for k, v in info.items()})
+        write_loss_csv(paths.reports_for(f"general_distill_{name}"))
+        with atomic_dir(out) as tmp:
+            student.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            write_json_atomic(tmp / "kdistill.json", {"recipe": name, "stage": "general", "steps": 0,
+                                                      "teacher": p.base.teacher, **info})
+    print(f"[general_distill] {name}: started from {src} (no general distillation) -> {out}")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ from kdistill.recipes.base import (
     special_ids,
     trainer_config,
 )
-from kdistill.schema import OptimParams, ParamsError, Section
+from kdistill.schema import GeneralSection, OptimParams, ParamsError, Section
 from kdistill.train.phases import Phase
 
 NEEDS_TEACHER_MLM = True
 
 
-class GeneralParams(Section):
+class GeneralParams(GeneralSection):
     """general_distill.distilbert"""
 
     init_layers: Literal["every_other"] | list[int] = "every_other"

@@ -16,14 +16,14 @@ from transformers import AutoModel
 from kdistill.distill.objectives import Prediction, Relations
 from kdistill.models import load_model, tinybert_config
 from kdistill.recipes.base import GeneralContext, GeneralPlan, TaskContext, trainer_config
-from kdistill.schema import OptimParams, ParamsError, Section, StudentShape, params_key
+from kdistill.schema import GeneralSection, OptimParams, ParamsError, Section, StudentShape, params_key
 from kdistill.student_init import check_fits_teacher, init_from_teacher
 from kdistill.train.phases import Phase
 
 NEEDS_TEACHER_MLM = False
 
 
-class GeneralParams(Section):
+class GeneralParams(GeneralSection):
     """general_distill.minilm"""
 
     student: StudentShape = StudentShape()

@@ -30,7 +30,7 @@ from kdistill.recipes.base import (
     special_ids,
     trainer_config,
 )
-from kdistill.schema import OptimParams, ParamsError, Section, divisors, params_key
+from kdistill.schema import GeneralSection, OptimParams, ParamsError, Section, divisors, params_key
 from kdistill.train.phases import Phase
 from kdistill.train.precision import PrecisionSpec
 
@@ -86,7 +86,7 @@ class MobileBertJointParams(Section):
     optim: OptimParams = OptimParams(lr=5e-4, max_steps=100)
 
 
-class GeneralParams(Section):
+class GeneralParams(GeneralSection):
     """general_distill.mobilebert"""
 
     student: MobileBertShape = MobileBertShape()

@@ -18,14 +18,14 @@ from kdistill.recipes.base import (
     TaskContext,
     trainer_config,
 )
-from kdistill.schema import LayerMapSpec, OptimParams, Section, StudentShape, params_key
+from kdistill.schema import GeneralSection, LayerMapSpec, OptimParams, Section, StudentShape, params_key
 from kdistill.student_init import check_fits_teacher, init_from_teacher
 from kdistill.train.phases import Phase
 
 NEEDS_TEACHER_MLM = False
 
 
-class GeneralParams(Section):
+class GeneralParams(GeneralSection):
     """general_distill.tinybert"""
 
     student: StudentShape = StudentShape()

@@ -1,0 +1,65 @@
+"""Start from a general student someone already distilled (`general_distill.<recipe>.from`), skipping general
+distillation: a local directory or a hub id (TinyBERT-4, MiniLM, ...). Its shape is read from its config and
+checked against the teacher and the recipe's task stage before any work; the general stage then saves it, with the
+teacher's tokenizer, where the task stage reads its general student.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from kdistill.distill.layer_map import check_heads, resolve_layer_map
+from kdistill.errors import KdistillError
+from kdistill.models import check_model_dir, load_model, resolve_teacher
+
+
+class GeneralStartError(KdistillError, ValueError):
+    pass
+
+
+def start_config(src: str, allow_pickle: bool = False):
+    """The config of a general student to start from (local directory, or hub id: needs the network or the cache)."""
+    path = resolve_teacher(src)  # the same rules as a teacher: local directory, offline package or hub id
+    check_model_dir(path, allow_pickle)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as exc:
+        raise GeneralStartError(f"{src}: no model config there ({str(exc).splitlines()[0]}); give a directory saved "
+                                "with save_pretrained, or a hub id with the network or a populated cache") from None
+
+
+def check_start(recipe: str, s_cfg, t_cfg, p) -> None:
+    """A general student fits its recipe's task stage: the teacher's family (MobileBERT for that recipe) and
+    vocabulary, and what the recipe's task losses compare (layer map and heads; MobileBERT's block width)."""
+    want = "mobilebert" if recipe == "mobilebert" else t_cfg.model_type
+    if s_cfg.model_type != want:
+        raise GeneralStartError(f"it is a {s_cfg.model_type!r} model; the {recipe} recipe needs a {want!r} student "
+                                f"(the teacher is {t_cfg.model_type!r})")
+    if s_cfg.vocab_size != t_cfg.vocab_size:
+        raise GeneralStartError(f"its vocabulary has {s_cfg.vocab_size} tokens, the teacher's {t_cfg.vocab_size}: "
+                                "the task stage feeds both the same token ids, so the student needs the teacher's vocabulary")
+    if recipe == "tinybert":
+        t = p.task_distill.tinybert
+        resolve_layer_map(p.general_distill.tinybert.layer_map, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
+        if t.weights.get("attn", 0) > 0:
+            check_heads(s_cfg.num_attention_heads, t_cfg.num_attention_heads)
+    if recipe == "mobilebert":
+        if s_cfg.hidden_size != t_cfg.hidden_size:
+            raise GeneralStartError(f"its block width {s_cfg.hidden_size} differs from the teacher's hidden size "
+                                    f"{t_cfg.hidden_size}, which MobileBERT's feature-map transfer compares directly")
+        resolve_layer_map("uniform", s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
+        check_heads(s_cfg.num_attention_heads, t_cfg.num_attention_heads)
+
+
+def load_start(src: str, vocab: dict | None = None, allow_pickle: bool = False):
+    """The general student's encoder, loaded safely; refused when its own tokenizer's vocabulary differs from
+    `vocab` (the teacher's)."""
+    path = resolve_teacher(src)
+    if vocab is not None and Path(path).is_dir() and any(Path(path).glob("vocab.*")):
+        own = AutoTokenizer.from_pretrained(path).get_vocab()
+        if own != vocab:
+            diff = sorted(set(own.items()) ^ set(vocab.items()))[:3]
+            raise GeneralStartError(f"{src}: its tokenizer's vocabulary differs from the teacher's (e.g. {diff})")
+    return load_model(AutoModel, path, allow_pickle)
