@@ -201,7 +201,7 @@ class SeedsParams(_Section):
     """`make seeds`: augmentation, task distillation and (with baselines) the no-teacher controls once per seed."""
 
     seeds: list[int] = Field([42, 43, 44], min_length=2)
-    recipes: list[str] = Field(["tinybert", "distilbert"], min_length=1)
+    recipes: list[str] = Field(default_factory=lambda: list(RECIPES), min_length=1)
     baselines: bool = True
 
     _seeds_once = field_validator("seeds")(_distinct)

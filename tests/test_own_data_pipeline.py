@@ -89,7 +89,9 @@ def own_project(tmp_path_factory):
                    "distilbert": {"init_layers": [0, 1], "optim": {"batch_size": 8, "max_steps": 3}},
                    "mobilebert": {"student": {"bottleneck": 8, "heads": 2, "ffn": 16, "stacked_ffn": 1, "embedding": 8},
                                   "progressive": {"steps_per_layer": 1, "batch_size": 8},
-                                  "joint": {"optim": {"batch_size": 8, "max_steps": 2}}}},
+                                  "joint": {"optim": {"batch_size": 8, "max_steps": 2}}},
+                   "minilm": {"student": {"layers": 2, "hidden": 16, "heads": 4, "ffn": 32}, "relation_heads": 4,
+                              "optim": {"batch_size": 8, "max_steps": 3}}},
                "tracking": {"experiment_prefix": "kdistill-own", "registry_prefix": "own-"}}
     (project / "profiles" / "reviews.yaml").write_text(yaml.safe_dump(profile))
     proc = run_flow(project, "--profile", "reviews")

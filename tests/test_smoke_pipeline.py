@@ -24,6 +24,9 @@ from pipelines.schedule import api_healthy
 
 from .conftest import ROOT, SECRET, flow_env, free_port, run_flow
 
+# prepare, augment, teacher_finetune, teacher_mlm, evaluate, export; general, task and baseline per recipe
+STAGES = 6 + 3 * len(RECIPES)
+
 
 @pytest.fixture
 def project(smoke_project):
@@ -73,7 +76,7 @@ def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
 
     # independent stages really ran side by side (start/end stamps the flow took around each stage)
     tl = json.loads((project / "work" / "outputs-smoke" / "timeline.json").read_text())["stages"]
-    assert len(tl) == 15
+    assert len(tl) == STAGES
     spans = list(tl.items())
     overlaps = [(a, b) for i, (a, x) in enumerate(spans) for b, y in spans[i + 1:]
                 if x["start"] < y["end"] and y["start"] < x["end"]]
@@ -83,7 +86,7 @@ def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
 
     # DVC is the record: the profile's lock holds every stage, and `dvc status` is clean
     lock = yaml.safe_load((project / "runs" / "smoke" / "dvc.lock").read_text())["stages"]
-    assert len(lock) == 15
+    assert len(lock) == STAGES
     dvc = str(project / ".venv" / "bin" / "dvc")
     st = subprocess.run([dvc, "status", "--json"], cwd=project, capture_output=True, text=True, check=True).stdout
     assert json.loads(st or "{}") == {} or all(not k.startswith("runs/smoke") for k in json.loads(st))
@@ -188,7 +191,7 @@ def test_kill_9_inside_a_training_stage_and_between_stages_then_a_rerun_ends_as_
     again = run_flow(project, "--profile", "smoke")
     assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
     assert "as KILLED" in again.stdout + again.stderr  # the runs the second, killed run left RUNNING
-    assert len(_recorded(project)) == 15
+    assert len(_recorded(project)) == STAGES
     for recipe, want in weights.items():
         got = load_file(project / "outputs-smoke" / "students" / recipe / "model.safetensors")
         assert got.keys() == want.keys()
