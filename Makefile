@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test test-fast pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-augment bench-prepare bench-ddp bench-textbrewer profile-onnx bench-onnx-kernels bench-heads clean
+.PHONY: help setup test test-fast pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-augment bench-prepare bench-ddp bench-textbrewer profile-onnx bench-onnx-kernels bench-heads bench-mlm-head clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
@@ -34,6 +34,7 @@ help:
 	@echo "make profile-onnx   where ONNX Runtime spends its time per operator type, and each student's speedup ceiling (MODELS=\"teacher tinybert\" BATCH=1 SEQ=64 VARIANT=model.int8.onnx)"
 	@echo "make bench-onnx-kernels  ONNX Runtime's fused residual + LayerNorm kernel against Add + LayerNorm (HIDDEN=\"192 384\")"
 	@echo "make bench-heads   TinyBERT-style student's ORT speedup over the teacher per head count (HEADS=\"12 6 4 3\")"
+	@echo "make bench-mlm-head  held-out masked-token accuracy of an MLM head fitted on each teacher layer (LAYERS=\"0 3 6\")"
 	@echo "make bench-augment  augmentation sentences/s per method (wordnet, tinybert) on ROWS=300 train rows, THREADS=1"
 	@echo "make bench-prepare  corpus packing tokens/s and peak RSS, shipped corpus vs repeated REPEAT=20 times"
 	@echo "make bench-ddp     training examples/s with 1 and NPROC=2 processes (torchrun), same global batches"
@@ -134,6 +135,9 @@ profile-onnx:
 
 bench-heads:
 	$(PY) benchmarks/bench_student_heads.py --heads $(or $(HEADS),12 6 4 3) --activations $(or $(ACTS),gelu relu) --rounds $(or $(ROUNDS),100)
+
+bench-mlm-head:
+	$(PY) benchmarks/bench_mlm_head.py --layers $(or $(LAYERS),0 3 6) --sequences $(or $(SEQUENCES),4000)
 
 bench-onnx-kernels:
 	$(PY) benchmarks/bench_onnx_kernels.py --hidden $(or $(HIDDEN),192 384) --tokens $(or $(TOKENS),64) --repeats $(or $(REPEATS),500)
