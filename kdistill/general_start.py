@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from kdistill.distill.layer_map import check_heads, resolve_layer_map
+from kdistill import recipes
 from kdistill.errors import KdistillError
 from kdistill.models import check_model_dir, load_model, resolve_teacher
 
@@ -31,26 +31,19 @@ def start_config(src: str, allow_pickle: bool = False):
 
 
 def check_start(recipe: str, s_cfg, t_cfg, p) -> None:
-    """A general student fits its recipe's task stage: the teacher's family (MobileBERT for that recipe) and
-    vocabulary, and what the recipe's task losses compare (layer map and heads; MobileBERT's block width)."""
-    want = "mobilebert" if recipe == "mobilebert" else t_cfg.model_type
+    """A general student fits its recipe's task stage: the family the recipe builds (STUDENT_MODEL_TYPE, else the
+    teacher's) and the teacher's vocabulary here; what the recipe's task losses compare, in the recipe's own
+    check_start (TinyBERT's layer map and heads, MobileBERT's block width)."""
+    module = recipes.get(recipe)
+    want = getattr(module, "STUDENT_MODEL_TYPE", None) or t_cfg.model_type
     if s_cfg.model_type != want:
         raise GeneralStartError(f"it is a {s_cfg.model_type!r} model; the {recipe} recipe needs a {want!r} student "
                                 f"(the teacher is {t_cfg.model_type!r})")
     if s_cfg.vocab_size != t_cfg.vocab_size:
         raise GeneralStartError(f"its vocabulary has {s_cfg.vocab_size} tokens, the teacher's {t_cfg.vocab_size}: "
                                 "the task stage feeds both the same token ids, so the student needs the teacher's vocabulary")
-    if recipe == "tinybert":
-        t = p.task_distill.tinybert
-        resolve_layer_map(p.general_distill.tinybert.layer_map, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
-        if t.weights.get("attn", 0) > 0:
-            check_heads(s_cfg.num_attention_heads, t_cfg.num_attention_heads)
-    if recipe == "mobilebert":
-        if s_cfg.hidden_size != t_cfg.hidden_size:
-            raise GeneralStartError(f"its block width {s_cfg.hidden_size} differs from the teacher's hidden size "
-                                    f"{t_cfg.hidden_size}, which MobileBERT's feature-map transfer compares directly")
-        resolve_layer_map("uniform", s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
-        check_heads(s_cfg.num_attention_heads, t_cfg.num_attention_heads)
+    if hasattr(module, "check_start"):
+        module.check_start(p, s_cfg, t_cfg)
 
 
 def load_start(src: str, vocab: dict | None = None, allow_pickle: bool = False):

@@ -13,6 +13,14 @@ class LayerMapError(KdistillError, ValueError):
     pass
 
 
+def absolute_layer(layer: int, teacher_layers: int) -> int:
+    """A teacher layer given 1-based, or counted from the last (-1: the last), as its 1-based index."""
+    if not (1 <= layer <= teacher_layers or -teacher_layers <= layer <= -1):
+        raise LayerMapError(f"{layer} is not a teacher layer (1..{teacher_layers}, or -1..-{teacher_layers} counting "
+                            "from the last)")
+    return layer if layer > 0 else teacher_layers + 1 + layer
+
+
 def resolve_layer_map(spec, student_layers: int, teacher_layers: int) -> list[int]:
     """Teacher layer (1-based) for each student layer 1..student_layers."""
     if student_layers < 1 or teacher_layers < 1:

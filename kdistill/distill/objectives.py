@@ -16,7 +16,7 @@ from torch import nn
 from kdistill.distill import losses as L
 from kdistill.distill.attention import AttentionScores
 from kdistill.distill.features import FeatureSpec, layer_qkv, model_inputs, run_layers
-from kdistill.distill.layer_map import check_heads, resolve_layer_map
+from kdistill.distill.layer_map import absolute_layer, check_heads, resolve_layer_map
 from kdistill.families import mlm_head_prefixes, mlm_logits
 from kdistill.fingerprint import dataset_digest, module_digest
 from kdistill.io import atomic_file
@@ -244,10 +244,7 @@ class Relations(_WithTeacher):
         self.student = student
         self._set_teacher(teacher)
         self.weights = {k: float(v) for k, v in weights.items() if k in ("qq", "kk", "vv")}
-        n = teacher.config.num_hidden_layers
-        self.teacher_layer = n + 1 + teacher_layer if teacher_layer < 0 else teacher_layer
-        if not 1 <= self.teacher_layer <= n:
-            raise ValueError(f"teacher layer {teacher_layer} is not one of the teacher's {n} layers (1..{n}, or -1 for the last)")
+        self.teacher_layer = absolute_layer(teacher_layer, teacher.config.num_hidden_layers)
         for who, cfg in (("student", student.config), ("teacher", teacher.config)):
             if cfg.hidden_size % heads:
                 raise ValueError(f"{heads} relation heads must divide the {who}'s query/key/value width {cfg.hidden_size}")

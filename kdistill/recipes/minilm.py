@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field
 from transformers import AutoModel
 
+from kdistill.distill.layer_map import absolute_layer
 from kdistill.distill.objectives import Prediction, Relations
 from kdistill.models import load_model, tinybert_config
 from kdistill.recipes.base import GeneralContext, GeneralPlan, TaskContext, trainer_config
@@ -55,9 +56,8 @@ def spread_layers(student_layers: int, teacher_layer: int) -> list[int]:
 def check_teacher(p, layers: int, heads: int, hidden: int, ffn: int | None = None) -> None:
     """The teacher layer exists; the relation heads divide both widths; a teacher-initialised student fits."""
     g = p.general_distill.minilm
-    if not (1 <= g.teacher_layer <= layers or -layers <= g.teacher_layer <= -1):
-        raise ParamsError(f"params.yaml: key 'general_distill.minilm.teacher_layer': {g.teacher_layer} is not a "
-                          f"teacher layer (1..{layers}, or -1..-{layers} counting from the last)")
+    with params_key("general_distill.minilm.teacher_layer"):
+        teacher_layer = absolute_layer(g.teacher_layer, layers)
     for who, width in (("teacher", hidden), ("student", g.student.hidden)):
         if width % g.relation_heads:
             raise ParamsError(f"params.yaml: key 'general_distill.minilm.relation_heads': {g.relation_heads} does not "
@@ -66,7 +66,7 @@ def check_teacher(p, layers: int, heads: int, hidden: int, ffn: int | None = Non
     if g.student.init == "teacher":
         with params_key("general_distill.minilm.student"):
             check_fits_teacher(g.student, layers, heads, hidden, ffn)
-        spread_layers(g.student.layers, g.teacher_layer if g.teacher_layer > 0 else layers + 1 + g.teacher_layer)
+        spread_layers(g.student.layers, teacher_layer)
 
 
 def general(ctx: GeneralContext) -> GeneralPlan:

@@ -22,7 +22,7 @@ from kdistill.distill.objectives import (
     progressive_scope,
     unfreeze,
 )
-from kdistill.models import init_mobilebert_embeddings, load_model, mobilebert_config
+from kdistill.models import ModelSpecError, init_mobilebert_embeddings, load_model, mobilebert_config
 from kdistill.recipes.base import (
     GeneralContext,
     GeneralPlan,
@@ -35,6 +35,7 @@ from kdistill.train.phases import Phase
 from kdistill.train.precision import PrecisionSpec
 
 NEEDS_TEACHER_MLM = True
+STUDENT_MODEL_TYPE = "mobilebert"  # its own architecture, not the teacher's family
 
 
 class MobileBertShape(Section):
@@ -124,6 +125,17 @@ def check_teacher(p, layers: int, heads: int, hidden: int, ffn: int | None = Non
             f"which is the teacher's hidden size ({hidden}); use at most {hidden}")
     with params_key("general_distill.mobilebert.student.layers"):
         resolve_layer_map("uniform", s.layers or layers, layers)
+
+
+
+def check_start(p, s_cfg, t_cfg) -> None:
+    """A general student given with `from` fits layer-wise transfer: the teacher's width, a depth that maps, heads
+    that group the teacher's."""
+    if s_cfg.hidden_size != t_cfg.hidden_size:
+        raise ModelSpecError(f"its block width {s_cfg.hidden_size} differs from the teacher's hidden size "
+                          f"{t_cfg.hidden_size}, which MobileBERT's feature-map transfer compares directly")
+    resolve_layer_map("uniform", s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
+    check_heads(s_cfg.num_attention_heads, t_cfg.num_attention_heads)
 
 
 def build_student(teacher_cfg, shape, seed: int) -> MobileBertForMaskedLM:

@@ -63,6 +63,14 @@ def check_teacher(p, layers: int, heads: int, hidden: int, ffn: int | None = Non
             check_heads(g.student.heads, heads)
 
 
+
+def check_start(p, s_cfg, t_cfg) -> None:
+    """A general student given with `from` fits the task stage's losses: the layer map, and the heads if compared."""
+    resolve_layer_map(p.general_distill.tinybert.layer_map, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
+    if p.task_distill.tinybert.weights.get("attn", 0) > 0:
+        check_heads(s_cfg.num_attention_heads, t_cfg.num_attention_heads)
+
+
 def general(ctx: GeneralContext) -> GeneralPlan:
     g = ctx.p.general_distill.tinybert
     teacher = load_model(AutoModel, ctx.teacher)
