@@ -43,9 +43,10 @@ help:
 setup:
 	@bash scripts/setup.sh
 
-# the slowest 15 tests are printed at the end of every run
+# two pytest-xdist workers: the end-to-end tests that share the smoke run on one (tests/conftest.py groups them),
+# everything else on the other; the slowest 15 tests are printed at the end of every run
 test:
-	$(PY) -m pytest tests --durations=15
+	$(PY) -m pytest tests -n 2 --dist loadgroup --durations=15
 
 # the inner loop: everything but the end-to-end runs of the smoke pipeline (marked slow)
 test-fast:

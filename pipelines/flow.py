@@ -18,6 +18,8 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as wait_any
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -136,6 +138,12 @@ def known_current(stages: dict[str, Stage], record: DvcRecord) -> set[str]:
     return set(stages) - affected
 
 
+def _inner(fut) -> Future:
+    """The concurrent future under a Prefect one. Its `state` would read the task run from the server on every call:
+    polled for each running stage, that kept the server and the flow busy on a core the stages need."""
+    return getattr(fut, "wrapped_future", fut)
+
+
 def schedule(stages: dict[str, Stage], max_parallel: int, cpus: int, submit,
              seconds: dict[str, float] | None = None) -> tuple[dict, dict]:
     """Start each stage once its upstream stages are done, at most `max_parallel` at a time.
@@ -158,9 +166,9 @@ def schedule(stages: dict[str, Stage], max_parallel: int, cpus: int, submit,
                 running[name] = submit(stages[name], threads[name])
         if not running:
             break
-        time.sleep(0.2)
+        wait_any([_inner(f) for f in running.values()], timeout=5, return_when=FIRST_COMPLETED)
         for name, fut in list(running.items()):
-            if fut.state.is_final() if hasattr(fut, "state") else fut.done():
+            if _inner(fut).done():
                 del running[name]
                 try:
                     results[name] = fut.result()

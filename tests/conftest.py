@@ -143,3 +143,14 @@ def smoke_run(smoke_project):
         for f in sorted((smoke_project / "outputs-smoke" / "students").glob("*/model.safetensors")):
             weights[f.parent.name] = load_file(f)
     return proc, weights
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """For `make test`'s two pytest-xdist workers (`--dist loadgroup`): the tests that share the smoke run form one
+    group, scheduled first (it is the longest chain); every other module is a group of its own, so a module-scoped
+    fixture is built once, on one worker."""
+    smoke = {i for i in items if "smoke_project" in getattr(i, "fixturenames", ())}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("smoke" if item in smoke else item.module.__name__))
+    items.sort(key=lambda i: i not in smoke)  # stable: the smoke group first, the rest in file order

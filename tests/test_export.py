@@ -2,11 +2,9 @@
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,8 +29,9 @@ from kdistill.deploy.onnx_export import (
 from kdistill.deploy.onnx_fusion import fuse_bert
 from kdistill.deploy.speed import interleaved_latency, speedup_ceiling
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT
 from .listening import listening_addresses
+from .serving import invoke, served
 
 
 def _tiny_mobilebert():
@@ -204,55 +203,31 @@ def test_registered_student_is_an_onnx_pyfunc_and_champion_moves_only_on_improve
 @pytest.mark.slow
 def test_make_serve_answers_on_loopback_and_stops_cleanly(registered, tmp_path):
     model, tok, uri, *_ = registered
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", "t-sst2-tinybert",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).read()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()[-3000:]
-                assert time.time() < deadline, "model server did not answer /ping within 300 s"
-                time.sleep(1)
+    with served("t-sst2-tinybert", uri) as (proc, url):
         texts = ["the movie was good", "a dull boring plot"]
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": texts}).encode(),
-                                     headers={"Content-Type": "application/json"})
-        preds = json.loads(urllib.request.urlopen(req, timeout=30).read())["predictions"]
+        preds = invoke(url, texts)
         with torch.no_grad():
             want = model(**tok(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
         assert [r["label"] for r in preds] == [SST2.labels[i] for i in want]
         for bad in ([None], [1, 2]):  # not text: HTTP 400 with a JSON error, nothing classified
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": bad}).encode(),
-                                         headers={"Content-Type": "application/json"})
             with pytest.raises(urllib.error.HTTPError) as err:
-                urllib.request.urlopen(req, timeout=30)
+                invoke(url, bad)
             assert err.value.code == 400 and "is not text" in json.loads(err.value.read())["message"]
         # bound to loopback only: every listening socket of the server's process tree, and no answer elsewhere
+        port = int(url.rsplit(":", 1)[1])
         assert {ip for ip, _ in listening_addresses(proc.pid)} == {"127.0.0.1"}
         with socket.socket() as s:
             s.settimeout(1)
             addrs = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1"}
             for a in addrs:
                 assert s.connect_ex((a, port)) != 0, f"server reachable on {a}"
-        load = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--url", f"http://127.0.0.1:{port}",
+        load = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--url", url,
                                "--requests", "20", "--clients", "2"], capture_output=True, text=True, timeout=120)
         assert load.returncode == 0, load.stdout + load.stderr
         assert "20 ok, 0 errors" in load.stdout and "p99" in load.stdout and "requests/s" in load.stdout
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
-    assert rc == 0
+    assert proc.returncode == 0
     with pytest.raises(OSError):  # the port is free again: nothing left serving
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+        urllib.request.urlopen(f"{url}/ping", timeout=2)
 
 
 def test_serve_names_a_missing_model(tmp_path):

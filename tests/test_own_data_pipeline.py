@@ -18,6 +18,7 @@ from kdistill.train.evaluation import score
 
 from .conftest import copy_project, run_flow
 from .families import save_teacher
+from .serving import invoke, served
 
 LABELS = ("negative", "neutral", "positive")
 WORDS = {"negative": ["bad", "awful", "boring", "dull", "worst"], "neutral": ["it", "a", "film", "story", "scene"],
@@ -129,5 +130,10 @@ def test_a_csv_with_string_labels_and_a_fine_tuned_roberta_teacher_run_end_to_en
     # registered with the label names, and the served model answers with them
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     for r in RECIPES:
-        served = mlflow.pyfunc.load_model(f"models:/own-reviews-{r}@champion").predict(["great fun", "awful and dull"])
-        assert set(served["label"]) <= set(LABELS) and served["probability"].between(0, 1).all()
+        preds = mlflow.pyfunc.load_model(f"models:/own-reviews-{r}@champion").predict(["great fun", "awful and dull"])
+        assert set(preds["label"]) <= set(LABELS) and preds["probability"].between(0, 1).all()
+    # `make serve` answers over HTTP with the user's label names (a RoBERTa-family student)
+    with served("own-reviews-tinybert", f"sqlite:///{project / 'mlflow.db'}", cwd=project) as (proc, url):
+        answers = invoke(url, ["great fun", "awful and dull", "a film"])
+        assert len(answers) == 3 and {a["label"] for a in answers} <= set(LABELS)
+    assert proc.returncode == 0
