@@ -50,7 +50,7 @@ test:
 
 # the inner loop: everything but the end-to-end runs of the smoke pipeline (marked slow)
 test-fast:
-	$(PY) -m pytest tests -m "not slow" --durations=15
+	$(PY) -m pytest tests -m "not slow" -n 2 --dist loadgroup --durations=15
 
 # NPROC=2: every training stage runs data-parallel in 2 processes (torchrun; overrides base.nproc)
 NPROC_ENV = $(if $(NPROC),KDISTILL_NPROC=$(NPROC) ,)
