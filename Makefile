@@ -44,13 +44,14 @@ setup:
 	@bash scripts/setup.sh
 
 # two pytest-xdist workers: the end-to-end tests that share the smoke run on one (tests/conftest.py groups them),
-# everything else on the other; the slowest 15 tests are printed at the end of every run
+# everything else on the other (in file order: pytest-xdist would otherwise start the groups with the most tests
+# first); the slowest 15 tests are printed at the end of every run
 test:
-	$(PY) -m pytest tests -n 2 --dist loadgroup --durations=15
+	$(PY) -m pytest tests -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 # the inner loop: everything but the end-to-end runs of the smoke pipeline (marked slow)
 test-fast:
-	$(PY) -m pytest tests -m "not slow" -n 2 --dist loadgroup --durations=15
+	$(PY) -m pytest tests -m "not slow" -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 # NPROC=2: every training stage runs data-parallel in 2 processes (torchrun; overrides base.nproc)
 NPROC_ENV = $(if $(NPROC),KDISTILL_NPROC=$(NPROC) ,)
