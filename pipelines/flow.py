@@ -200,6 +200,7 @@ def format_timeline(tl: dict) -> str:
 
 @flow(name="kdistill-pipeline", log_prints=True)
 def distill_pipeline(profile: str = "default") -> dict:
+    os.chdir(ROOT)  # stages and DVC's records work from the project root, wherever a worker started this run
     with pipeline_lock(profile):
         return _run_pipeline(profile)
 
@@ -325,6 +326,7 @@ def main() -> None:
     ap.add_argument("--profile", default="default", help="default (params.yaml) or the name of a file in profiles/")
     args = ap.parse_args()
     t0 = time.time()
+    os.chdir(ROOT)
 
     def run() -> None:
         preflight(args.profile)
@@ -342,8 +344,6 @@ def main() -> None:
 def exit_on_error(run) -> None:
     """Run a flow entry point; a deliberate error (bad params, a failed stage, DVC's refusal) ends it with one line,
     printed last, and exit status 2."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect stops its temporary server in an exit handler that logs a line; handlers run last-registered first, so
     # one registered now, before any server starts, prints the error after everything else
     pending: list[str] = []

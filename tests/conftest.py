@@ -1,9 +1,13 @@
+import contextlib
+import fcntl
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +20,12 @@ from transformers import (
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One intra-op thread per test process, and for the processes the tests start (unless they set their own, as every
+# pipeline stage does): the models here are tiny, and `make test` runs two pytest-xdist workers on 2 cores, where a
+# second thread per process only oversubscribes the cores (OpenMP's waiting threads then cost more than the work:
+# a trainer test took 4x longer with 2 threads than with 1 beside a busy core).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 WORDS = (
@@ -120,37 +130,91 @@ def run_flow(project, *args, **env):
                           capture_output=True, text=True)
 
 
-@pytest.fixture(scope="session")
-def smoke_project(tmp_path_factory, request):
-    """The project copy the end-to-end tests share (2 GB once the smoke profile ran): removed at the end when every
-    test passed, kept for a look when one failed."""
-    root = tmp_path_factory.mktemp("kdistill")
-    yield copy_project(root / "proj")
-    if request.session.testsfailed == 0:
-        shutil.rmtree(root, ignore_errors=True)
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock between the pytest-xdist workers (each is a process of its own)."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
-def smoke_run(smoke_project):
-    """The smoke profile run once, uninterrupted, through Prefect, DVC and MLflow in `smoke_project`, with
-    credentials in its environment; (the finished process, the student weights it ended with). One run serves every
-    end-to-end test that can start from a finished pipeline: the suite has a time budget."""
+def _smoke_once(tmp_path_factory, request):
+    """The smoke profile run once per test session, whichever pytest-xdist worker asks first (the others wait for
+    it), uninterrupted, through Prefect, DVC and MLflow, with credentials in its environment. Leaves `proj/` (the
+    project copy it ran in) and `pristine/` (a copy taken right after the run, never modified: the tests that need
+    the finished run as it was copy it from there). Removed by the last worker to finish when every test passed, kept
+    for a look when one failed."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "kdistill-smoke"
+    root.mkdir(exist_ok=True)
+    me = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with _locked(root / ".lock"):
+        (root / f"user-{me}").touch()
+        if not (root / "result.json").is_file():
+            (root / "proj").mkdir()
+            project = copy_project(root / "proj")
+            proc = run_flow(project, "--profile", "smoke", **SECRET_ENV)
+            (root / "stdout.txt").write_text(proc.stdout)
+            (root / "stderr.txt").write_text(proc.stderr)
+            if proc.returncode == 0:
+                subprocess.run(["cp", "-a", str(project), str(root / "pristine")], check=True)
+            (root / "result.json").write_text(json.dumps({"returncode": proc.returncode}))
+    yield root
+    with _locked(root / ".lock"):
+        (root / f"done-{me}").write_text(str(request.session.testsfailed))
+        users = {f.name.removeprefix("user-") for f in root.glob("user-*")}
+        done = {f.name.removeprefix("done-"): int(f.read_text()) for f in root.glob("done-*")}
+        if set(done) == users and not any(done.values()):
+            shutil.rmtree(root / "proj", ignore_errors=True)
+            shutil.rmtree(root / "pristine", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(_smoke_once):
+    """(the finished smoke-run process: returncode, stdout, stderr; the student weights it ended with). One run serves
+    every end-to-end test that can start from a finished pipeline: the suite has a time budget."""
     from safetensors.torch import load_file
 
-    proc = run_flow(smoke_project, "--profile", "smoke", **SECRET_ENV)
+    result = json.loads((_smoke_once / "result.json").read_text())
+    proc = SimpleNamespace(returncode=result["returncode"], stdout=(_smoke_once / "stdout.txt").read_text(),
+                           stderr=(_smoke_once / "stderr.txt").read_text())
     weights = {}
     if proc.returncode == 0:
-        for f in sorted((smoke_project / "outputs-smoke" / "students").glob("*/model.safetensors")):
+        for f in sorted((_smoke_once / "pristine" / "outputs-smoke" / "students").glob("*/model.safetensors")):
             weights[f.parent.name] = load_file(f)
     return proc, weights
 
 
+@pytest.fixture(scope="session")
+def smoke_project(_smoke_once, smoke_run):
+    """The project the smoke run ran in, for the tests that read it or change it and put it back: they form one
+    pytest-xdist group (one worker, one after another)."""
+    return _smoke_once / "proj"
+
+
+@pytest.fixture(scope="session")
+def smoke_pristine(_smoke_once, smoke_run):
+    """The finished smoke run as it was, for tests that copy it and then change their copy (they may run on another
+    worker while the smoke_project tests change the project)."""
+    return _smoke_once / "pristine"
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """For `make test`'s two pytest-xdist workers (`--dist loadgroup`): the tests that share the smoke run form one
-    group, scheduled first (it is the longest chain); every other module is a group of its own, so a module-scoped
-    fixture is built once, on one worker."""
-    smoke = {i for i in items if "smoke_project" in getattr(i, "fixturenames", ())}
+    """For `make test`'s two pytest-xdist workers (`--dist loadgroup`): the tests that read or change the smoke run's
+    project form one group, scheduled first (the longest chain); the tests that copy the finished run form a second
+    group, scheduled next, so that the other worker waits for the run (which has both cores meanwhile) and then
+    works beside the first chain; every other module is a group of its own (a module-scoped fixture is built once,
+    on one worker), in file order."""
+    def group(item) -> str:
+        names = getattr(item, "fixturenames", ())
+        return "smoke" if "smoke_project" in names else "smoke-copies" if "smoke_pristine" in names else ""
+
     for item in items:
-        item.add_marker(pytest.mark.xdist_group("smoke" if item in smoke else item.module.__name__))
-    items.sort(key=lambda i: i not in smoke)  # stable: the smoke group first, the rest in file order
+        item.add_marker(pytest.mark.xdist_group(group(item) or item.module.__name__))
+    order = {"smoke": 0, "smoke-copies": 1, "": 2}
+    items.sort(key=lambda i: order[group(i)])  # stable: within each part, file order

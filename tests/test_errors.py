@@ -94,7 +94,7 @@ def test_runs_of_a_killed_pipeline_are_marked_killed_at_the_next_start(tmp_path)
     exp = mlflow.create_experiment("kdistill-test", artifact_location=(tmp_path / "art").as_uri())
     client = MlflowClient()
     parent = client.create_run(exp, run_name="pipeline-default")  # left RUNNING, as after kill -9
-    stage = client.create_run(exp, run_name="teacher_finetune", tags={"mlflow.parentRunId": parent.info.run_id})
+    client.create_run(exp, run_name="teacher_finetune", tags={"mlflow.parentRunId": parent.info.run_id})
     own = client.create_run(exp, run_name="a user's notebook run")  # not the pipeline's: left alone
     assert close_orphan_runs("kdistill-test") == 2
     status = {r.info.run_name: r.info.status for r in client.search_runs([exp])}

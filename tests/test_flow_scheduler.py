@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pipelines.dvc_record import DVC, DvcRecord
+from pipelines.dvc_record import DVC, DvcError, DvcRecord
 from pipelines.flow import execute_stage, known_current, schedule, timeline
 from pipelines.stage_graph import load_stages
 
@@ -27,9 +27,15 @@ MEET = ("import pathlib, sys, time; m = pathlib.Path(sys.argv[3]); (m / '{tag}')
         "pathlib.Path(sys.argv[1]).write_text(open(sys.argv[2]).read() + '{tag}')")
 
 
+@pytest.fixture(autouse=True)
+def _in_the_project(tmp_path, monkeypatch):
+    """As the flow does (it works from the project root): DVC's API takes the cwd for a place in the repository."""
+    (tmp_path / "proj").mkdir()
+    monkeypatch.chdir(tmp_path / "proj")
+
+
 def _project(tmp_path: Path, fail_c: bool = False, meet: bool = True) -> Path:
     root = tmp_path / "proj"
-    root.mkdir()
     markers = tmp_path / "markers"
     markers.mkdir()
     subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=root, check=True)
@@ -159,3 +165,10 @@ def test_the_longest_remaining_chain_starts_first_when_stage_times_are_known():
     started.clear()
     schedule(stages, 1, 2, submit, seconds={"prep": 10, "short": 50, "long": 500, "end": 60})
     assert started == ["prep", "long", "short", "end"]
+
+
+def test_dvc_records_are_refused_from_outside_the_project(tmp_path, monkeypatch):
+    root = _project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DvcError, match="from inside the project: the working directory is"):
+        DvcRecord(root).status()

@@ -51,7 +51,7 @@ def mlflow_server(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_smoke_profile_tracks_registers_and_aliases_over_http_on_postgresql(mlflow_server, smoke_project, smoke_run,
+def test_the_smoke_profile_tracks_registers_and_aliases_over_http_on_postgresql(mlflow_server, smoke_pristine, smoke_run,
                                                                                   tmp_path):
     url, pg_port, db, run_dir = mlflow_server
     # the tracking server and PostgreSQL listen on loopback only
@@ -62,7 +62,7 @@ def test_the_smoke_profile_tracks_registers_and_aliases_over_http_on_postgresql(
 
     assert smoke_run[0].returncode == 0, "the shared smoke run failed: see tests/test_smoke_pipeline.py"
     project = tmp_path / "proj"
-    subprocess.run(["cp", "-a", str(smoke_project), str(project)], check=True)
+    subprocess.run(["cp", "-a", str(smoke_pristine), str(project)], check=True)
     (project / "mlflow.db").unlink()  # the shared run's local store: this one must track over HTTP only
     shutil.rmtree(project / "outputs-smoke" / "students" / "tinybert")  # a training stage runs again, over HTTP
     prof = project / "profiles" / "smoke.yaml"

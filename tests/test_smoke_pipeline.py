@@ -140,21 +140,22 @@ def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
         subprocess.run(regenerate, cwd=project, capture_output=True, text=True, check=True)
 
 
-# teacher_finetune and the stages that read its output, with what each writes under outputs-smoke/
-FROM_TEACHER = {"teacher_finetune": ["teacher"],
-                **{f"task_distill@{r}": [f"students/{r}"] for r in RECIPES},
-                "evaluate": ["reports/summary.json", "reports/report.md"], "export": ["onnx", "reports/deploy.json"]}
+# the TinyBERT-style task distillation and the stages that read its output, with what each writes under outputs-smoke/
+FROM_TASK_TINYBERT = {"task_distill@tinybert": ["students/tinybert"],
+                      "evaluate": ["reports/summary.json", "reports/report.md"], "export": ["onnx", "reports/deploy.json"]}
 
 
 def _copy_forgetting(project, dst, stages: dict):
-    """A copy of the finished project in which `stages` never ran: their outputs and dvc.lock entries removed."""
+    """A copy of the finished project in which `stages` never ran: their outputs, work folders and dvc.lock entries
+    removed."""
     from dvc.utils.serialize import dump_yaml, load_yaml  # DVC's own YAML: the params in the lock keep their types
 
     subprocess.run(["cp", "-a", str(project), str(dst)], check=True)
-    for outs in stages.values():
+    for name, outs in stages.items():
         for o in outs:
             p = dst / "outputs-smoke" / o
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+        shutil.rmtree(dst / "work" / "outputs-smoke" / name.replace("@", "_"), ignore_errors=True)
     lock_file = dst / "runs" / "smoke" / "dvc.lock"
     lock = load_yaml(lock_file)
     for name in stages:
@@ -164,28 +165,30 @@ def _copy_forgetting(project, dst, stages: dict):
 
 
 @pytest.mark.slow
-def test_kill_9_inside_a_training_stage_and_between_stages_then_a_rerun_ends_as_if_uninterrupted(project, smoke_run,
-                                                                                                tmp_path):
-    """The shared run copied, with the teacher fine-tuning and everything after it forgotten (outputs and lock
-    entries): killed twice on the way, the pipeline then ends with the bytes the uninterrupted run ended with."""
+def test_kill_9_inside_a_training_stage_and_between_stages_then_a_rerun_ends_as_if_uninterrupted(smoke_pristine,
+                                                                                                smoke_run, tmp_path):
+    """The finished run copied, with the TinyBERT-style task distillation (two phases, a teacher cache) and what
+    follows it forgotten (outputs, work folders, lock entries): killed twice on the way, the pipeline then ends with
+    the bytes the uninterrupted run ended with."""
     base, weights = smoke_run
-    assert base.returncode == 0 and weights, "the uninterrupted run failed: see the test above"
-    project = _copy_forgetting(project, tmp_path / "proj", FROM_TEACHER)
-    ckpt = project / "work" / "outputs-smoke" / "teacher_finetune" / "state.pt"
+    assert base.returncode == 0 and weights, "the uninterrupted run failed: see test_smoke_profile_through_prefect_and_dvc"
+    project = _copy_forgetting(smoke_pristine, tmp_path / "proj", FROM_TASK_TINYBERT)
+    ckpt = project / "work" / "outputs-smoke" / "task_distill_tinybert" / "intermediate" / "state.pt"
 
-    # 1. SIGKILL inside teacher fine-tuning, once its step-2 checkpoint (of 4 steps) is on disk
+    # 1. SIGKILL inside the stage, once the first checkpoint of its intermediate phase (12 steps, one every 2) is on
+    # disk (renamed into place whole: a half-written one would be in a temporary folder)
     proc = _start_flow(project)
-    _until(ckpt.is_file, proc, what="a teacher fine-tuning checkpoint")
+    _until(ckpt.is_file, proc, what="a task-distillation checkpoint")
     _kill_everything(proc, project)
-    assert ckpt.is_file() and "teacher_finetune" not in _recorded(project)  # killed mid-stage, nothing recorded for it
+    assert "task_distill@tinybert" not in _recorded(project)  # killed mid-stage, nothing recorded for it
 
-    # 2. SIGKILL between stages: the moment teacher_finetune is recorded in dvc.lock
+    # 2. SIGKILL between stages: the moment task_distill@tinybert is recorded in dvc.lock
     proc = _start_flow(project)
-    _until(lambda: "teacher_finetune" in _recorded(project), proc, what="teacher_finetune in dvc.lock")
+    _until(lambda: "task_distill@tinybert" in _recorded(project), proc, what="task_distill@tinybert in dvc.lock")
     _kill_everything(proc, project)
-    log = (project / "work" / "outputs-smoke" / "logs" / "teacher_finetune.log").read_text()
-    assert "resumed from step 2" in log  # the second run went on from the first one's checkpoint
-    assert len(_recorded(project)) < 15
+    log = (project / "work" / "outputs-smoke" / "logs" / "task_distill_tinybert.log").read_text()
+    assert "resumed from step" in log  # the second run went on from the first one's checkpoint
+    assert "evaluate" not in _recorded(project)
 
     # 3. run again: it completes, and ends where the uninterrupted run ended
     again = run_flow(project, "--profile", "smoke")
