@@ -1,16 +1,19 @@
-"""README.md model cards for distilled students: teacher, recipe, data, metrics, speed, how to load."""
+"""README.md model cards for distilled students: teacher, recipe, data, metrics, how to load.
+
+No speed: a latency timed inside a training stage would be timed beside whatever else trains, and would make the
+stage's outputs differ from run to run; the evaluate and export stages time every model with the machine to
+themselves (reports/report.md, reports/deploy.md)."""
 
 from __future__ import annotations
 
 
 def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metrics: dict, params: int,
-               latency: dict, teacher_metrics: dict | None, metric: str, baseline: bool = False,
+               teacher_metrics: dict | None, metric: str, baseline: bool = False,
                runtime: str = "", registered_name: str | None = None) -> str:
     kind = "no-distillation baseline" if baseline else f"{recipe}-style distilled student"
     retention = ""
     if teacher_metrics and teacher_metrics.get(metric):
         retention = f" ({metrics[metric] / teacher_metrics[metric]:.1%} of the teacher's {teacher_metrics[metric]:.4f})"
-    lat = ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items())
     how = (
         "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
         "model = AutoModelForSequenceClassification.from_pretrained(\"<this directory>\")\n"
@@ -34,8 +37,8 @@ tags: [knowledge-distillation, {recipe}, {task}]
 - **Data**: {data}
 - **Parameters**: {params:,}
 - **Dev {metric}**: {metrics[metric]:.4f}{retention}
-- **CPU latency** (p50, after warm-up, this machine): {lat}
-- **Trained and measured with**: {runtime or 'not recorded'}
+- **CPU speed**: timed against the teacher in `reports/report.md` and, per ONNX variant, `reports/deploy.md`
+- **Trained with**: {runtime or 'not recorded'}
 
 | metric | dev |
 |---|---|

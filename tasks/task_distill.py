@@ -16,7 +16,6 @@ from kdistill import recipes
 from kdistill.data.batches import tokenize_task
 from kdistill.data.splits import data_description
 from kdistill.data.task import load_task
-from kdistill.deploy.speed import latency_ms
 from kdistill.distill.objectives import teacher_logits
 from kdistill.distill.teacher_cache import features_for
 from kdistill.model_card import model_card
@@ -68,7 +67,7 @@ def main(which: str) -> None:
         res = run_phases(phases, train, paths.work / stage.replace("@", "_"), student,
                          callbacks=logs, **selection)
         if not world().main:
-            return  # rank 0 scores, times and saves
+            return  # rank 0 scores and saves
         logs.flush()
         write_loss_csv(paths.reports_for(stage.replace("@", "_")), *res.histories)
         metrics = score(student, dev, task, eval_precision)  # once, on the state the validation rows chose
@@ -76,11 +75,10 @@ def main(which: str) -> None:
         info = {"recipe": name, "baseline": baseline, "task": p.base.task, "dev": metrics, "teacher": p.base.teacher,
                 "steps": res.steps, "phases": {k: r.steps for k, r in res.results.items()}, "best_step": res.last.best_step,
                 "selection": res.last.selection}
-        lat = latency_ms(student, 1, p.base.max_seq_len, warmup=3, repeats=20, precision=eval_precision)
         card = model_card(which if baseline else name, p.base.task, name, p.base.teacher,
                           f"{data_description(p)} train ({len(train)} rows incl. {p.augment.method} augmentation), "
                           f"corpus {p.prepare.corpus} for general distillation",
-                          metrics, count_parameters(student), {f"bs1_seq{p.base.max_seq_len}": lat["p50"]},
+                          metrics, count_parameters(student),
                           None if baseline else json.loads((paths.teacher / "metrics.json").read_text()), task.metric,
                           baseline=baseline, runtime=runtime().describe(),
                           registered_name=f"{p.tracking.registry_prefix}{p.base.task}-{name}")

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import transformers
 from transformers import MobileBertConfig, MobileBertForSequenceClassification
 
 from kdistill.config import Params
@@ -47,6 +48,10 @@ def _tiny_mobilebert():
 def test_onnx_export_computes_what_pytorch_computes_at_any_batch_and_length(kind, make_bert, tmp_path):
     model = make_bert() if kind == "bert" else _tiny_mobilebert()
     raw = export_onnx(model, tmp_path / "raw.onnx")
+    # no trace of where the code ran: the exporter's stack traces name this installation's files, which would make
+    # the same weights give other bytes in another clone
+    site = str(Path(transformers.__file__).resolve().parent.parent).encode()
+    assert site not in raw.read_bytes() and not any(n.metadata_props for n in onnx.load(str(raw)).graph.node)
     c = model.config
     kernels = fuse_bert(raw, tmp_path / "model.onnx", c.num_attention_heads, c.hidden_size)
     # BERT: one Attention kernel per layer; MobileBERT's values come from another tensor than its queries: left as is

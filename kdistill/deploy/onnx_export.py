@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from kdistill.errors import KdistillError
@@ -50,7 +51,37 @@ def export_onnx(model, path: str | Path, opset: int = 18) -> Path:
         program = torch.onnx.export(model, example, dynamic_shapes=dims, input_names=list(INPUTS),
                                     output_names=["logits"], opset_version=opset, dynamo=True, verbose=False)
         program.save(str(path), external_data=False)
+    proto = onnx.load(str(path))
+    _strip_source_locations(proto)
+    onnx.save(proto, str(path))
     return path
+
+
+def _strip_source_locations(proto) -> None:
+    """Drop what the exporter records about where each node came from (Python stack traces with this machine's
+    absolute paths, module names): the same weights then give the same bytes in any clone, and nothing reads them."""
+    def graph(g) -> None:
+        for n in g.node:
+            del n.metadata_props[:]
+            n.doc_string = ""
+            for a in n.attribute:
+                if a.HasField("g"):
+                    graph(a.g)
+                for sub in a.graphs:
+                    graph(sub)
+        for v in (*g.input, *g.output, *g.value_info, *g.initializer):
+            del v.metadata_props[:]
+            v.doc_string = ""
+        del g.metadata_props[:]
+        g.doc_string = ""
+
+    graph(proto.graph)
+    for f in proto.functions:
+        for n in f.node:
+            del n.metadata_props[:]
+            n.doc_string = ""
+    del proto.metadata_props[:]
+    proto.doc_string = ""
 
 
 def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, reduce_range: bool = False) -> Path:

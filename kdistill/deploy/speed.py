@@ -13,33 +13,9 @@ from kdistill.models import count_parameters
 from kdistill.train.precision import autocast
 
 
-@torch.no_grad()
-def latency_ms(model, batch: int, seq: int, warmup: int = 3, repeats: int = 20, vocab: int | None = None,
-               precision: str = "fp32") -> dict[str, float]:
-    """Forward latency percentiles (ms) and throughput under a resolved precision (fp32 | bf16 | fp16); token ids
-    drawn from the model's own vocabulary unless `vocab` is given."""
-    with autocast(precision, next(model.parameters()).device):
-        return _latency(model, batch, seq, warmup, repeats, vocab or model.config.vocab_size)
-
-
 def token_id_range(vocab: int) -> tuple[int, int]:
     """Token ids for timing: past the special tokens of a real vocabulary, any id of a tiny one."""
     return (1000 if vocab > 2000 else 0), min(vocab, 20000)
-
-
-def _latency(model, batch, seq, warmup, repeats, vocab) -> dict[str, float]:
-    model.eval()
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(*token_id_range(vocab), (batch, seq), generator=g)
-    mask = torch.ones_like(ids)
-    for _ in range(warmup):
-        model(input_ids=ids, attention_mask=mask)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(input_ids=ids, attention_mask=mask)
-        times.append((time.perf_counter() - t0) * 1000)
-    return _summary(times, batch)
 
 
 def _summary(times_ms: list[float], batch: int) -> dict[str, float]:
