@@ -17,7 +17,7 @@ help:
 	@echo "make pipeline  run the six-stage pipeline (Prefect flow over DVC stages, MLflow tracking)"
 	@echo "make smoke     the same six stages on a few rows and tiny models"
 	@echo "               NPROC=2 (either): each training stage data-parallel in 2 processes (torchrun, gloo/NCCL)"
-	@echo "make test      run the test suite (about 36 minutes on 2 cores); make test-fast: without the end-to-end runs"
+	@echo "make test      run the test suite (about 25 minutes on 2 cores); make test-fast: without the end-to-end runs"
 	@echo "make ablation  task distillation with each augmentation (none/wordnet/tinybert): reports/ablation.md"
 	@echo "make seeds     task distillation and baselines over 3 seeds, mean and std: reports/seeds.md"
 	@echo "               PROFILE=smoke (either): on the smoke profile's pipeline instead of the default one"
@@ -43,9 +43,9 @@ help:
 setup:
 	@bash scripts/setup.sh
 
-# two pytest-xdist workers: the end-to-end tests that share the smoke run on one (tests/conftest.py groups them),
-# everything else on the other (in file order: pytest-xdist would otherwise start the groups with the most tests
-# first); the slowest 15 tests are printed at the end of every run
+# two pytest-xdist workers sharing one smoke run: the tests that change its project form one group, the tests that
+# copy it another, each other module a group of its own (tests/conftest.py), in file order (pytest-xdist would
+# otherwise start the groups with the most tests first); the slowest 15 tests are printed at the end of every run
 test:
 	$(PY) -m pytest tests -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
