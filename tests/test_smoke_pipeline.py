@@ -184,7 +184,8 @@ def test_kill_9_inside_a_training_stage_and_between_stages_then_a_rerun_ends_as_
 
     # 2. SIGKILL between stages: the moment task_distill@tinybert is recorded in dvc.lock
     proc = _start_flow(project)
-    _until(lambda: "task_distill@tinybert" in _recorded(project), proc, what="task_distill@tinybert in dvc.lock")
+    _until(lambda: "task_distill@tinybert" in _recorded(project), proc, what="task_distill@tinybert in dvc.lock",
+           every=0.2)  # evaluate, which comes next, takes far longer than that
     _kill_everything(proc, project)
     log = (project / "work" / "outputs-smoke" / "logs" / "task_distill_tinybert.log").read_text()
     assert "resumed from step" in log  # the second run went on from the first one's checkpoint
@@ -395,7 +396,7 @@ def test_a_worker_of_the_work_pool_runs_a_deployment_run_triggered_on_the_server
     try:
         server = start([str(ROOT / ".venv" / "bin" / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                         str(port)], "server.log")
-        _until(lambda: api_healthy(api), server, seconds=180, what="the Prefect server")
+        _until(lambda: api_healthy(api), server, seconds=180, what="the Prefect server", every=1.0)
         dep = subprocess.run([sys.executable, "-m", "pipelines.schedule"], cwd=project, env=env, capture_output=True,
                              text=True, timeout=300)
         assert dep.returncode == 0 and "work pool 'kdistill'" in dep.stdout, dep.stdout + dep.stderr
@@ -410,7 +411,7 @@ def test_a_worker_of_the_work_pool_runs_a_deployment_run_triggered_on_the_server
             state.update(_api(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})[0]["state"])
             return state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
-        _until(finished, worker, seconds=900, what="the end of the flow run")
+        _until(finished, worker, seconds=900, what="the end of the flow run", every=1.0)
         log = (tmp_path / "worker.log").read_text()
         assert state["type"] == "COMPLETED", log[-3000:]
         assert "up to date (dvc status)" in log and "temporary server" not in log  # the worker ran it, on this server
@@ -466,9 +467,11 @@ def _recorded(project) -> set:
         return set()
 
 
-def _until(cond, proc, seconds=900, what=""):
+def _until(cond, proc, seconds=900, what="", every=0.02):
+    """Wait for `cond`, checking every `every` s: short for a file appearing, longer for a check that costs CPU
+    (parsing dvc.lock, a request to the Prefect server), which would otherwise take a core from what it waits for."""
     deadline = time.time() + seconds
     while not cond():
         assert proc.poll() is None, f"the pipeline ended (rc {proc.returncode}) before {what}"
         assert time.time() < deadline, f"no {what} within {seconds} s"
-        time.sleep(0.02)
+        time.sleep(every)
