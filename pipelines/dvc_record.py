@@ -10,14 +10,11 @@ lock entry, and its outputs (written to a temporary path and renamed by the stag
 
 from __future__ import annotations
 
-import os
+import json
+import subprocess
 import threading
 import time
 from pathlib import Path
-
-from dvc.exceptions import DvcException
-from dvc.lock import LockError
-from dvc.repo import Repo
 
 from kdistill.errors import KdistillError
 
@@ -30,66 +27,30 @@ class DvcError(KdistillError):
 
 
 class DvcRecord:
-    """`dvc status` and `dvc commit` through DVC's Python API, in this process: a `dvc` subprocess would import DVC
-    again for every call (about 1.5 s of CPU each, two calls per stage, all of them in the one serialised section)."""
-
     def __init__(self, root: Path = ROOT):
         self.root = root
         self._lock = threading.Lock()
 
-    def _call(self, what: str, fn):
-        if not Path.cwd().resolve().is_relative_to(self.root.resolve()):
-            # DVC's API takes the cwd for a place inside the repository (its run cache builds paths from it)
-            raise DvcError(f"DVC's records are written from inside the project: the working directory is {Path.cwd()}, "
-                           f"not {self.root} or a folder in it")
+    def _dvc(self, *args: str) -> str:
         # Serialised here; a `dvc` the user runs meanwhile can still hold DVC's own lock for a moment: retry.
         with self._lock:
             for attempt in range(30):
-                try:
-                    with Repo(str(self.root)) as repo:  # opened afresh: dvc.lock changes between calls
-                        return fn(repo)
-                except LockError:
-                    time.sleep(1 + attempt % 3)
-                except DvcException as e:
-                    raise DvcError(f"`dvc {what}` failed: {_words(e)}") from None
-            raise DvcError(f"`dvc {what}` failed: DVC's repository lock stayed held by another dvc process for a minute")
-
-    def _absolute(self, target: str) -> str:
-        # in-process DVC reads targets (and names stages in its answers) relative to the cwd, not to the repo
-        if (self.root / target).is_file():  # a whole dvc.yaml
-            return str(self.root / target)
-        path, _, name = target.rpartition(":")
-        return f"{self.root / (path or 'dvc.yaml')}:{name}"
-
-    def _ours(self, key: str) -> str:
-        """A stage as DVC named it, relative to the cwd, back to the form the flow uses (relative to the repo)."""
-        path, sep, name = key.rpartition(":")
-        if not sep:
-            return key
-        rel = Path(os.path.relpath(os.path.abspath(path), self.root)).as_posix()
-        return name if rel == "dvc.yaml" else f"{rel}:{name}"
+                proc = subprocess.run([DVC, *args], cwd=self.root, capture_output=True, text=True)
+                if proc.returncode == 0:
+                    return proc.stdout
+                if "Unable to acquire lock" not in proc.stderr + proc.stdout:
+                    break
+                time.sleep(1 + attempt % 3)
+            said = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-5:])
+            raise DvcError(f"`dvc {' '.join(args)}` failed (exit {proc.returncode}): {said}")
 
     def status(self, *targets: str) -> dict:
-        """What DVC would re-run among `targets` (all when none) and why ({} when up to date), keyed like the flow's
-        stage targets."""
-        found = self._call(f"status {' '.join(targets)}".strip(),
-                           lambda repo: repo.status(targets=[self._absolute(t) for t in targets] or None))
-        return {self._ours(k): v for k, v in found.items()}
+        """What DVC would re-run among `targets` and why ({} when up to date)."""
+        return json.loads(self._dvc("status", "--json", *targets) or "{}")
 
     def stale(self, target: str) -> bool:
         return bool(self.status(target))
 
     def commit(self, target: str) -> None:
         """Record a finished stage: its deps, params and outs hashed into dvc.lock, the outs into the cache."""
-        self._call(f"commit --force {target}", lambda repo: repo.commit(self._absolute(target), force=True))
-
-
-def _words(e: BaseException) -> str:
-    """DVC's message and those of the errors under it (a missing params key is two levels down)."""
-    said, seen = [], set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if str(e) and str(e) not in said:
-            said.append(str(e))
-        e = e.__cause__ or e.__context__
-    return ": ".join(said)
+        self._dvc("commit", "--force", target)

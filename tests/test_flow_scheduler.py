@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pipelines.dvc_record import DVC, DvcError, DvcRecord
+from pipelines.dvc_record import DVC, DvcRecord
 from pipelines.flow import execute_stage, known_current, schedule, timeline
 from pipelines.stage_graph import load_stages
 
@@ -166,9 +166,3 @@ def test_the_longest_remaining_chain_starts_first_when_stage_times_are_known():
     schedule(stages, 1, 2, submit, seconds={"prep": 10, "short": 50, "long": 500, "end": 60})
     assert started == ["prep", "long", "short", "end"]
 
-
-def test_dvc_records_are_refused_from_outside_the_project(tmp_path, monkeypatch):
-    root = _project(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(DvcError, match="from inside the project: the working directory is"):
-        DvcRecord(root).status()
