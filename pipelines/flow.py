@@ -200,7 +200,6 @@ def format_timeline(tl: dict) -> str:
 
 @flow(name="kdistill-pipeline", log_prints=True)
 def distill_pipeline(profile: str = "default") -> dict:
-    os.chdir(ROOT)  # stages and DVC's records work from the project root, wherever a worker started this run
     with pipeline_lock(profile):
         return _run_pipeline(profile)
 
@@ -326,7 +325,6 @@ def main() -> None:
     ap.add_argument("--profile", default="default", help="default (params.yaml) or the name of a file in profiles/")
     args = ap.parse_args()
     t0 = time.time()
-    os.chdir(ROOT)
 
     def run() -> None:
         preflight(args.profile)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -261,7 +260,6 @@ def study_md(s: dict) -> str:
 
 @flow(name="kdistill-study", log_prints=True)
 def study_flow(study: str = "ablation", profile: str = "default") -> dict:
-    os.chdir(ROOT)  # DVC's records are made from the project root (pipelines/dvc_record.py)
     with pipeline_lock(profile):
         return _run_study(study, profile)
 

@@ -27,15 +27,9 @@ MEET = ("import pathlib, sys, time; m = pathlib.Path(sys.argv[3]); (m / '{tag}')
         "pathlib.Path(sys.argv[1]).write_text(open(sys.argv[2]).read() + '{tag}')")
 
 
-@pytest.fixture(autouse=True)
-def _in_the_project(tmp_path, monkeypatch):
-    """As the flow does (it works from the project root): DVC's API takes the cwd for a place in the repository."""
-    (tmp_path / "proj").mkdir()
-    monkeypatch.chdir(tmp_path / "proj")
-
-
 def _project(tmp_path: Path, fail_c: bool = False, meet: bool = True) -> Path:
     root = tmp_path / "proj"
+    root.mkdir()
     markers = tmp_path / "markers"
     markers.mkdir()
     subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=root, check=True)
@@ -165,4 +159,3 @@ def test_the_longest_remaining_chain_starts_first_when_stage_times_are_known():
     started.clear()
     schedule(stages, 1, 2, submit, seconds={"prep": 10, "short": 50, "long": 500, "end": 60})
     assert started == ["prep", "long", "short", "end"]
-
