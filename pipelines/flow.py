@@ -27,11 +27,12 @@ from prefect import flow, get_run_logger, task
 from kdistill.errors import KdistillError
 from kdistill.train.precision import available_cpus
 
+from . import stage_zygote
 from .dvc_record import DvcRecord
 from .remote_stage import deploy_stage_flow, is_training, run_on_pool, stage_deployment
 from .run_lock import pipeline_lock
 from .stage_exec import StageFailed, _echo, run_command
-from .stage_graph import ROOT, Stage, load_stages, pipeline_file
+from .stage_graph import ROOT, Stage, inside, load_stages, pipeline_file
 
 
 def _env(parent_run_id: str | None, threads: int) -> dict:
@@ -55,11 +56,15 @@ def _retry_only_failed_commands(task, task_run, state) -> bool:
 
 
 def execute_stage(stage: Stage, threads: int, parent_run_id: str | None, record: DvcRecord, log_dir: Path,
-                  log=None, training_pool: str | None = None) -> dict:
+                  log=None, training_pool: str | None = None, known: bool | None = None) -> dict:
     """One DVC stage: skipped when DVC says it is up to date; else its command (on the training pool's worker when
-    one is set and this is a training stage), then `dvc commit` here."""
+    one is set and this is a training stage), then `dvc commit` here.
+
+    `known`: the verdict of the flow's one `dvc status` of the whole graph (stale_plan): False up to date, True stale
+    whatever runs before it; None (unknown: it reads what a stage of this run rewrites) asks DVC now. A `dvc` process
+    costs seconds, and the calls are serialised."""
     say = log.info if log else (lambda msg, *a: _echo(stage.name, msg % a))
-    if not record.stale(stage.target):
+    if known is False or (known is None and not record.stale(stage.target)):
         say("%s is up to date (dvc status)", stage.name)
         return {"ran": False}
     t0 = time.time()
@@ -79,9 +84,9 @@ def execute_stage(stage: Stage, threads: int, parent_run_id: str | None, record:
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_only_failed_commands, cache_policy=None,
       task_run_name="{stage.name}")
 def run_stage(stage: Stage, threads: int, parent_run_id: str | None, record: DvcRecord, log_dir: Path,
-              training_pool: str | None = None) -> dict:
+              training_pool: str | None = None, known: bool | None = None) -> dict:
     """A DVC stage as a Prefect task (retried once: training stages resume from their checkpoint)."""
-    return execute_stage(stage, threads, parent_run_id, record, log_dir, get_run_logger(), training_pool)
+    return execute_stage(stage, threads, parent_run_id, record, log_dir, get_run_logger(), training_pool, known)
 
 
 def resolve_parallel(spec: int | str, cpus: int) -> int:
@@ -120,22 +125,47 @@ def stage_threads(stages: dict[str, Stage], max_parallel: int, cpus: int) -> dic
     return {n: cpus if reach(n, "upstream") | reach(n, "downstream") | {n} >= set(stages) else share for n in stages}
 
 
-def known_current(stages: dict[str, Stage], record: DvcRecord) -> set[str]:
-    """Stages that DVC calls up to date now and that read nothing a stale stage will rewrite: they will be skipped.
+def stale_plan(stages: dict[str, Stage], record: DvcRecord, status: dict | None = None) -> dict[str, bool | None]:
+    """Each stage's verdict from one `dvc status` of the whole graph before it starts: False (up to date, and reads
+    nothing a stale stage will rewrite: skipped), True (stale whatever runs before it: its command, params, code or
+    outputs changed, or an input that no stage of this run writes), None (stale or not depending on the bytes a stage
+    of this run writes before it: its task asks DVC when its turn comes).
 
-    One `dvc status` for the graph before it starts, to say what a partial re-run will redo. Each task still asks
-    DVC itself.
+    Under the pipeline lock nothing else changes the project meanwhile, so a verdict holds until the stage's turn.
+    `status`: DVC's answer for exactly these stages, when it was asked already under the same lock.
     """
-    stale = set(record.status(*(s.target for s in stages.values())))
+    if status is None:
+        status = record.status(*(s.target for s in stages.values()))
     by_target = {s.target: n for n, s in stages.items()}
-    todo = [by_target.get(t, t) for t in stale]
-    affected = set()
+    stale = {by_target.get(t, t): changes for t, changes in status.items()}
+    affected, todo = set(), [n for n in stale if n in stages]
     while todo:
         n = todo.pop()
-        if n in stages and n not in affected:
+        if n not in affected:
             affected.add(n)
             todo += stages[n].downstream
-    return set(stages) - affected
+    plan: dict[str, bool | None] = {n: False for n in stages if n not in affected}
+    for n in affected:
+        written = [o for s in stages.values() if s.name in affected and s.name != n for o in s.outs]
+
+        def rewritten(path: str) -> bool:  # an input that a stage of this run writes
+            p = (record.root / path).resolve()
+            return any(inside(p, o) or inside(o, p) for o in written)
+
+        changes = stale.get(n)
+        if changes is None:
+            plan[n] = None  # current now; its inputs may change
+        elif all(isinstance(c, dict) and set(c) == {"changed deps"} and all(map(rewritten, c["changed deps"]))
+                 for c in changes):
+            plan[n] = None  # stale only through what a stage before it rewrites
+        else:
+            plan[n] = True
+    return plan
+
+
+def known_current(stages: dict[str, Stage], record: DvcRecord) -> set[str]:
+    """Stages that DVC calls up to date now and that read nothing a stale stage will rewrite: they will be skipped."""
+    return {n for n, v in stale_plan(stages, record).items() if v is False}
 
 
 def _inner(fut) -> Future:
@@ -214,7 +244,8 @@ def _run_pipeline(profile: str) -> dict:
     prior = ROOT / "pipelines" / "stage_seconds.reference.json"
     seconds = json.loads(prior.read_text()) if profile == "default" and prior.is_file() else {}
     print(f"pipeline {profile}: {len(stages)} stages from {dvc_file.relative_to(ROOT)}")
-    tl = run_graph(stages, p, f"pipeline-{profile}", ROOT / "work" / out_root.name, seconds)
+    tl = run_graph(stages, p, f"pipeline-{profile}", ROOT / "work" / out_root.name, seconds,
+                   _STATUS_ASKED.pop(profile, None))
     report = _reports(out_root) / "report.md"
     if report.is_file() and tl["stages"]:
         import mlflow
@@ -233,9 +264,17 @@ def _reports(out_root: Path) -> Path:
     return Paths(out_root).reports
 
 
-def run_graph(stages: dict[str, Stage], p, run_name: str, work_dir: Path, seconds: dict | None = None) -> dict:
+def run_graph(stages: dict[str, Stage], p, run_name: str, work_dir: Path, seconds: dict | None = None,
+              status: dict | None = None) -> dict:
     """Run a linked stage graph (side by side as it allows) under one parent MLflow run; the timeline, also kept in
-    work_dir with each stage's time (which orders the next run's ready stages). Raises the first stage failure."""
+    work_dir with each stage's time (which orders the next run's ready stages). Raises the first stage failure.
+    `status`: `dvc status` of exactly this graph, asked already under the pipeline lock held now (else asked here)."""
+    with stage_zygote.serving(_env(None, 1)):  # started first: its imports run beside the checks below
+        return _run_graph(stages, p, run_name, work_dir, seconds, status)
+
+
+def _run_graph(stages: dict[str, Stage], p, run_name: str, work_dir: Path, seconds: dict | None,
+               status: dict | None) -> dict:
     import mlflow
 
     from kdistill.tracking import experiment
@@ -255,13 +294,15 @@ def run_graph(stages: dict[str, Stage], p, run_name: str, work_dir: Path, second
     if pool:
         deploy_stage_flow(pool)  # idempotent: the stage deployment follows this project's code
         print(f"training stages go to work pool '{pool}' (deployment {stage_deployment(pool)})")
-    current = known_current(stages, record)
+    plan = stale_plan(stages, record, status)
+    current = [n for n, v in plan.items() if v is False]
     if current:
         print(f"{len(current)} of {len(stages)} stages are up to date (DVC) and will be skipped")
     with mlflow.start_run(run_name=run_name) as parent:
         results, errors = schedule(
             stages, parallel, cpus,
-            lambda st, threads: run_stage.submit(st, threads, parent.info.run_id, record, log_dir, pool), seconds)
+            lambda st, threads: run_stage.submit(st, threads, parent.info.run_id, record, log_dir, pool,
+                                                 plan[st.name]), seconds)
         tl = timeline(results)
         for name, v in tl["stages"].items():
             mlflow.log_metric(f"stage_seconds/{name.replace('@', '_')}", v["seconds"])
@@ -314,10 +355,16 @@ def preflight(profile: str) -> None:
             "it to null")
 
 
+# profile -> the `dvc status` that main() asked under the pipeline lock, for the flow it then starts in this process
+# (still under that lock): one `dvc` process less per run
+_STATUS_ASKED: dict[str, dict] = {}
+
+
 def up_to_date(profile: str) -> bool:
     """Ask DVC whether anything is stale (writes the profile's generated pipeline first)."""
     dvc_file, _, _ = pipeline_file(profile)
-    return not DvcRecord().status(str(dvc_file.relative_to(ROOT)))
+    _STATUS_ASKED[profile] = DvcRecord().status(str(dvc_file.relative_to(ROOT)))
+    return not _STATUS_ASKED[profile]
 
 
 def main() -> None:

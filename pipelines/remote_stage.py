@@ -57,7 +57,8 @@ def run_on_pool(pool: str, stage, parent_run_id: str | None, log_file: Path) -> 
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     if parent_run_id:
         env["KDISTILL_PARENT_RUN_ID"] = parent_run_id
-    run = run_deployment(stage_deployment(pool), timeout=None, as_subflow=True,
+    # asks the server for the run's state every 2 s (Prefect's default: 5): a short stage is not kept waiting
+    run = run_deployment(stage_deployment(pool), timeout=None, as_subflow=True, poll_interval=2,
                          parameters={"stage": stage.name, "cmd": stage.cmd, "wdir": str(stage.wdir),
                                      "log_file": str(log_file), "env": env})
     if not run.state.is_completed():

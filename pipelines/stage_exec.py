@@ -1,4 +1,4 @@
-"""A stage's command as a subprocess: output streamed with the stage's name, kept in full in its log file, and a
+"""A stage's command as a process of its own (pipelines/stage_zygote.py): output streamed with the stage's name, kept in full in its log file, and a
 failure turned into one error that carries the stage's own `error:` line. Used by the flow, and by a training pool's
 worker (pipelines/remote_stage.py)."""
 
@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from kdistill.errors import KdistillError
+
+from . import stage_zygote
 
 _PROGRESS = re.compile(r"\d+%\||\d+/\d+ \[")  # tqdm bar lines
 _print_lock = threading.Lock()
@@ -39,10 +41,17 @@ def run_command(name: str, cmd: str, wdir: str | Path, env: dict, log_file: Path
     log_file.parent.mkdir(parents=True, exist_ok=True)
     tail: list[str] = []
     last_bar = 0.0
-    with open(log_file, "w") as full:
+    # forked from the flow's stage server when one runs and the command is `python -m <module>`, else a subprocess
+    server = stage_zygote.current()
+    argv = stage_zygote.module_command(cmd, wdir) if server else None
+    started = server.start(argv, str(wdir), env) if argv else None
+    if started is None:
         proc = subprocess.Popen(cmd, shell=True, cwd=wdir, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in proc.stdout:  # text mode: tqdm's \r updates arrive as lines
+        started = proc.stdout, proc.wait
+    stream, wait = started
+    with open(log_file, "w") as full, stream:
+        for line in stream:  # text mode: tqdm's \r updates arrive as lines
             line = line.rstrip()
             if not line:
                 continue
@@ -53,6 +62,6 @@ def run_command(name: str, cmd: str, wdir: str | Path, env: dict, log_file: Path
                 last_bar = time.time() if is_bar else last_bar
             if not is_bar:
                 tail = (tail + [line])[-15:]
-        rc = proc.wait()
+    rc = wait()
     if rc:
         raise StageFailed(f"stage {name} failed (exit {rc}): {_reason(tail)} (full log: {log_file})")

@@ -32,7 +32,7 @@ class Stage:
     downstream: set[str] = field(default_factory=set)
 
 
-def _inside(path: Path, out: Path) -> bool:
+def inside(path: Path, out: Path) -> bool:
     return path == out or out in path.parents
 
 
@@ -60,7 +60,7 @@ def link_stages(stages: dict[str, Stage]) -> dict[str, Stage]:
     for a in stages.values():
         for b in stages.values():
             # a dep on an output, inside one, or on a folder that holds one (evaluate reads outputs/students)
-            if a is not b and any(_inside(d, o) or _inside(o, d) for d in a.deps for o in b.outs):
+            if a is not b and any(inside(d, o) or inside(o, d) for d in a.deps for o in b.outs):
                 a.upstream.add(b.name)
                 b.downstream.add(a.name)
     return stages

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pipelines.dvc_record import DVC, DvcRecord
-from pipelines.flow import execute_stage, known_current, schedule, timeline
+from pipelines.flow import execute_stage, known_current, schedule, stale_plan, timeline
 from pipelines.stage_graph import load_stages
 
 PY = sys.executable
@@ -49,12 +49,26 @@ def _project(tmp_path: Path, fail_c: bool = False, meet: bool = True) -> Path:
     return root
 
 
-def _run(root: Path, tmp_path: Path, max_parallel: int = 2):
+class CountingRecord(DvcRecord):
+    """DvcRecord that counts the `dvc status` calls the stages make."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.asked: list[str] = []
+
+    def stale(self, target: str) -> bool:
+        self.asked.append(target)
+        return super().stale(target)
+
+
+def _run(root: Path, tmp_path: Path, max_parallel: int = 2, record: DvcRecord | None = None):
+    """As the flow runs a graph: one `dvc status` of the graph first, then the scheduler."""
     stages = load_stages(root / "dvc.yaml", root=root)
-    record = DvcRecord(root)
+    record = record or DvcRecord(root)
+    plan = stale_plan(stages, record)
     with ThreadPoolExecutor(max_parallel) as pool:
-        return schedule(stages, max_parallel, 2,
-                        lambda st, threads: pool.submit(execute_stage, st, threads, None, record, tmp_path / "logs"))
+        return schedule(stages, max_parallel, 2, lambda st, threads: pool.submit(
+            execute_stage, st, threads, None, record, tmp_path / "logs", None, None, plan[st.name]))
 
 
 def _lock(root: Path) -> dict:
@@ -71,8 +85,9 @@ def test_graph_comes_from_dvc_yaml(tmp_path):
 @pytest.mark.slow
 def test_independent_stages_overlap_and_every_stage_is_recorded(tmp_path):
     root = _project(tmp_path)
-    results, errors = _run(root, tmp_path)
-    assert not errors
+    record = CountingRecord(root)
+    results, errors = _run(root, tmp_path, record=record)
+    assert not errors and record.asked == []  # nothing was ever run: every stage is stale whatever runs before it
     tl = timeline(results)["stages"]
     # a and b depend only on src.txt: they ran at the same time (each waited for the other), one CPU each
     assert tl["a"]["start"] < tl["b"]["end"] and tl["b"]["start"] < tl["a"]["end"]
@@ -81,9 +96,10 @@ def test_independent_stages_overlap_and_every_stage_is_recorded(tmp_path):
     assert set(_lock(root)) == {"a", "b", "c", "d"}
     assert DvcRecord(root).status() == {}  # `dvc status` clean after the concurrent run
     assert (root / "d.txt").read_text() == "xacd"
-    # nothing changed: the second run skips every stage on DVC's word
-    results, errors = _run(root, tmp_path)
-    assert not errors and not any(r["ran"] for r in results.values())
+    # nothing changed: the second run skips every stage on the word of its one `dvc status` of the graph
+    record = CountingRecord(root)
+    results, errors = _run(root, tmp_path, record=record)
+    assert not errors and not any(r["ran"] for r in results.values()) and record.asked == []
     # one stage's command changed: only it and what reads its output run again
     stages_src = yaml.safe_load((root / "dvc.yaml").read_text())
     stages_src["stages"]["b"]["cmd"] = f'{PY} -c "{WRITE.format(tag="B")}" b.txt src.txt'
@@ -91,11 +107,21 @@ def test_independent_stages_overlap_and_every_stage_is_recorded(tmp_path):
     (root / "dvc.yaml").write_text(yaml.safe_dump(stages_src))
     stages = load_stages(root / "dvc.yaml", root=root)
     assert known_current(stages, DvcRecord(root)) == {"a", "c"}  # d reads b's output: it will run too
-    results, errors = _run(root, tmp_path)
+    record = CountingRecord(root)
+    results, errors = _run(root, tmp_path, record=record)
     assert not errors and {k for k, r in results.items() if r["ran"]} == {"b", "d"}
+    # b's command changed: stale whatever happens; a and c current: no `dvc status` for any of them. d was current
+    # when the run started, but it reads b's output: its task asked DVC after b ran
+    assert record.asked == ["d"]
     assert (root / "d.txt").read_text() == "xacd" and (root / "b.txt").read_text() == "xB"
     # b computes with the thread count it had beside a, though a is skipped now: its bytes cannot depend on that
     assert timeline(results)["stages"]["b"]["threads"] == 1
+    # a's output deleted: a runs again and writes the same bytes, so c and d, which ask DVC in their turn, are skipped
+    (root / "a.txt").unlink()
+    record = CountingRecord(root)
+    results, errors = _run(root, tmp_path, record=record)
+    assert not errors and {k for k, r in results.items() if r["ran"]} == {"a"}
+    assert sorted(record.asked) == ["c", "d"]
 
 
 def test_a_failed_stage_leaves_no_lock_entry_and_blocks_only_what_follows(tmp_path):

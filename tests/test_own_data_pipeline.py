@@ -1,6 +1,11 @@
 """End to end on a user's own problem: a CSV with a `review` column and three string labels, and a local RoBERTa
 teacher already fine-tuned for those labels, through Prefect, DVC and MLflow: the teacher is used as it is (zero
-steps), every student is registered with the label names, exported with parity, and answers with the names."""
+steps), every student is registered with the label names, exported with parity, and answers with the names.
+
+The run tracks to a shared MLflow (`make mlflow-server`: PostgreSQL store, artifacts over HTTP) through
+`tracking.mlflow_uri`: every loss component, registration and alias goes over HTTP. Where PostgreSQL cannot be had
+(no root), it tracks to its SQLite file and the PostgreSQL test is skipped. One pipeline run serves both: the suite
+has a time budget."""
 
 import json
 import random
@@ -18,6 +23,8 @@ from kdistill.train.evaluation import score
 
 from .conftest import copy_project, run_flow
 from .families import save_teacher
+from .listening import listening_addresses
+from .mlflow_pg import mlflow_server, postgres_possible, psql
 from .serving import invoke, served
 
 LABELS = ("negative", "neutral", "positive")
@@ -71,8 +78,20 @@ def fine_tuned_roberta(out, rows) -> None:
 
 
 @pytest.fixture(scope="module")
-def own_project(tmp_path_factory):
+def tracking_server(tmp_path_factory):
+    """(url, PostgreSQL port, database, run dir) of the shared MLflow the run tracks to; None without PostgreSQL."""
+    if not postgres_possible():
+        yield None
+        return
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def own_project(tmp_path_factory, tracking_server):
+    """(project, the flow's process, its tracking URI)."""
     project = copy_project(tmp_path_factory.mktemp("own") / "proj")
+    uri = tracking_server[0] if tracking_server else f"sqlite:///{project / 'mlflow.db'}"
     train, dev = reviews(240, 0), reviews(45, 1)
     write_csv(project / "data" / "reviews" / "train.csv", train)
     write_csv(project / "data" / "reviews" / "dev.csv", dev)
@@ -93,15 +112,16 @@ def own_project(tmp_path_factory):
                                   "joint": {"optim": {"batch_size": 8, "max_steps": 2}}},
                    "minilm": {"student": {"layers": 2, "hidden": 16, "heads": 4, "ffn": 32}, "relation_heads": 4,
                               "optim": {"batch_size": 8, "max_steps": 3}}},
-               "tracking": {"experiment_prefix": "kdistill-own", "registry_prefix": "own-"}}
+               "tracking": {"experiment_prefix": "kdistill-own", "registry_prefix": "own-",
+                            **({"mlflow_uri": uri} if tracking_server else {})}}
     (project / "profiles" / "reviews.yaml").write_text(yaml.safe_dump(profile))
     proc = run_flow(project, "--profile", "reviews")
-    return project, proc
+    return project, proc, uri
 
 
 @pytest.mark.slow
 def test_a_csv_with_string_labels_and_a_fine_tuned_roberta_teacher_run_end_to_end(own_project):
-    project, proc = own_project
+    project, proc, uri = own_project
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error" in line.lower()]
     assert proc.returncode == 0, "\n".join(errors[-20:]) or (proc.stdout + proc.stderr)[-4000:]
     out = project / "outputs-reviews"
@@ -128,12 +148,47 @@ def test_a_csv_with_string_labels_and_a_fine_tuned_roberta_teacher_run_end_to_en
         assert student.config.model_type == ("mobilebert" if r == "mobilebert" else "roberta")
         assert deploy["models"][r]["onnx-fp32"]["max_abs_logit_diff"] <= 1e-3  # parity held (the stage checks it)
     # registered with the label names, and the served model answers with them
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    mlflow.set_tracking_uri(uri)
     for r in RECIPES:
         preds = mlflow.pyfunc.load_model(f"models:/own-reviews-{r}@champion").predict(["great fun", "awful and dull"])
         assert set(preds["label"]) <= set(LABELS) and preds["probability"].between(0, 1).all()
     # `make serve` answers over HTTP with the user's label names (a RoBERTa-family student)
-    with served("own-reviews-tinybert", f"sqlite:///{project / 'mlflow.db'}", cwd=project) as (proc, url):
+    with served("own-reviews-tinybert", uri, cwd=project) as (proc, url):
         answers = invoke(url, ["great fun", "awful and dull", "a film"])
         assert len(answers) == 3 and {a["label"] for a in answers} <= set(LABELS)
     assert proc.returncode == 0
+
+
+@pytest.mark.slow
+def test_the_run_tracks_registers_and_aliases_over_http_on_postgresql(own_project, tracking_server):
+    """The shared MLflow (`make mlflow-server`): loopback only, no password in its log, PostgreSQL the store, the
+    artifacts served by it, and nothing tracked anywhere else."""
+    if tracking_server is None:
+        pytest.skip("PostgreSQL not available here (creating its cluster needs root, or Debian's package)")
+    project, proc, url = own_project
+    _, pg_port, db, run_dir = tracking_server
+    assert proc.returncode == 0, "the run failed: see test_a_csv_with_string_labels_and_a_fine_tuned_roberta_teacher..."
+    # the tracking server and PostgreSQL listen on loopback only
+    server_pid = int((run_dir / "mlflow-server.pid").read_text())
+    assert {ip for ip, _ in listening_addresses(server_pid)} == {"127.0.0.1"}
+    assert psql(pg_port, db, "SHOW listen_addresses").strip() == "127.0.0.1"
+    assert (run_dir / "mlflow-server.log").read_text().count("postgresql://") == 0  # the password is not logged
+    assert not (project / "mlflow.db").exists()  # nothing went to a local store
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=url, registry_uri=url)
+    names = {m.name for m in client.search_registered_models()}
+    assert {f"own-reviews-{r}" for r in RECIPES} <= names
+    for r in RECIPES:
+        assert client.get_model_version_by_alias(f"own-reviews-{r}", "champion").tags["variant"].startswith("onnx-")
+    exp = client.get_experiment_by_name("kdistill-own-reviews")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.mlflow.runName = 'task_distill@tinybert'")
+    assert runs and {"loss/emb", "loss/hidn", "loss/attn", "loss/pred"} <= set(runs[0].data.metrics)
+    assert client.get_metric_history(runs[0].info.run_id, "loss/pred")  # every step on record, over HTTP
+    # artifacts went through the server (mlflow-artifacts:/), into its folder
+    assert runs[0].info.artifact_uri.startswith("mlflow-artifacts:/")
+    assert any((run_dir / "mlflow-artifacts").rglob("model.onnx"))
+    # the store really is PostgreSQL, and the run left no run RUNNING there
+    assert {f"own-reviews-{r}" for r in RECIPES} <= set(psql(pg_port, db, "SELECT name FROM registered_models").split())
+    assert psql(pg_port, db, "SELECT count(*) FROM runs WHERE status = 'RUNNING'").strip() == "0"

@@ -46,6 +46,7 @@ def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
     files = [f for s in stores for f in ([s] if s.is_file() else s.rglob("*")) if f.is_file()]
     assert len(files) > 50 and not [f for f in files if SECRET.encode() in f.read_bytes()]
     assert SECRET not in proc.stdout + proc.stderr
+    assert "stages start as subprocesses" not in proc.stdout  # forked from the flow's stage server
 
     # every model evaluated and reported
     summary = json.loads((out / "reports" / "summary.json").read_text())
@@ -229,7 +230,8 @@ def _digest(tree):
 @pytest.mark.slow
 def test_a_stage_rerun_beside_a_busy_process_with_other_packers_writes_the_same_bytes(project, smoke_run, tmp_path):
     """Same params, same outputs: prepare (packing with another number of processes) and teacher_finetune again,
-    with both cores kept busy, give byte-equal outputs to the pipeline's own run of them."""
+    with both cores kept busy, give byte-equal outputs to the pipeline's own run of them. The pipeline forked them
+    from its stage server (pipelines/stage_zygote.py); here each is a new interpreter."""
     proc, _ = smoke_run
     assert proc.returncode == 0, "the smoke run failed: see test_smoke_profile_through_prefect_and_dvc"
     threads = {k: v["threads"] for k, v in
@@ -383,13 +385,14 @@ def test_a_worker_of_the_work_pool_runs_a_deployment_run_triggered_on_the_server
     shutil.rmtree(project / "outputs-smoke" / "baselines" / "tinybert")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
+    # the workers ask the server for runs every 2 s (Prefect's default: 10), which the test would otherwise wait out
     env = {**flow_env(project), "PREFECT_HOME": str(tmp_path / "prefect"), "KDISTILL_PREFECT_PORT": str(port),
-           "KDISTILL_PROFILE": "smoke"}
+           "KDISTILL_PROFILE": "smoke", "PREFECT_WORKER_QUERY_SECONDS": "2"}
     env.pop("PREFECT_API_URL", None)
     procs = []
 
-    def start(args, log):
-        procs.append(subprocess.Popen(args, cwd=project, env=env, stdout=(tmp_path / log).open("w"),
+    def start(args, log, **more):
+        procs.append(subprocess.Popen(args, cwd=project, env={**env, **more}, stdout=(tmp_path / log).open("w"),
                                       stderr=subprocess.STDOUT, start_new_session=True))
         return procs[-1]
 
@@ -400,8 +403,11 @@ def test_a_worker_of_the_work_pool_runs_a_deployment_run_triggered_on_the_server
         dep = subprocess.run([sys.executable, "-m", "pipelines.schedule"], cwd=project, env=env, capture_output=True,
                              text=True, timeout=300)
         assert dep.returncode == 0 and "work pool 'kdistill'" in dep.stdout, dep.stdout + dep.stderr
-        worker = start([sys.executable, "-m", "pipelines.worker"], "worker.log")
-        trainer = start([sys.executable, "-m", "pipelines.worker", "--pool", "kdistill-train"], "worker-train.log")
+        # `make schedule` found the server from the port alone (re-started itself with PREFECT_API_URL set); the
+        # workers are given the URL, which spares each that second start
+        worker = start([sys.executable, "-m", "pipelines.worker"], "worker.log", PREFECT_API_URL=api)
+        trainer = start([sys.executable, "-m", "pipelines.worker", "--pool", "kdistill-train"], "worker-train.log",
+                        PREFECT_API_URL=api)
         deployment = _api(api, "/deployments/filter", {"limit": 5})[0]
         assert deployment["work_pool_name"] == "kdistill" and deployment["parameters"] == {"profile": "smoke"}
         run = _api(api, f"/deployments/{deployment['id']}/create_flow_run", {})
