@@ -269,7 +269,7 @@ def run_graph(stages: dict[str, Stage], p, run_name: str, work_dir: Path, second
     """Run a linked stage graph (side by side as it allows) under one parent MLflow run; the timeline, also kept in
     work_dir with each stage's time (which orders the next run's ready stages). Raises the first stage failure.
     `status`: `dvc status` of exactly this graph, asked already under the pipeline lock held now (else asked here)."""
-    with stage_zygote.serving(_env(None, 1)):  # started first: its imports run beside the checks below
+    with stage_zygote.serving(_env(None, 1)):
         return _run_graph(stages, p, run_name, work_dir, seconds, status)
 
 

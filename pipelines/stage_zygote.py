@@ -167,17 +167,21 @@ class Zygote:
     """A running server; `start` hands it one stage command."""
 
     def __init__(self, env: dict):
-        self._dir = tempfile.mkdtemp(prefix="kdistill-stages-")
-        self.path = os.path.join(self._dir, "server.sock")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.stage_zygote", self.path], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self._dir = self.path = None
         self._ready: bool | None = None
         self._lock = threading.Lock()
 
     def ready(self) -> bool:
-        """Waits for the server's first line (its imports run meanwhile beside whatever the flow does)."""
+        """Started by the first stage command (a run whose stages are all skipped, or sent to a work pool, imports
+        nothing); waits for the server's first line."""
         with self._lock:
             if self._ready is None:
+                self._dir = tempfile.mkdtemp(prefix="kdistill-stages-")
+                self.path = os.path.join(self._dir, "server.sock")
+                self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.stage_zygote", self.path], env=self.env,
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 line = self.proc.stdout.readline().strip()
                 self._ready = line.startswith("ready")
                 if not self._ready:
@@ -210,6 +214,8 @@ class Zygote:
         return io.open(r, "r", encoding="utf-8", errors="replace"), wait
 
     def close(self) -> None:
+        if self.proc is None:
+            return
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
         try:
