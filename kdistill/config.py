@@ -131,6 +131,9 @@ class EvaluateParams(_Section):
     warmup: int = Field(3, ge=0)
     repeats: int = Field(20, ge=1)
     precision: PrecisionSpec | None = None  # dev scoring and latency (None: base.precision)
+    # intra-op threads while timed (auto: the stage's CPUs); 1, as export.threads, times what the server gives each
+    # request, and report.md's speedups then measure the setting deploy.md measures
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
 
 
 class ExportParams(_Section):

@@ -1,6 +1,6 @@
-"""A stage's command as a process of its own (pipelines/stage_zygote.py): output streamed with the stage's name, kept in full in its log file, and a
-failure turned into one error that carries the stage's own `error:` line. Used by the flow, and by a training pool's
-worker (pipelines/remote_stage.py)."""
+"""A stage's command in a process of its own (forked by pipelines/stage_zygote.py, or a subprocess): output streamed
+with the stage's name, kept in full in its log file, and a failure turned into one error that carries the stage's own
+`error:` line. Used by the flow, and by a training pool's worker (pipelines/remote_stage.py)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def run_command(name: str, cmd: str, wdir: str | Path, env: dict, log_file: Path
     last_bar = 0.0
     # forked from the flow's stage server when one runs and the command is `python -m <module>`, else a subprocess
     server = stage_zygote.current()
-    argv = stage_zygote.module_command(cmd, wdir) if server else None
-    started = server.start(argv, str(wdir), env) if argv else None
+    parsed = stage_zygote.module_command(cmd, wdir) if server else None
+    started = server.start(parsed[1], str(wdir), {**env, **parsed[0]}) if parsed else None
     if started is None:
         proc = subprocess.Popen(cmd, shell=True, cwd=wdir, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)

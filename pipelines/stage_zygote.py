@@ -28,6 +28,7 @@ import importlib
 import io
 import json
 import os
+import re
 import selectors
 import shlex
 import signal
@@ -39,9 +40,11 @@ import threading
 from pathlib import Path
 
 # the imports that cost a stage most of its start (python -X importtime of tasks.task_distill)
-PRELOAD = ("numpy", "torch", "scipy.stats", "sklearn.metrics", "pandas", "datasets", "safetensors.torch", "transformers",
-           "transformers.modeling_utils", "transformers.models.auto.modeling_auto", "mlflow", "mlflow.tracking", "tqdm")
+PRELOAD = ("numpy", "torch", "scipy.stats", "sklearn.metrics", "pandas", "datasets", "safetensors.torch",
+           "transformers", "transformers.modeling_utils", "transformers.models.auto.modeling_auto", "mlflow",
+           "mlflow.tracking", "tqdm")
 _SHELL = set("|&;<>`$(){}*?")  # a command that needs a shell never goes through the server
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _server: Zygote | None = None
 
 
@@ -229,21 +232,26 @@ class Zygote:
             os.rmdir(self._dir)
 
 
-def module_command(cmd: str, wdir: str | Path) -> list[str] | None:
-    """`cmd` as [python, -m, module, args...] when it is this interpreter running a module, else None."""
+def module_command(cmd: str, wdir: str | Path) -> tuple[dict[str, str], list[str]] | None:
+    """`cmd` as (its leading `NAME=value` assignments, [python, -m, module, args...]) when it is this interpreter
+    running a module (a profile's stages set KDISTILL_PARAMS and KDISTILL_OUTPUTS that way), else None."""
     if any(c in _SHELL for c in cmd):
         return None
     try:
-        argv = shlex.split(cmd)
+        words = shlex.split(cmd)
     except ValueError:
         return None
-    if len(argv) < 3 or argv[1] != "-m":
+    assigned = {}
+    while words and _ASSIGNMENT.match(words[0]):
+        name, value = words.pop(0).split("=", 1)
+        assigned[name] = value
+    if len(words) < 3 or words[1] != "-m":
         return None
-    python = Path(wdir, argv[0])
+    python = Path(wdir, words[0])
     me = Path(sys.executable)
     if python.name != me.name or python.parent.resolve() != me.parent.resolve():
         return None
-    return argv
+    return assigned, words
 
 
 def current() -> Zygote | None:

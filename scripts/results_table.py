@@ -47,7 +47,7 @@ def table(summary: dict, deploy: dict) -> str:
         lines.append(f"| {name} | {m['score']:.4f} | {m['retention']:.1%} | {m['params'] / 1e6:.1f}M | "
                      f"{m['flops_ratio']:.3f} | {m['speedup']:.2f}x | {served} | {ms} | {speed} |")
     lines += ["", f"Dev split of {summary['task']}; FLOPs relative to the teacher at {seq} tokens; speed at batch 1 x "
-              f"{seq} tokens, p50: PyTorch eager with {summary['threads']} threads in {summary['precision']}, ONNX "
+              f"{seq} tokens, p50: PyTorch eager with {summary['threads']} thread(s) in {summary['precision']}, ONNX "
               f"Runtime with {deploy['threads']} thread(s), each model against the teacher in the same variant; "
               f"CPU capability {summary['cpu_capability']}. Baselines: the same students trained without a teacher."]
     return "\n".join(lines)

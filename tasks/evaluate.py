@@ -18,6 +18,7 @@ from kdistill.io import write_json_atomic, write_text_atomic
 from kdistill.models import load_model
 from kdistill.recipes import RECIPES
 from kdistill.train.evaluation import score
+from kdistill.train.precision import resolve_threads
 
 from .common import cli, precision_for, runtime, setup, stage_run
 
@@ -90,7 +91,8 @@ def main() -> None:
     rep.mkdir(parents=True, exist_ok=True)
     precision = precision_for(p, e.precision)
     rt = runtime()
-    summary = {"task": p.base.task, "metric": task.metric, "threads": torch.get_num_threads(), "precision": precision,
+    timed_threads = resolve_threads(e.threads)  # scoring keeps the stage's threads (and so its sums)
+    summary = {"task": p.base.task, "metric": task.metric, "threads": timed_threads, "precision": precision,
                "device": rt.device, "cpu_capability": rt.cpu_capability, "models": {}}
     with stage_run(p, "evaluate"):
         loaded = {}
@@ -105,8 +107,15 @@ def main() -> None:
             loaded[name] = model
             print(f"[evaluate] {name}: {task.metric} {metrics[task.metric]:.4f}, "
                   f"params {summary['models'][name]['params']:,}")
-        print(f"[evaluate] timing {len(loaded)} models in turns ({e.repeats} rounds per batch x length)", flush=True)
-        for name, t in interleaved_profiles(loaded, e.batch_sizes, e.seq_lens, e.warmup, e.repeats, precision).items():
+        print(f"[evaluate] timing {len(loaded)} models in turns ({e.repeats} rounds per batch x length, "
+              f"{timed_threads} thread(s))", flush=True)
+        scoring_threads = torch.get_num_threads()
+        torch.set_num_threads(timed_threads)
+        try:
+            timed = interleaved_profiles(loaded, e.batch_sizes, e.seq_lens, e.warmup, e.repeats, precision)
+        finally:
+            torch.set_num_threads(scoring_threads)
+        for name, t in timed.items():
             summary["models"][name].update(t)
         summary["timing"] = TIMING.format(rounds=e.repeats)
         ref = compare(summary, e.seq_lens[0])

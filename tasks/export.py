@@ -120,12 +120,14 @@ def choose_variant(row: dict, timing: dict, name: str, ref: str, int8_min_gain: 
     return "onnx-fp32"
 
 
-def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, chosen: str, ref: str,
+def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, ref: str,
                 max_seq_len: int, kind: str, int8_min_gain: float) -> str:
+    """The ONNX folder's README. It names no timing and no timing-decided choice: the same weights give the same
+    bytes in every run (the registered version's description adds which variant it runs)."""
     lines = [f"# {registered}: ONNX Runtime variants", "",
-             f"`models:/{registered}@champion` (MLflow pyfunc) runs **{chosen}** (`{FILES[chosen]}`): the fastest variant "
-             f"at {ref.replace('_', ', ')} that passed the export checks (int8 only when its p50 is at least "
-             f"{int8_min_gain:.0%} below fp32's).", "",
+             f"`models:/{registered}@champion` (MLflow pyfunc) runs the fastest variant at {ref.replace('_', ', ')} "
+             f"that passed the export checks (int8 only when its p50 is at least {int8_min_gain:.0%} below fp32's); "
+             "the version's `variant` tag and `reports/deploy.md` say which one this run registered.", "",
              # no latencies in the card (it is a file the stage writes, and timings differ from run to run): the
              # registry's version tags and reports/deploy.md carry them
              "| variant | file | MB | dev " + metric + " | max abs logit diff vs PyTorch | labels differing |",
@@ -143,8 +145,8 @@ def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, c
         kind, "probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)")
     lines += ["", "## Load with ONNX Runtime alone", "", "```python", "import numpy as np, onnxruntime as ort",
               "from transformers import AutoTokenizer", 'tok = AutoTokenizer.from_pretrained("tokenizer")',
-              f'# or "{FILES["onnx-fp32" if chosen == "onnx-int8" else "onnx-int8"]}"; SkipLayerNormFusion off: ONNX Runtime\'s CPU kernel for it is slower than Add + LayerNorm',
-              f'sess = ort.InferenceSession("{FILES[chosen]}", providers=["CPUExecutionProvider"], disabled_optimizers=["SkipLayerNormFusion"])',
+              f'# or "{FILES["onnx-int8"]}"; SkipLayerNormFusion off: ONNX Runtime\'s CPU kernel for it is slower than Add + LayerNorm',
+              f'sess = ort.InferenceSession("{FILES["onnx-fp32"]}", providers=["CPUExecutionProvider"], disabled_optimizers=["SkipLayerNormFusion"])',
               f'enc = tok(["a good movie"], truncation=True, max_length={max_seq_len}, padding=True, return_tensors="np")',
               "feed = {i.name: enc.get(i.name, np.zeros_like(enc['input_ids'])).astype(np.int64) for i in sess.get_inputs()}",
               'logits = sess.run(["logits"], feed)[0]', out, "```", "",
@@ -182,7 +184,7 @@ def _register(p, name, reg, out, chosen, row, task, card):
     mlflow.log_artifacts(str(out), artifact_path=f"{name}-onnx")  # both variants and the tokenizer, beside the model
     client = MlflowClient()
     version = str(info.registered_model_version)
-    client.update_model_version(reg, version, description=card)
+    client.update_model_version(reg, version, description=f"This version runs **{chosen}** (`{FILES[chosen]}`).\n\n{card}")
     client.set_model_version_tag(reg, version, "variant", chosen)
     for k, v in row[chosen]["metrics"].items():
         client.set_model_version_tag(reg, version, k, str(v))
@@ -322,8 +324,8 @@ def _export_all(p, todo, tmp: Path, dev, deploy: dict, summary: dict, precision:
         row["registered_variant"] = choose_variant(row, deploy["timing"], name, ref, p.export.int8_min_gain)
         row[row["registered_variant"]]["p50_ms"] = deploy["timing"][ref][f"{name}/{row['registered_variant']}"]["p50"]
         reg = f"{p.tracking.registry_prefix}{p.base.task}-{name}"
-        cards[name] = deploy_card(name, reg, p.base.task, task.metric, row, row["registered_variant"], ref,
-                                  p.base.max_seq_len, task.kind, p.export.int8_min_gain)
+        cards[name] = deploy_card(name, reg, p.base.task, task.metric, row, ref, p.base.max_seq_len, task.kind,
+                                  p.export.int8_min_gain)
         write_text_atomic(tmp / name / "README.md", cards[name])
     deploy["cards"] = cards
     for name, r in deploy["models"].items():

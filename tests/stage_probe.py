@@ -5,7 +5,8 @@ import os
 import sys
 
 preloaded = "torch" in sys.modules  # imported before this module ran: forked from the stage server
-print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "probe": os.environ.get("PROBE"), "name": __name__,
+print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "probe": os.environ.get("PROBE"),
+                  "other": os.environ.get("OTHER"), "name": __name__,
                   "preloaded": preloaded, "spec": __spec__.name}), flush=True)
 print("a line on stderr", file=sys.stderr, flush=True)
 end = sys.argv[1]

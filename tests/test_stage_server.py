@@ -27,28 +27,34 @@ def server():
 
 def _probe(tmp_path, end, name="probe", **env):
     log = tmp_path / f"{name}.log"
-    run_command(name, f"{PY} -m tests.stage_probe {end} --flag 'two words'", ROOT,
-                {**os.environ, "PROBE": "seen", **env}, log)
+    run_command(name, f"PROBE=seen {PY} -m tests.stage_probe {end} --flag 'two words'", ROOT, {**os.environ, **env},
+                log)
     return json.loads(log.read_text().splitlines()[0]), log.read_text()
 
 
 def test_only_this_interpreter_running_a_module_goes_to_the_server():
     venv = ROOT / ".venv" / "bin" / "python"
-    assert stage_zygote.module_command(".venv/bin/python -m tasks.prepare", ROOT) == [".venv/bin/python", "-m",
-                                                                                       "tasks.prepare"]
-    assert stage_zygote.module_command(f"{venv} -m tasks.general_distill tinybert", "/") == [
-        str(venv), "-m", "tasks.general_distill", "tinybert"]
+    assert stage_zygote.module_command(".venv/bin/python -m tasks.prepare", ROOT) == (
+        {}, [".venv/bin/python", "-m", "tasks.prepare"])
+    assert stage_zygote.module_command(f"{venv} -m tasks.general_distill tinybert", "/") == (
+        {}, [str(venv), "-m", "tasks.general_distill", "tinybert"])
+    # a profile's stage: its params and outputs set in front of the command
+    assert stage_zygote.module_command("KDISTILL_PARAMS=runs/smoke/params.yaml KDISTILL_OUTPUTS=outputs-smoke "
+                                       ".venv/bin/python -m tasks.prepare", ROOT) == (
+        {"KDISTILL_PARAMS": "runs/smoke/params.yaml", "KDISTILL_OUTPUTS": "outputs-smoke"},
+        [".venv/bin/python", "-m", "tasks.prepare"])
     assert stage_zygote.module_command(f"{venv} -c 'print(1)'", ROOT) is None
     assert stage_zygote.module_command(f"{venv} -m tasks.prepare && echo done", ROOT) is None
     assert stage_zygote.module_command(f"{venv} -m tasks.prepare > out.txt", ROOT) is None
+    assert stage_zygote.module_command(f"A=$HOME {venv} -m tasks.prepare", ROOT) is None
     assert stage_zygote.module_command("/usr/bin/python3 -m tasks.prepare", ROOT) is None
     assert stage_zygote.module_command("exit 3", ROOT) is None
 
 
 def test_a_module_runs_forked_with_its_arguments_environment_and_output(server, tmp_path):
     said, log = _probe(tmp_path, "0")
-    assert said == {"argv": ["0", "--flag", "two words"], "cwd": str(ROOT), "probe": "seen", "name": "__main__",
-                    "preloaded": True, "spec": "tests.stage_probe"}
+    assert said == {"argv": ["0", "--flag", "two words"], "cwd": str(ROOT), "probe": "seen", "other": None,
+                    "name": "__main__", "preloaded": True, "spec": "tests.stage_probe"}
     assert "a line on stderr" in log
 
 
@@ -66,7 +72,7 @@ def test_two_stages_run_at_once_each_with_its_own_output(server, tmp_path):
 
     def one(i):
         try:
-            seen[i] = _probe(tmp_path, "0", name=f"p{i}", PROBE=f"stage {i}")[0]["probe"]
+            seen[i] = _probe(tmp_path, "0", name=f"p{i}", OTHER=f"stage {i}")[0]["other"]
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
