@@ -231,15 +231,17 @@ def _digest(tree):
 @pytest.mark.slow
 def test_a_stage_rerun_beside_a_busy_process_with_other_packers_writes_the_same_bytes(project, smoke_run, tmp_path):
     """Same params, same outputs: prepare (packing with another number of processes) and teacher_finetune again,
-    with both cores kept busy, give byte-equal outputs to the pipeline's own run of them. The pipeline forked them
-    from its stage server (pipelines/stage_zygote.py); here each is a new interpreter."""
+    beside a process that keeps a core busy (and the other test worker), give byte-equal outputs to the pipeline's
+    own run of them. The pipeline forked them from its stage server (pipelines/stage_zygote.py); here each is a new
+    interpreter."""
     proc, _ = smoke_run
     assert proc.returncode == 0, "the smoke run failed: see test_smoke_profile_through_prefect_and_dvc"
     threads = {k: v["threads"] for k, v in
                json.loads((project / "work" / "outputs-smoke" / "timeline.json").read_text())["stages"].items()}
     env = {**flow_env(project), "KDISTILL_PARAMS": "runs/smoke/params.yaml", "KDISTILL_OUTPUTS": "outputs-again",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'again.db'}"}
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    # one busy process: with the other pytest-xdist worker, both cores are taken
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])]
     try:
         # prepare packs with as many processes as it has threads: the pipeline's run had 2, this one 1
         assert threads["prepare"] == 2
