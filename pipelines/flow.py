@@ -163,11 +163,6 @@ def stale_plan(stages: dict[str, Stage], record: DvcRecord, status: dict | None 
     return plan
 
 
-def known_current(stages: dict[str, Stage], record: DvcRecord) -> set[str]:
-    """Stages that DVC calls up to date now and that read nothing a stale stage will rewrite: they will be skipped."""
-    return {n for n, v in stale_plan(stages, record).items() if v is False}
-
-
 def _inner(fut) -> Future:
     """The concurrent future under a Prefect one. Its `state` would read the task run from the server on every call:
     polled for each running stage, that kept the server and the flow busy on a core the stages need."""

@@ -51,12 +51,14 @@ _server: Zygote | None = None
 # --- the server --------------------------------------------------------------------------------------------------
 
 def _reseed() -> None:
+    """Seed the global generators from the OS, as a new interpreter's are (every child would share the server's)."""
     import random
 
     random.seed()
-    for name, fn in (("numpy", lambda m: m.random.seed()), ("torch", lambda m: m.seed())):
-        if name in sys.modules:
-            fn(sys.modules[name])
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    if "torch" in sys.modules:
+        sys.modules["torch"].seed()
 
 
 def _run_child(request: dict, out_fd: int) -> None:
@@ -167,7 +169,7 @@ def serve(path: str) -> None:
 # --- the flow's side ---------------------------------------------------------------------------------------------
 
 class Zygote:
-    """A running server; `start` hands it one stage command."""
+    """The run's stage server, started by the first stage command; `start` hands it one."""
 
     def __init__(self, env: dict):
         self.env = env
@@ -187,8 +189,8 @@ class Zygote:
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 line = self.proc.stdout.readline().strip()
                 self._ready = line.startswith("ready")
-                if not self._ready:
-                    print(f"stages start as subprocesses: the stage server {line or 'did not start'}", flush=True)
+                print(f"stage commands fork from the stage server: {line}" if self._ready else
+                      f"stages start as subprocesses: the stage server {line or 'did not start'}", flush=True)
             return self._ready
 
     def start(self, argv: list[str], cwd: str, env: dict):

@@ -46,7 +46,7 @@ def test_smoke_profile_through_prefect_and_dvc(project, smoke_run):
     files = [f for s in stores for f in ([s] if s.is_file() else s.rglob("*")) if f.is_file()]
     assert len(files) > 50 and not [f for f in files if SECRET.encode() in f.read_bytes()]
     assert SECRET not in proc.stdout + proc.stderr
-    assert "stages start as subprocesses" not in proc.stdout + proc.stderr  # forked from the stage server
+    assert "stage commands fork from the stage server: ready" in proc.stdout + proc.stderr
 
     # every model evaluated and reported
     summary = json.loads((out / "reports" / "summary.json").read_text())
