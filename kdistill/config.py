@@ -200,15 +200,44 @@ class AblationParams(_Section):
     _recipes_known = field_validator("recipes")(_known_recipes)
 
 
+class SeedsVariant(_Section):
+    """A lever measured over the seeds study's seeds: `change` (params keys, as in params.yaml) applied to the
+    pipeline's params for `recipes`. A change under general_distill gets general students of its own (one general
+    stage per recipe, at the pipeline's seed, shared by the variant's seeds, as the pipeline's are by the seeds)."""
+
+    recipes: list[str] = Field(min_length=1)
+    change: dict[str, Any] = Field(min_length=1)
+
+    _recipes_known = field_validator("recipes")(_known_recipes)
+
+    @field_validator("change")
+    @classmethod
+    def _not_the_seed(cls, change: dict) -> dict:
+        if "seed" in (change.get("base") or {}):
+            raise ValueError("base.seed is what the study varies; leave it out of a variant's change")
+        return change
+
+
 class SeedsParams(_Section):
-    """`make seeds`: augmentation, task distillation and (with baselines) the no-teacher controls once per seed."""
+    """`make seeds`: augmentation, task distillation and (with baselines) the no-teacher controls once per seed;
+    each of `variants` over the same seeds, compared with the pipeline's params seed by seed."""
 
     seeds: list[int] = Field([42, 43, 44], min_length=2)
     recipes: list[str] = Field(default_factory=lambda: list(RECIPES), min_length=1)
     baselines: bool = True
+    variants: dict[str, SeedsVariant] = {}
 
     _seeds_once = field_validator("seeds")(_distinct)
     _recipes_known = field_validator("recipes")(_known_recipes)
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, variants: dict) -> dict:
+        for name in variants:
+            if not re.fullmatch(r"[a-z][a-z0-9_-]*", name) or re.fullmatch(r"seed\d+", name):
+                raise ValueError(f"variant name {name!r}: lower-case letters, digits, '-' and '_', starting with a "
+                                 "letter, and not seed<N> (it names the variant's folders and stages)")
+        return variants
 
 
 class StudiesParams(_Section):

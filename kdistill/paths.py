@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdistill.config import Params
@@ -21,6 +21,9 @@ class Paths:
 
     root: Path
     shared: Path | None = None
+    # KDISTILL_GENERAL_OUTPUTS: a seeds-study variant that changes general distillation writes and reads its own
+    # general students there, and everything else as a cell does
+    general_root: Path | None = field(default_factory=lambda: _env_path("KDISTILL_GENERAL_OUTPUTS"))
 
     @property
     def upstream(self) -> Path:
@@ -44,7 +47,7 @@ class Paths:
         return self.upstream / "teacher_mlm"
 
     def general(self, recipe: str) -> Path:
-        return self.upstream / "general" / recipe
+        return (self.general_root or self.upstream) / "general" / recipe
 
     def student(self, recipe: str) -> Path:
         return self.root / "students" / recipe
@@ -64,6 +67,14 @@ class Paths:
     def work(self) -> Path:
         """Resumable checkpoints: outside the DVC outs, which DVC deletes before re-running a stage."""
         return self.root.parent / "work" / self.root.name
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else ROOT / path
 
 
 def params_file() -> Path:

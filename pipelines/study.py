@@ -54,6 +54,8 @@ class Cell:
     recipes: tuple[str, ...]
     baselines: bool
     shared: bool  # params equal to the pipeline's: its outputs are the pipeline's own
+    variant: str | None = None  # seeds: the variant (studies.seeds.variants) the cell measures; None: the pipeline's
+    general: str | None = None  # where its general students are, when the variant has its own (outputs-<study>/<v>)
 
 
 def cells(study: str, p) -> list[Cell]:
@@ -61,9 +63,16 @@ def cells(study: str, p) -> list[Cell]:
         a = p.studies.ablation
         return [Cell(m, f"augment {m}", {"augment": {"method": m}}, tuple(a.recipes), False, m == p.augment.method)
                 for m in a.methods]
+    from kdistill.config import deep_merge
+
     s = p.studies.seeds
-    return [Cell(f"seed{n}", f"seed {n}", {"base": {"seed": n}}, tuple(s.recipes), s.baselines, n == p.base.seed)
-            for n in s.seeds]
+    out = [Cell(f"seed{n}", f"seed {n}", {"base": {"seed": n}}, tuple(s.recipes), s.baselines, n == p.base.seed)
+           for n in s.seeds]
+    for v, spec in s.variants.items():
+        general = v if "general_distill" in spec.change else None
+        out += [Cell(f"{v}-seed{n}", f"{v}, seed {n}", deep_merge(spec.change, {"base": {"seed": n}}),
+                     tuple(spec.recipes), False, False, v, general) for n in s.seeds]
+    return out
 
 
 def study_name(profile: str, study: str) -> str:
@@ -83,20 +92,25 @@ def _fill(value, recipe: str):
 SHARED = ("outputs/data", "outputs/teacher", "outputs/teacher_mlm", "outputs/general")
 
 
-def _place(path: str, shared_out: str, cell_out: str) -> str:
-    """A pipeline path as a cell sees it: read-only inputs in the pipeline's outputs, everything else its own."""
+def _place(path: str, shared_out: str, cell_out: str, general_out: str | None = None) -> str:
+    """A pipeline path as a cell sees it: read-only inputs in the pipeline's outputs (the general students in the
+    variant's own folder when it has one), everything else its own."""
+    if general_out and (path == "outputs/general" or path.startswith("outputs/general/")):
+        return _move(path, general_out)
     if any(path == s or path.startswith(s + "/") for s in SHARED):
         return _move(path, shared_out)  # unchanged for the default profile (shared_out "outputs")
     return _move(path, cell_out)
 
 
-def _cell_stage(body: dict, recipe: str, params_rel: str, shared_out: str, cell_out: str) -> dict:
+def _cell_stage(body: dict, recipe: str, params_rel: str, shared_out: str, cell_out: str,
+                general_out: str | None = None) -> dict:
     body = _fill(dict(body), recipe)
-    place = lambda e: _place(e, shared_out, cell_out) if isinstance(e, str) else {  # noqa: E731
-        _place(k, shared_out, cell_out): v for k, v in e.items()}
+    place = lambda e: _place(e, shared_out, cell_out, general_out) if isinstance(e, str) else {  # noqa: E731
+        _place(k, shared_out, cell_out, general_out): v for k, v in e.items()}
     body["wdir"] = "../.."
+    general_env = f"KDISTILL_GENERAL_OUTPUTS={general_out} " if general_out else ""
     body["cmd"] = (f"KDISTILL_PARAMS={params_rel} KDISTILL_OUTPUTS={cell_out} KDISTILL_SHARED_OUTPUTS={shared_out} "
-                   f"{body['cmd']}")
+                   f"{general_env}{body['cmd']}")
     for key in ("deps", "outs", "metrics", "plots"):
         if key in body:
             body[key] = [place(e) for e in body[key]]
@@ -107,7 +121,7 @@ def _cell_stage(body: dict, recipe: str, params_rel: str, shared_out: str, cell_
 
 def study_pipeline(profile: str, study: str) -> tuple[Path, list[Cell]]:
     """Write runs/<study>/dvc.yaml and each cell's params.yaml (only when changed); the dvc.yaml and the cells."""
-    from kdistill.config import deep_merge, load_params, parse_params
+    from kdistill.config import ParamsError, deep_merge, load_params, parse_params
 
     _, params_file, out_root = pipeline_file(profile)
     p = load_params(params_file)
@@ -117,24 +131,45 @@ def study_pipeline(profile: str, study: str) -> tuple[Path, list[Cell]]:
     stages = {}
     the_cells = cells(study, p)
     base = p.model_dump(mode="json")
-    for c in the_cells:
-        if c.shared:
-            continue
-        raw = deep_merge(base, c.overrides)
+
+    def cell_params(cell_name: str, overrides: dict, variant: str | None = None) -> str:
+        raw = deep_merge(base, overrides)
         # the cells' stage runs go to an experiment of their own; a study never adds versions to the registry
         raw["tracking"] = {**raw["tracking"], "experiment_prefix": f"{p.tracking.experiment_prefix}-{study}",
                            "register_models": False}
-        cp = parse_params(raw, f"runs/{name}/{c.name}/params.yaml")
-        params_rel = f"runs/{name}/{c.name}/params.yaml"
-        _write_if_changed(ROOT / params_rel, f"# {study} cell '{c.name}' ({json.dumps(c.overrides)} on the "
+        params_rel = f"runs/{name}/{cell_name}/params.yaml"
+        try:
+            cp = parse_params(raw, params_rel)
+        except ParamsError as exc:  # a variant's change is the user's text: name where it is written
+            if variant is None:
+                raise
+            source = "params.yaml" if profile == "default" else f"profiles/{profile}.yaml"
+            raise ParamsError(f"{source}: studies.seeds.variants.{variant}.change does not give valid "
+                              f"params: {exc}") from None
+        _write_if_changed(ROOT / params_rel, f"# {study} cell '{cell_name}' ({json.dumps(overrides)} on the "
                           f"{profile} profile): generated by pipelines/study.py, do not edit.\n"
                           + yaml.safe_dump(cp.model_dump(mode="json"), sort_keys=False))
         write_runtime(ROOT / params_rel)
+        return params_rel
+
+    generals = set()
+    for c in the_cells:
+        if c.shared:
+            continue
+        general_out = f"outputs-{name}/{c.general}" if c.general else None
+        if c.general and c.general not in generals:  # the variant's general students, once, at the pipeline's seed
+            generals.add(c.general)
+            spec = p.studies.seeds.variants[c.variant]
+            g_params = cell_params(c.general, spec.change, c.variant)
+            for r in c.recipes:
+                stages[f"general_distill-{c.general}-{r}"] = _cell_stage(
+                    root["general_distill"]["do"], r, g_params, shared_out, general_out, general_out)
+        params_rel = cell_params(c.name, c.overrides, c.variant)
         cell_out = f"outputs-{name}/{c.name}"
         stages[f"augment-{c.name}"] = _cell_stage(root["augment"], "", params_rel, shared_out, cell_out)
         for r in c.recipes:
             stages[f"task_distill-{c.name}-{r}"] = _cell_stage(root["task_distill"]["do"], r, params_rel, shared_out,
-                                                               cell_out)
+                                                               cell_out, general_out)
             if c.baselines:
                 stages[f"baseline-{c.name}-{r}"] = _cell_stage(root["baseline"]["do"], r, params_rel, shared_out,
                                                                cell_out)
@@ -151,7 +186,8 @@ def needed_pipeline_stages(cells_: list[Cell]) -> set[str]:
     """The pipeline stages whose outputs the study reads, and the shared cell's own stages."""
     need = {"prepare", "teacher_finetune", "teacher_mlm"}
     for c in cells_:
-        need |= {f"general_distill@{r}" for r in c.recipes}
+        if not c.general:
+            need |= {f"general_distill@{r}" for r in c.recipes}
         if c.shared:
             need |= {"augment", *(f"task_distill@{r}" for r in c.recipes)}
             need |= {f"baseline@{r}" for r in c.recipes} if c.baselines else set()
@@ -189,6 +225,7 @@ def summarize(profile: str, study: str, cells_: list[Cell], p) -> dict:
         aug_file = paths.reports / "augment.json"
         aug = json.loads(aug_file.read_text()) if aug_file.is_file() else {}
         row = {"cell": c.name, "label": c.label, "shared_with_pipeline": c.shared, "overrides": c.overrides,
+               "variant": c.variant,
                "training_rows": aug.get("rows"), "augment_sentences_per_s": aug.get("sentences_per_s"),
                "augment_samples": aug.get("samples", [])[:3], "models": {}}
         for r in c.recipes:
@@ -201,17 +238,32 @@ def summarize(profile: str, study: str, cells_: list[Cell], p) -> dict:
     out = {"study": study, "profile": profile, "task": p.base.task, "metric": metric, "teacher": teacher,
            "cells": rows}
     if study == "seeds":
-        names = list(rows[0]["models"])
+        plain = [r for r in rows if r["variant"] is None]
+        names = list(plain[0]["models"])
         out["models"] = {}
         for n in names:
-            scores = [r["models"][n]["score"] for r in rows]
+            scores = [r["models"][n]["score"] for r in plain]
             out["models"][n] = {"score": _mean_std(scores), "retention": _mean_std([s / teacher for s in scores])}
         for r in cells_[0].recipes:
             if f"baseline-{r}" in names:
-                diff = [row["models"][r]["score"] - row["models"][f"baseline-{r}"]["score"] for row in rows]
+                diff = [row["models"][r]["score"] - row["models"][f"baseline-{r}"]["score"] for row in plain]
                 d = _mean_std(diff)
                 d["above_two_std"] = d["mean"] > 2 * d["std"]
                 out["models"][r]["minus_baseline"] = d
+        # each variant against the pipeline's params, seed by seed (the same seed: the same data order and heads)
+        out["variants"] = {}
+        for v, spec in p.studies.seeds.variants.items():
+            vrows = [r for r in rows if r["variant"] == v]
+            models = {}
+            for r in spec.recipes:
+                scores = [row["models"][r]["score"] for row in vrows]
+                m = {"score": _mean_std(scores), "retention": _mean_std([s / teacher for s in scores])}
+                if r in names:
+                    d = _mean_std([a - b for a, b in zip(scores, out["models"][r]["score"]["values"])])
+                    d["beyond_two_std"] = abs(d["mean"]) > 2 * d["std"]
+                    m["minus_default"] = d
+                models[r] = m
+            out["variants"][v] = {"change": spec.change, "models": models}
     return out
 
 
@@ -249,6 +301,21 @@ def study_md(s: dict) -> str:
                          f"{_pct(m['retention']['mean'])} ± {_pct(m['retention']['std'])} | {margin} | "
                          f"{('yes' if d['above_two_std'] else 'no') if d else '-'} | "
                          + ", ".join(f"{v:.4f}" for v in m["score"]["values"]) + " |")
+        if s.get("variants"):
+            lines += ["", "Levers over the same seeds (`studies.seeds.variants`), each against the pipeline's params "
+                      "seed by seed:", "",
+                      f"| variant | model | {metric} mean ± std | retention mean ± std | minus default: mean ± std | "
+                      "beyond 2 std | per seed |", "|---|---|---|---|---|---|---|"]
+            for v, spec in s["variants"].items():
+                for n, m in spec["models"].items():
+                    d = m.get("minus_default")
+                    lines.append(f"| {v} | {n} | {m['score']['mean']:.4f} ± {m['score']['std']:.4f} | "
+                                 f"{_pct(m['retention']['mean'])} ± {_pct(m['retention']['std'])} | "
+                                 + (f"{d['mean']:+.4f} ± {d['std']:.4f} | {'yes' if d['beyond_two_std'] else 'no'}"
+                                    if d else "- | -")
+                                 + " | " + ", ".join(f"{x:.4f}" for x in m["score"]["values"]) + " |")
+            for v, spec in s["variants"].items():
+                lines.append(f"\n`{v}`: {json.dumps(spec['change'])}")
     if s.get("cell_stage_seconds"):
         times = s["cell_stage_seconds"]
         total = sum(v for v in times.values() if v)

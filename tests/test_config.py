@@ -88,3 +88,17 @@ def test_profile_extends_a_params_file(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "base": {"tsk": "mrpc"}}))
     with pytest.raises(ParamsError, match=r"bad.yaml: unknown key 'base.tsk'; did you mean 'base.task'\?"):
         load_params(tmp_path / "bad.yaml")
+
+
+def test_a_seeds_variant_names_its_recipes_and_leaves_the_seed_to_the_study():
+    ok = parse_params({"studies": {"seeds": {"variants": {"init-random": {
+        "recipes": ["tinybert"], "change": {"general_distill": {"tinybert": {"student": {"init": "random"}}}}}}}}})
+    assert ok.studies.seeds.variants["init-random"].recipes == ["tinybert"]
+    assert parse_params({}).studies.seeds.variants == {}
+    with pytest.raises(ParamsError, match=r"key 'studies.seeds.variants.x.change': base.seed is what the study varies"):
+        parse_params({"studies": {"seeds": {"variants": {"x": {"recipes": ["tinybert"],
+                                                                "change": {"base": {"seed": 7}}}}}}})
+    with pytest.raises(ParamsError, match=r"unknown recipe\(s\) \['tiny'\]"):
+        parse_params({"studies": {"seeds": {"variants": {"x": {"recipes": ["tiny"], "change": {"a": 1}}}}}})
+    with pytest.raises(ParamsError, match=r"variant name 'seed7'"):
+        parse_params({"studies": {"seeds": {"variants": {"seed7": {"recipes": ["tinybert"], "change": {"a": 1}}}}}})

@@ -173,3 +173,91 @@ def test_a_study_is_a_dvc_pipeline_of_cells_reading_the_pipeline_outputs():
     assert needed_pipeline_stages(cells) == {"prepare", "teacher_finetune", "teacher_mlm", "general_distill@tinybert",
                                              "general_distill@distilbert", "augment", "task_distill@tinybert",
                                              "task_distill@distilbert"}
+
+
+def test_a_seeds_variant_measures_a_lever_over_the_same_seeds():
+    """studies.seeds.variants: init-random gets general students of its own (one stage per recipe, at the pipeline's
+    seed, in outputs-seeds/init-random) that its seed cells' task stages read; checkpoint-best changes only the task
+    stages, which read the pipeline's general students. Neither has baselines, and the seed cells of the pipeline's
+    params are as they were (their stages untouched, so DVC keeps them up to date)."""
+    from pipelines.study import needed_pipeline_stages, study_pipeline
+
+    run_dir = ROOT / "runs" / "seeds"
+    committed = {f: f.read_text() for f in run_dir.rglob("*.yaml")}
+    try:
+        dvc_file, cells = study_pipeline("default", "seeds")
+        assert {f: f.read_text() for f in run_dir.rglob("*.yaml")} == committed, "runs/seeds is stale: regenerate it"
+    finally:
+        for f, text in committed.items():
+            f.write_text(text)
+    by_name = {c.name: c for c in cells}
+    assert by_name["init-random-seed43"].general == "init-random" and by_name["checkpoint-best-seed43"].general is None
+    assert not any(c.baselines for c in cells if c.variant)
+    stages = load_stages(dvc_file)
+    gen = stages["general_distill-init-random-tinybert"]
+    assert gen.outs[0] == ROOT / "outputs-seeds" / "init-random" / "general" / "tinybert"
+    assert "KDISTILL_GENERAL_OUTPUTS=outputs-seeds/init-random " in gen.cmd
+    task = stages["task_distill-init-random-seed44-tinybert"]
+    assert ROOT / "outputs-seeds" / "init-random" / "general" / "tinybert" in task.deps
+    assert ROOT / "outputs" / "general" / "tinybert" not in task.deps
+    assert task.upstream == {"augment-init-random-seed44", "general_distill-init-random-tinybert"}
+    best = stages["task_distill-checkpoint-best-seed42-minilm"]
+    assert ROOT / "outputs" / "general" / "minilm" in best.deps and "KDISTILL_GENERAL_OUTPUTS" not in best.cmd
+    assert not any(n.startswith("general_distill-checkpoint-best") or n.startswith("baseline-init") for n in stages)
+    g = yaml.safe_load((run_dir / "init-random" / "params.yaml").read_text())
+    assert g["general_distill"]["tinybert"]["student"]["init"] == "random" and g["base"]["seed"] == 42
+    c = yaml.safe_load((run_dir / "checkpoint-best-seed44" / "params.yaml").read_text())
+    assert c["base"]["checkpoint_rule"] == "best" and c["base"]["seed"] == 44
+    need = needed_pipeline_stages(cells)
+    assert "general_distill@tinybert" in need  # the plain cells' and checkpoint-best's
+
+
+def test_a_variant_that_does_not_give_valid_params_is_refused_naming_it(tmp_path, monkeypatch):
+    from kdistill.config import ParamsError
+    from pipelines import study
+
+    p = load_params(ROOT / "params.yaml")
+    raw = p.model_dump(mode="json")
+    raw["studies"]["seeds"]["variants"] = {"wide": {"recipes": ["tinybert"],
+                                                    "change": {"general_distill": {"tinybert": {"studnt": {}}}}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    monkeypatch.setattr(study, "pipeline_file", lambda profile: (ROOT / "dvc.yaml", tmp_path / "params.yaml",
+                                                                 tmp_path / "outputs"))
+    monkeypatch.setattr(study, "ROOT", tmp_path)
+    with pytest.raises(ParamsError, match=r"studies.seeds.variants.wide.change does not give valid params: .*"
+                                          r"general_distill.tinybert.studnt"):
+        study.study_pipeline("default", "seeds")
+
+
+def test_a_variant_cell_finds_its_general_students_where_the_study_puts_them(tmp_path, monkeypatch):
+    from kdistill.paths import Paths
+
+    monkeypatch.delenv("KDISTILL_GENERAL_OUTPUTS", raising=False)
+    cell = Paths(tmp_path / "outputs-seeds" / "v-seed43", tmp_path / "outputs")
+    assert cell.general("tinybert") == tmp_path / "outputs" / "general" / "tinybert"
+    monkeypatch.setenv("KDISTILL_GENERAL_OUTPUTS", "outputs-seeds/v")  # relative to the project, as in dvc.yaml
+    cell = Paths(tmp_path / "outputs-seeds" / "v-seed43", tmp_path / "outputs")
+    assert cell.general("tinybert") == ROOT / "outputs-seeds" / "v" / "general" / "tinybert"
+    assert cell.teacher == tmp_path / "outputs" / "teacher" and cell.student("tinybert").parent.parent == cell.root
+
+
+def test_the_seeds_table_sets_each_variant_against_the_default_seed_by_seed():
+    from pipelines.study import study_md
+
+    def ms(xs):
+        import statistics
+        return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs), "n": len(xs), "values": xs}
+
+    s = {"study": "seeds", "profile": "default", "task": "sst2", "metric": "accuracy", "teacher": 0.9,
+         "cells": [{"label": "seed 1"}, {"label": "seed 2"}],
+         "models": {"tinybert": {"score": ms([0.80, 0.82]), "retention": ms([0.80 / 0.9, 0.82 / 0.9])}},
+         "variants": {"init-random": {"change": {"general_distill": {"tinybert": {"student": {"init": "random"}}}},
+                                      "models": {"tinybert": {"score": ms([0.70, 0.73]),
+                                                              "retention": ms([0.70 / 0.9, 0.73 / 0.9]),
+                                                              "minus_default": {**ms([-0.10, -0.09]),
+                                                                                "beyond_two_std": True}}}}}}
+    md = study_md(s)
+    assert "| init-random | tinybert | 0.7150 ± 0.0212 |" in md
+    assert "| -0.0950 ± 0.0071 | yes | 0.7000, 0.7300 |" in md
+    assert '`init-random`: {"general_distill": {"tinybert": {"student": {"init": "random"}}}}' in md
