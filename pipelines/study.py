@@ -205,6 +205,12 @@ def _score(model_dir: Path, metric: str) -> float:
     return float(json.loads(f.read_text())[metric])
 
 
+def _selection(model_dir: Path) -> dict | None:
+    """Which evaluated state the stage kept and why (base.checkpoint_rule's record), to compare the rules."""
+    f = model_dir / "kdistill.json"
+    return json.loads(f.read_text()).get("selection") if f.is_file() else None
+
+
 def _mean_std(xs: list[float]) -> dict:
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs),
             "values": xs}
@@ -230,7 +236,8 @@ def summarize(profile: str, study: str, cells_: list[Cell], p) -> dict:
                "augment_samples": aug.get("samples", [])[:3], "models": {}}
         for r in c.recipes:
             s = _score(paths.student(r), metric)
-            row["models"][r] = {"score": s, "retention": s / teacher}
+            row["models"][r] = {"score": s, "retention": s / teacher,
+                                "selection": _selection(paths.student(r))}
             if c.baselines:
                 b = _score(paths.baseline(r), metric)
                 row["models"][f"baseline-{r}"] = {"score": b, "retention": b / teacher}

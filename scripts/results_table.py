@@ -1,5 +1,7 @@
 """The README's results tables, written from reports/summary.json (evaluate) and reports/deploy.json (export), and
 for each profile in PROFILES from reports/<profile>/ (copied there from outputs-<profile>/reports by a quiet run).
+With a reports/seeds.json of the same pipeline run (`make seeds`), a column gives each model's mean and standard
+deviation over the seeds.
 
     python scripts/results_table.py           # rewrite the table between the README's results markers
     python scripts/results_table.py --check   # exit 1 when the README's table is not what the reports say
@@ -25,16 +27,35 @@ def markers(profile: str | None) -> tuple[str, str]:
     return f"<!-- results-{profile}:start (scripts/results_table.py writes this table) -->", f"<!-- results-{profile}:end -->"
 
 
-def table(summary: dict, deploy: dict) -> str:
+def seeds_of(summary: dict, seeds: dict | None, source: Path) -> dict | None:
+    """The seeds study's per-model statistics, when it read this pipeline run (its shared cell's scores are this
+    summary's); None without a study. A study of another run is an error: the table would mix two runs."""
+    if seeds is None:
+        return None
+    own = next((c for c in seeds["cells"] if c["shared_with_pipeline"]), None)
+    stale = [n for n, m in (own or {}).get("models", {}).items()
+             if n in summary["models"] and abs(m["score"] - summary["models"][n]["score"]) > 1e-12]
+    if own is None or stale:
+        why = ", ".join(stale) or "no shared cell"
+        raise SystemExit(f"{source}: computed from another pipeline run than summary.json ({why}); run `make seeds` "
+                         "again")
+    return seeds["models"]
+
+
+def table(summary: dict, deploy: dict, seeds: dict | None = None) -> str:
     """Markdown: every model's dev score, retention, size and compute, eager speed (evaluate, timed in turns) and
-    the registered ONNX Runtime variant's speed (export, timed in turns with one thread)."""
+    the registered ONNX Runtime variant's speed (export, timed in turns with one thread); with `seeds`, each
+    model's mean ± standard deviation over the seeds study's seeds."""
     metric, ref = summary["metric"], deploy["reference_shape"]
     seq = ref.split("_seq")[1]
     timing = deploy["timing"][ref]
     teacher_onnx = {v: timing[f"teacher/{v}"]["p50"] for v in ("onnx-fp32", "onnx-int8") if f"teacher/{v}" in timing}
+    n_seeds = next(iter(seeds.values()))["score"]["n"] if seeds else 0
+    seed_head = f" {n_seeds} seeds: mean ± std (of teacher) |" if seeds else ""
     lines = [
-        f"| model | dev {metric} | of teacher | params | FLOPs | PyTorch speedup | served as | ONNX ms | ONNX speedup |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| model | dev {metric} | of teacher |{seed_head} params | FLOPs | PyTorch speedup | served as | ONNX ms | "
+        "ONNX speedup |",
+        "|---|---|---|" + ("---|" if seeds else "") + "---|---|---|---|---|---|",
     ]
     for name, m in summary["models"].items():
         served = ms = speed = "-"
@@ -44,7 +65,12 @@ def table(summary: dict, deploy: dict) -> str:
             served = variant.removeprefix("onnx-") if name != "teacher" else "-"
             ms = f"{timing[f'{name}/{variant}']['p50']:.2f}"
             speed = f"{teacher_onnx[variant] / timing[f'{name}/{variant}']['p50']:.2f}x"
-        lines.append(f"| {name} | {m['score']:.4f} | {m['retention']:.1%} | {m['params'] / 1e6:.1f}M | "
+        seed_cell = ""
+        if seeds:
+            st = seeds.get(name)
+            seed_cell = (f" {st['score']['mean']:.4f} ± {st['score']['std']:.4f} ({st['retention']['mean']:.1%}) |"
+                         if st else " - |")
+        lines.append(f"| {name} | {m['score']:.4f} | {m['retention']:.1%} |{seed_cell} {m['params'] / 1e6:.1f}M | "
                      f"{m['flops_ratio']:.3f} | {m['speedup']:.2f}x | {served} | {ms} | {speed} |")
     lines += ["", f"Dev split of {summary['task']}; FLOPs relative to the teacher at {seq} tokens; speed at batch 1 x "
               f"{seq} tokens, p50: PyTorch eager with {summary['threads']} thread(s) in {summary['precision']}, ONNX "
@@ -60,12 +86,14 @@ def render(readme: str, reports: Path) -> str:
             continue
         summary = json.loads((src / "summary.json").read_text())
         deploy = json.loads((src / "deploy.json").read_text())
+        seeds_file = src / "seeds.json"
+        seeds = seeds_of(summary, json.loads(seeds_file.read_text()) if seeds_file.is_file() else None, seeds_file)
         start, end = markers(profile)
         if start not in readme or end not in readme:
             raise SystemExit(f"README.md: the markers {start!r} and {end!r} are missing")
         head, rest = readme.split(start, 1)
         _, tail = rest.split(end, 1)
-        readme = f"{head}{start}\n{table(summary, deploy)}\n{end}{tail}"
+        readme = f"{head}{start}\n{table(summary, deploy, seeds)}\n{end}{tail}"
     return readme
 
 

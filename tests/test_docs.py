@@ -48,6 +48,29 @@ def test_the_results_check_fails_on_a_number_the_reports_do_not_hold(tmp_path):
     assert proc.returncode == 1 and "differs" in proc.stderr
 
 
+def test_the_results_table_takes_the_seeds_study_only_of_the_same_pipeline_run(tmp_path):
+    import json
+    import shutil
+
+    reports = tmp_path / "reports"
+    shutil.copytree(ROOT / "reports", reports, ignore=shutil.ignore_patterns("*.png", "losses"))
+    seeds = json.loads((reports / "seeds.json").read_text())
+    summary = json.loads((reports / "summary.json").read_text())
+    own = next(c for c in seeds["cells"] if c["shared_with_pipeline"])
+    assert {n: m["score"] for n, m in own["models"].items()} == {
+        n: summary["models"][n]["score"] for n in own["models"]}  # the committed study read the committed run
+    (tmp_path / "README.md").write_text((ROOT / "README.md").read_text())
+    m = seeds["models"]["tinybert"]
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| tinybert |"))
+    assert f"{m['score']['mean']:.4f} ± {m['score']['std']:.4f}" in row
+    own["models"]["tinybert"]["score"] += 0.01  # a study of another run
+    (reports / "seeds.json").write_text(json.dumps(seeds))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"), "--check", "--readme",
+                           str(tmp_path / "README.md"), "--reports", str(reports)], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode != 0 and "computed from another pipeline run than summary.json (tinybert)" in proc.stderr
+
+
 def test_the_docs_the_readme_links_exist():
     for link in re.findall(r"\]\((docs/[^)#]+)", (ROOT / "README.md").read_text()):
         assert (ROOT / link).is_file(), link
