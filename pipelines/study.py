@@ -216,6 +216,10 @@ def _mean_std(xs: list[float]) -> dict:
             "values": xs}
 
 
+def _score_stats(scores: list[float], teacher: float) -> dict:
+    return {"score": _mean_std(scores), "retention": _mean_std([s / teacher for s in scores])}
+
+
 def summarize(profile: str, study: str, cells_: list[Cell], p) -> dict:
     """Each cell's dev metric and retention; for seeds, mean and standard deviation per model, and each student's
     margin over its baseline (mean and standard deviation of the per-seed difference)."""
@@ -250,7 +254,7 @@ def summarize(profile: str, study: str, cells_: list[Cell], p) -> dict:
         out["models"] = {}
         for n in names:
             scores = [r["models"][n]["score"] for r in plain]
-            out["models"][n] = {"score": _mean_std(scores), "retention": _mean_std([s / teacher for s in scores])}
+            out["models"][n] = _score_stats(scores, teacher)
         for r in cells_[0].recipes:
             if f"baseline-{r}" in names:
                 diff = [row["models"][r]["score"] - row["models"][f"baseline-{r}"]["score"] for row in plain]
@@ -264,7 +268,7 @@ def summarize(profile: str, study: str, cells_: list[Cell], p) -> dict:
             models = {}
             for r in spec.recipes:
                 scores = [row["models"][r]["score"] for row in vrows]
-                m = {"score": _mean_std(scores), "retention": _mean_std([s / teacher for s in scores])}
+                m = _score_stats(scores, teacher)
                 if r in names:
                     d = _mean_std([a - b for a, b in zip(scores, out["models"][r]["score"]["values"])])
                     d["beyond_two_std"] = abs(d["mean"]) > 2 * d["std"]
@@ -297,7 +301,7 @@ def study_md(s: dict) -> str:
             for pair in c["augment_samples"][:2]:
                 lines.append(f"\n`{c['cell']}`: {pair['sentence1_original']!r} -> {pair['sentence1_augmented']!r}")
     else:
-        seeds = [c["label"] for c in s["cells"]]
+        seeds = [c["label"] for c in s["cells"] if c.get("variant") is None]  # the variants' cells: their own table
         lines += ["", f"Seeds: {', '.join(seeds)} (mean ± sample standard deviation over {len(seeds)} runs).", "",
                   f"| model | {metric} mean ± std | retention mean ± std | minus baseline: mean ± std | "
                   "margin > 2 std | per seed |", "|---|---|---|---|---|---|"]

@@ -250,7 +250,9 @@ def test_the_seeds_table_sets_each_variant_against_the_default_seed_by_seed():
         return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs), "n": len(xs), "values": xs}
 
     s = {"study": "seeds", "profile": "default", "task": "sst2", "metric": "accuracy", "teacher": 0.9,
-         "cells": [{"label": "seed 1"}, {"label": "seed 2"}],
+         "cells": [{"label": "seed 1", "variant": None}, {"label": "seed 2", "variant": None},
+                   {"label": "init-random, seed 1", "variant": "init-random"},
+                   {"label": "init-random, seed 2", "variant": "init-random"}],
          "models": {"tinybert": {"score": ms([0.80, 0.82]), "retention": ms([0.80 / 0.9, 0.82 / 0.9])}},
          "variants": {"init-random": {"change": {"general_distill": {"tinybert": {"student": {"init": "random"}}}},
                                       "models": {"tinybert": {"score": ms([0.70, 0.73]),
@@ -258,6 +260,7 @@ def test_the_seeds_table_sets_each_variant_against_the_default_seed_by_seed():
                                                               "minus_default": {**ms([-0.10, -0.09]),
                                                                                 "beyond_two_std": True}}}}}}
     md = study_md(s)
+    assert "Seeds: seed 1, seed 2 (mean ± sample standard deviation over 2 runs)." in md
     assert "| init-random | tinybert | 0.7150 ± 0.0212 |" in md
     assert "| -0.0950 ± 0.0071 | yes | 0.7000, 0.7300 |" in md
     assert '`init-random`: {"general_distill": {"tinybert": {"student": {"init": "random"}}}}' in md
