@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kdistill.config import Params, ParamsError
 from kdistill.data.glue import DataError, check_split_available, glue_task
-from kdistill.data.splits import resolve_task
+from kdistill.data.splits import read_user_splits
 from kdistill.data.task import Task
 from kdistill.general_start import check_start, start_config
 from kdistill.models import ModelSpecError, teacher_config
@@ -43,8 +43,44 @@ def check_teacher(p: Params, task: Task) -> None:
     plan(cfg, task, p.teacher_finetune.mode, p.base.teacher)  # a head that names other labels: refused now
 
 
+def check_tokenizer(p: Params, samples: list[tuple[list[str], str]]) -> None:
+    """The teacher's tokenizer turns text into tokens: each sample (texts, where they come from) gives at least one.
+    A tokenizer built the old way from file paths under transformers 5 can come out with a handful of entries that
+    map every word to nothing; every stage would then train on [CLS] [SEP] and fail far from the cause."""
+    from kdistill.models import load_tokenizer
+
+    samples = [([t for t in texts if t.strip()], where) for texts, where in samples]
+    samples = [(texts, where) for texts, where in samples if texts]
+    if not samples:
+        return
+    try:
+        tok = load_tokenizer(p.base.teacher)
+    except (OSError, ValueError) as exc:
+        raise ParamsError(f"params.yaml: key 'base.teacher': its tokenizer does not load: {exc}") from None
+    for texts, where in samples:
+        if not any(tok(texts, add_special_tokens=False)["input_ids"]):
+            raise ParamsError(
+                f"params.yaml: key 'base.teacher': the tokenizer of {p.base.teacher} turns {where} into 0 tokens "
+                f"(its vocabulary has {len(tok)} entries); save the teacher's own tokenizer beside it "
+                "(tokenizer.save_pretrained(dir) writes tokenizer.json)")
+
+
+def _first_texts(p: Params, root: Path) -> tuple[list[str], str]:
+    """A few texts to tokenise before any work: the first corpus document, else nothing."""
+    from kdistill.data.corpus import read_documents
+
+    for doc in read_documents(root / p.prepare.corpus):
+        return doc[:5], f"the first document of {p.prepare.corpus}"
+    return [], ""
+
+
 def check_data(p: Params, root: str | Path = ".") -> Task:
     """The task the params describe, every row of the user's files checked; GLUE presets: the splits exist."""
+    return _check_data(p, root)[0]
+
+
+def _check_data(p: Params, root: str | Path) -> tuple[Task, list[str], str]:
+    """check_data, with the first texts of the user's train file (for the tokenizer check) and where they are from."""
     corpus = Path(root) / p.prepare.corpus
     if not corpus.is_file():
         raise ParamsError(f"params.yaml: key 'prepare.corpus': {corpus} does not exist (paragraph-per-line text)")
@@ -53,7 +89,9 @@ def check_data(p: Params, root: str | Path = ".") -> Task:
             name = getattr(p.data, key)
             if name is not None and not (Path(root) / name).exists():
                 raise ParamsError(f"params.yaml: key 'data.{key}': {Path(root) / name} does not exist")
-        return resolve_task(p)
+        task, train, _, _ = read_user_splits(p)
+        return task, train.select(range(min(5, len(train))))["sentence1"], \
+            f"the first rows of {p.data.train} (column {p.data.text!r})"
     src = p.base.data_dir
     local = Path(root) / src
     if local.is_dir():
@@ -65,8 +103,13 @@ def check_data(p: Params, root: str | Path = ".") -> Task:
             check_split_available(src, p.base.task, split)
         except DataError as exc:
             raise ParamsError(f"params.yaml: key '{key}': {exc}") from None
-    return glue_task(p.base.task)
+    return glue_task(p.base.task), [], ""
 
 
 def check_all(p: Params, root: str | Path = ".") -> None:
-    check_teacher(p, check_data(p, root))
+    """Everything that can be checked without training: params against the data on disk (every row), the teacher's
+    family, shape and head against the recipes and the labels, and its tokenizer against the texts. Run by every
+    stage, and by `make pipeline` before its Prefect server starts."""
+    task, texts, where = _check_data(p, root)
+    check_teacher(p, task)
+    check_tokenizer(p, [(texts, where), _first_texts(p, Path(root))])

@@ -23,6 +23,8 @@ from concurrent.futures import wait as wait_any
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.exceptions import FailedRun
+from prefect.states import Failed
 
 from kdistill.errors import KdistillError
 from kdistill.train.precision import available_cpus
@@ -42,17 +44,6 @@ def _env(parent_run_id: str | None, threads: int) -> dict:
     if parent_run_id:
         env["KDISTILL_PARENT_RUN_ID"] = parent_run_id
     return env
-
-
-def _retry_only_failed_commands(task, task_run, state) -> bool:
-    # a DVC error after a successful command (e.g. a params key missing) would fail again the same way: no re-run
-    try:
-        state.result()
-    except StageFailed:
-        return True
-    except BaseException:  # noqa: BLE001
-        return False
-    return False
 
 
 def execute_stage(stage: Stage, threads: int, parent_run_id: str | None, record: DvcRecord, log_dir: Path,
@@ -81,12 +72,29 @@ def execute_stage(stage: Stage, threads: int, parent_run_id: str | None, record:
     return {"ran": True, "start": t0, "end": t1, "seconds": t1 - t0, "threads": threads}
 
 
-@task(retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_only_failed_commands, cache_policy=None,
+def _retry_crashes(task, task_run, state) -> bool:
+    return state.name == CRASHED
+
+
+CRASHED, REFUSED = "Stage crashed", "Refused"
+
+
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_crashes, cache_policy=None,
       task_run_name="{stage.name}")
 def run_stage(stage: Stage, threads: int, parent_run_id: str | None, record: DvcRecord, log_dir: Path,
-              training_pool: str | None = None, known: bool | None = None) -> dict:
-    """A DVC stage as a Prefect task (retried once: training stages resume from their checkpoint)."""
-    return execute_stage(stage, threads, parent_run_id, record, log_dir, get_run_logger(), training_pool, known)
+              training_pool: str | None = None, known: bool | None = None):
+    """A DVC stage as a Prefect task. A refusal (the stage's own `error:` line with exit 2, or DVC's) ends it as a
+    Failed task run whose message is that line: no traceback in the terminal or the UI. A crash (any other exit) is
+    retried once, since a training stage resumes from its checkpoint, and fails with the last lines of its log.
+
+    (Failures are returned as states, not raised: Prefect logs a raised exception with its traceback. `retries=1`
+    also keeps Prefect from logging a refusal's state with an empty traceback, which it does for tasks without.)"""
+    try:
+        return execute_stage(stage, threads, parent_run_id, record, log_dir, get_run_logger(), training_pool, known)
+    except StageFailed as exc:
+        return Failed(name=REFUSED if exc.deliberate else CRASHED, message=str(exc))
+    except KdistillError as exc:
+        return Failed(name=REFUSED, message=str(exc))
 
 
 def resolve_parallel(spec: int | str, cpus: int) -> int:
@@ -224,9 +232,22 @@ def format_timeline(tl: dict) -> str:
 
 
 @flow(name="kdistill-pipeline", log_prints=True)
-def distill_pipeline(profile: str = "default") -> dict:
-    with pipeline_lock(profile):
-        return _run_pipeline(profile)
+def distill_pipeline(profile: str = "default"):
+    """The pipeline of a profile. A refusal or a failed stage ends the flow run Failed with its one line as the
+    message (what the Prefect UI shows), without a traceback; anything unexpected raises as usual."""
+    try:
+        with pipeline_lock(profile):
+            return _run_pipeline(profile)
+    except KdistillError as exc:
+        return Failed(message=str(exc))
+
+
+def result_of(state):
+    """A flow run's result, for a caller in this process: a Failed state's message becomes the one-line error."""
+    try:
+        return state.result()
+    except FailedRun as exc:
+        raise KdistillError(str(exc)) from None
 
 
 def _run_pipeline(profile: str) -> dict:
@@ -308,6 +329,8 @@ def _run_graph(stages: dict[str, Stage], p, run_name: str, work_dir: Path, secon
         known.write_text(json.dumps({**seconds, **{k: v["seconds"] for k, v in tl["stages"].items()}}, indent=1))
         if errors:
             name, exc = next(iter(errors.items()))
+            if isinstance(exc, FailedRun):  # a Failed task run: its message is the stage's line
+                raise KdistillError(str(exc))
             raise exc if isinstance(exc, KdistillError) else KdistillError(f"stage {name}: {exc!r}")
         print("\n" + format_timeline(tl))
     return {**tl, "mlflow_run_id": parent.info.run_id}
@@ -333,21 +356,43 @@ def close_orphan_runs(experiment_name: str) -> int:
 
 
 def preflight(profile: str) -> None:
-    """Seconds, before any Prefect server starts: the params valid, the tracking server up, no other run going."""
+    """Seconds, before any Prefect server starts: everything that can be checked without training (the params, the
+    data files and every row, the labels against the teacher's head, the teacher's family against the recipes, its
+    tokenizer producing tokens: kdistill.validate.check_all, which each stage runs again), the outputs writable, the
+    tracking server up. Checks that need the teacher to run stay in their stage."""
     from kdistill.config import load_params
     from kdistill.tracking import check_tracking
+    from kdistill.validate import check_all
 
     src = ROOT / ("params.yaml" if profile == "default" else f"profiles/{profile}.yaml")
     if not src.is_file():
         pipeline_file(profile)  # raises the error that lists the profiles
     p = load_params(src)
-    check_tracking(p)
     if p.schedule.training_pool and not os.environ.get("PREFECT_API_URL"):
         raise KdistillError(
             f"{src.relative_to(ROOT)}: key 'schedule.training_pool' ({p.schedule.training_pool!r}) sends training stages "
             "to a work pool, which needs a Prefect server and a worker: run the flow through `make schedule` + `make "
             f"worker` (or with PREFECT_API_URL set) with `make worker POOL={p.schedule.training_pool}` running, or set "
             "it to null")
+    try:
+        check_all(p, ROOT)
+    except KdistillError as exc:  # the checks name the key as in params.yaml; a profile's user wrote another file
+        if profile == "default" or not str(exc).startswith("params.yaml: "):
+            raise
+        raise KdistillError(f"{src.relative_to(ROOT)}: {str(exc).removeprefix('params.yaml: ')}") from None
+    check_writable(ROOT / ("outputs" if profile == "default" else f"outputs-{profile}"))
+    check_tracking(p)
+
+
+def check_writable(out_root: Path) -> None:
+    """The outputs root can be created and written: not under a file, and its nearest existing folder writable."""
+    from kdistill.io import check_dir_target
+
+    check_dir_target(out_root)
+    existing = next(d for d in (out_root, *out_root.parents) if d.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise KdistillError(f"{existing}: not writable by this user, so {out_root} cannot be written; "
+                            "fix its permissions, or run from a copy of the project you own")
 
 
 # profile -> the `dvc status` that main() asked under the pipeline lock, for the flow it then starts in this process
@@ -375,7 +420,7 @@ def main() -> None:
                 print(f"pipeline ({args.profile}): dvc status says every stage is up to date; nothing to run "
                       f"({time.time() - t0:.1f}s)")
                 return
-            distill_pipeline(args.profile)
+            result_of(distill_pipeline(args.profile, return_state=True))
         print(f"pipeline ({args.profile}) finished in {time.time() - t0:.1f}s")
 
     exit_on_error(run)

@@ -26,7 +26,17 @@ def _echo(stage: str, line: str) -> None:
 
 
 class StageFailed(KdistillError):
-    """The stage's own command failed: worth one retry (training resumes from its checkpoint)."""
+    """The stage's own command failed. `rc` 2 is the project's error status: the stage refused with its one-line
+    error, and running it again would say the same. Any other status is a crash, worth one more try (a training
+    stage resumes from its checkpoint)."""
+
+    def __init__(self, message: str, rc: int | None = None):
+        super().__init__(message)
+        self.rc = rc
+
+    @property
+    def deliberate(self) -> bool:
+        return self.rc == 2
 
 
 def _reason(tail: list[str]) -> str:
@@ -64,4 +74,12 @@ def run_command(name: str, cmd: str, wdir: str | Path, env: dict, log_file: Path
                 tail = (tail + [line])[-15:]
     rc = wait()
     if rc:
-        raise StageFailed(f"stage {name} failed (exit {rc}): {_reason(tail)} (full log: {log_file})")
+        raise StageFailed(f"stage {name} failed (exit {rc}): {_reason(tail)} (full log: {_shown(log_file)})", rc)
+
+
+def _shown(path: Path) -> str:
+    """A log's path as a user types it: relative to the directory they ran from when it lies under it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import yaml
 from prefect import flow
+from prefect.states import Failed
 
 from kdistill.errors import KdistillError
 
-from .flow import exit_on_error, run_graph
+from .flow import exit_on_error, result_of, run_graph
 from .flow import preflight as pipeline_preflight
 from .run_lock import pipeline_lock
 from .stage_graph import (
@@ -337,9 +338,13 @@ def study_md(s: dict) -> str:
 
 
 @flow(name="kdistill-study", log_prints=True)
-def study_flow(study: str = "ablation", profile: str = "default") -> dict:
-    with pipeline_lock(profile):
-        return _run_study(study, profile)
+def study_flow(study: str = "ablation", profile: str = "default"):
+    """A study over a profile's pipeline; a refusal or a failed stage ends the flow run Failed with its one line."""
+    try:
+        with pipeline_lock(profile):
+            return _run_study(study, profile)
+    except KdistillError as exc:
+        return Failed(message=str(exc))
 
 
 def _run_study(study: str, profile: str) -> dict:
@@ -394,7 +399,7 @@ def main() -> None:
 
     def run() -> None:
         preflight(args.study, args.profile)
-        study_flow(args.study, args.profile)
+        result_of(study_flow(args.study, args.profile, return_state=True))
         print(f"study {args.study} ({args.profile}) finished in {time.time() - t0:.1f}s")
 
     exit_on_error(run)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 from .conftest import ROOT, free_port
@@ -47,3 +48,13 @@ def invoke(url: str, inputs: list) -> list[dict]:
     req = urllib.request.Request(f"{url}/invocations", data=json.dumps({"inputs": inputs}).encode(),
                                  headers={"Content-Type": "application/json"})
     return json.loads(urllib.request.urlopen(req, timeout=30).read())["predictions"]
+
+
+def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, str]:
+    """POST /invocations with a raw body: (HTTP status, response text), whatever the status."""
+    req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()

@@ -22,6 +22,17 @@ def test_readme_and_docs_are_documentation_not_a_diary():
     assert not found, "\n".join(found)
 
 
+# files a user of the project does not have: the notes of the people who built it
+OUTSIDE = re.compile(r"STACK-NOTES|DESIGN\.md|\.\./shared\b|\bshared/(docs|data|seed)\b")
+
+
+def test_readme_and_docs_name_no_file_outside_the_project():
+    found = [f"{f.relative_to(ROOT)}:{n}: {m.group(0)!r}" for f in DOCS
+             for n, line in enumerate(f.read_text().splitlines(), 1) for m in OUTSIDE.finditer(line)]
+    assert not found, "state the fact instead:\n" + "\n".join(found)
+    assert OUTSIDE.search("about 20x slower (STACK-NOTES)") and OUTSIDE.search("see ../shared/data/README.md")
+
+
 def test_the_diary_check_catches_diary_words():
     for line in ("measured in session 12", "on machine B", "as issue 14 asks", "see #29", "on this machine"):
         assert DIARY.search(line), line

@@ -142,21 +142,39 @@ def test_reference_stage_times_name_exactly_the_default_stages():
     assert all(v > 0 for v in ref.values())
 
 
-def test_a_study_is_a_dvc_pipeline_of_cells_reading_the_pipeline_outputs():
+def _generated(run_dir, machine_free=True):
+    """A study's generated files. machine_free: every yaml but the runtime records, which hold what `auto` precision
+    resolved to where they were written (fp32 on AVX2, bf16 with AVX512-BF16/AMX) and are committed with the dvc.lock
+    they match (test_every_stage_that_computes_in_a_precision_records_what_it_resolved_to covers both branches)."""
+    return {f: f.read_text() for f in run_dir.rglob("*.yaml") if not (machine_free and f.name == "runtime.yaml")}
+
+
+@pytest.fixture(params=[False, True], ids=["fp32-cpu", "native-bf16-cpu"])
+def either_cpu(request):
+    """Both kinds of CPU this project runs on, forced: `auto` precision resolves to fp32 (AVX2 only) or bf16
+    (AVX512-BF16/AMX), whichever machine runs the test."""
+    from kdistill.train import precision
+
+    precision.set_bf16_probe(lambda device: request.param)
+    yield request.param
+    precision.set_bf16_probe(None)
+
+
+def test_a_study_is_a_dvc_pipeline_of_cells_reading_the_pipeline_outputs(either_cpu):
     """make ablation: one cell per augmentation method, each its own augment and task stages writing under
     outputs-ablation/<cell>/ and reading the pipeline's teacher and general students; the cell equal to params.yaml
     (none) is the pipeline's own run. The generated files are committed, like runs/smoke/."""
     from pipelines.study import needed_pipeline_stages, study_pipeline
 
     run_dir = ROOT / "runs" / "ablation"
-    committed = {f: f.read_text() for f in run_dir.rglob("*.yaml")}
+    committed, before = _generated(run_dir), _generated(run_dir, machine_free=False)
     try:
         dvc_file, cells = study_pipeline("default", "ablation")
-        assert {f: f.read_text() for f in run_dir.rglob("*.yaml")} == committed, \
+        assert _generated(run_dir) == committed, \
             "runs/ablation is stale: run `python -c \"from pipelines.study import study_pipeline as s; " \
             "s('default', 'ablation'); s('default', 'seeds')\"` and commit it"
     finally:
-        for f, text in committed.items():
+        for f, text in before.items():
             f.write_text(text)
     assert [(c.name, c.shared) for c in cells] == [("none", True), ("wordnet", False), ("tinybert", False)]
     stages = load_stages(dvc_file)
@@ -175,7 +193,7 @@ def test_a_study_is_a_dvc_pipeline_of_cells_reading_the_pipeline_outputs():
                                              "task_distill@distilbert"}
 
 
-def test_a_seeds_variant_measures_a_lever_over_the_same_seeds():
+def test_a_seeds_variant_measures_a_lever_over_the_same_seeds(either_cpu):
     """studies.seeds.variants: init-random gets general students of its own (one stage per recipe, at the pipeline's
     seed, in outputs-seeds/init-random) that its seed cells' task stages read; checkpoint-best changes only the task
     stages, which read the pipeline's general students. Neither has baselines, and the seed cells of the pipeline's
@@ -183,12 +201,12 @@ def test_a_seeds_variant_measures_a_lever_over_the_same_seeds():
     from pipelines.study import needed_pipeline_stages, study_pipeline
 
     run_dir = ROOT / "runs" / "seeds"
-    committed = {f: f.read_text() for f in run_dir.rglob("*.yaml")}
+    committed, before = _generated(run_dir), _generated(run_dir, machine_free=False)
     try:
         dvc_file, cells = study_pipeline("default", "seeds")
-        assert {f: f.read_text() for f in run_dir.rglob("*.yaml")} == committed, "runs/seeds is stale: regenerate it"
+        assert _generated(run_dir) == committed, "runs/seeds is stale: regenerate it"
     finally:
-        for f, text in committed.items():
+        for f, text in before.items():
             f.write_text(text)
     by_name = {c.name: c for c in cells}
     assert by_name["init-random-seed43"].general == "init-random" and by_name["checkpoint-best-seed43"].general is None

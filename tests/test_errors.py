@@ -115,7 +115,13 @@ def test_a_stage_that_fails_later_ends_the_pipeline_with_its_line_and_a_failed_f
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "bad.txt:3: not valid UTF-8" in last, proc.stderr[-2000:]
+    assert last.startswith("error: stage prepare failed (exit 2): ") and "bad.txt:3: not valid UTF-8" in last, \
+        proc.stderr[-2000:]
+    # one line: the stage's own error, the stage and its full log; no traceback from Prefect or the flow
+    log = "work/outputs-badcorpus/logs/prepare.log"
+    assert last.endswith(f"(full log: {log})") and "not valid UTF-8" in (project / log).read_text()
+    assert "Traceback" not in proc.stdout + proc.stderr and "NoneType: None" not in proc.stdout + proc.stderr
+    assert (proc.stdout + proc.stderr).count("running prepare with") == 1  # a refusal is not retried: it would say the same
     with sqlite3.connect(project / ".prefect" / "prefect.db") as db:
         runs = db.execute("select fr.state_type, s.message from flow_run fr join flow_run_state s on s.id = fr.state_id"
                           ).fetchall()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from kdistill.deploy.speed import interleaved_latency, speedup_ceiling
 
 from .conftest import ROOT
 from .listening import listening_addresses
-from .serving import invoke, served
+from .serving import invoke, post, served
 
 
 def _tiny_mobilebert():
@@ -219,6 +220,7 @@ def test_make_serve_answers_on_loopback_and_stops_cleanly(registered, tmp_path):
             with pytest.raises(urllib.error.HTTPError) as err:
                 invoke(url, bad)
             assert err.value.code == 400 and "is not text" in json.loads(err.value.read())["message"]
+        _malformed_requests_get_a_prediction_or_a_short_json_error(url, tmp_path)
         # bound to loopback only: every listening socket of the server's process tree, and no answer elsewhere
         port = int(url.rsplit(":", 1)[1])
         assert {ip for ip, _ in listening_addresses(proc.pid)} == {"127.0.0.1"}
@@ -234,6 +236,60 @@ def test_make_serve_answers_on_loopback_and_stops_cleanly(registered, tmp_path):
     assert proc.returncode == 0
     with pytest.raises(OSError):  # the port is free again: nothing left serving
         urllib.request.urlopen(f"{url}/ping", timeout=2)
+
+
+def _malformed_requests_get_a_prediction_or_a_short_json_error(url, tmp_path):
+    """What a new user sends: one string is one text; what is not text gets a JSON error saying what was received and
+    what is expected; no answer carries a traceback or a path of the installation or the artifact store."""
+    def send(payload, content_type="application/json"):
+        status, text = post(url, payload if isinstance(payload, bytes) else json.dumps(payload).encode(), content_type)
+        for leak in ("stack_trace", "Traceback", str(ROOT), "site-packages", str(tmp_path)):
+            assert leak not in text, (payload if not isinstance(payload, dict) or len(str(payload)) < 200 else "", text)
+        return status, json.loads(text)
+
+    one = send({"inputs": "the movie was good"})
+    assert one[0] == 200 and [r["label"] for r in one[1]["predictions"]] == [invoke(url, ["the movie was good"])[0]["label"]]
+    status, body = send({"inputs": ""})  # an empty text is still one text
+    assert status == 200 and len(body["predictions"]) == 1
+    status, body = send({"inputs": [["a good movie", "a dull plot"]]})
+    assert status == 400 and "one text per row" in body["message"] and "inputs" in body["message"]
+    status, body = send({"inputs": {"review": ["a good movie"], "stars": [5]}})
+    assert status == 400 and "`text` column" in body["message"] and "'review'" in body["message"]
+    status, body = send({"dataframe_split": {"columns": ["review", "stars"], "data": [["a good movie", 5]]}})
+    assert status == 400 and "`text` column" in body["message"]
+    status, body = send({"dataframe_split": {"columns": ["stars"], "data": [[5]]}})  # one column, not text
+    assert status == 400 and "is not text" in body["message"] and "int" in body["message"]
+    status, body = send({"dataframe_records": [{"text": "fun"}, {"text": 3}]})
+    assert status == 400 and "input row 1, text: int 3 is not text" in body["message"]
+    status, body = send({"inputs": ["great fun", "a dull boring plot"] * 5000})  # a 10,000-row batch
+    assert status == 200 and len(body["predictions"]) == 10_000
+    alone = invoke(url, ["great fun", "a dull boring plot"])  # the same answers as in a small request
+    assert [r["label"] for r in body["predictions"][-2:]] == [r["label"] for r in alone]
+    assert np.allclose([r["probability"] for r in body["predictions"][-2:]], [r["probability"] for r in alone], atol=1e-5)
+    status, body = send(b"this is not json {")
+    assert status == 400 and "valid JSON" in body["message"]
+
+
+def test_the_served_model_refuses_what_is_not_text_and_reads_one_string_as_one_text(registered):
+    """The pyfunc as `mlflow.pyfunc` calls it: every refusal an MlflowException (INVALID_PARAMETER_VALUE), never
+    another exception (which MLflow's server would answer with a traceback); an error inside the model a short one."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    pyfunc = mlflow.pyfunc.load_model("models:/t-sst2-tinybert@champion")
+    model = pyfunc.unwrap_python_model()
+    assert len(model.predict(None, np.array("the movie was good"))) == 1  # what MLflow makes of {"inputs": "..."}
+    assert len(model.predict(None, "great fun")) == 1
+    for bad, says in ((np.array([["a", "b"]]), "shape [1, 2]"), ({"review": ["x"]}, "got dict"),
+                      (pd.DataFrame({"a": ["x"], "b": ["y"]}), "got the columns ['a', 'b']"),
+                      ([{"text": "x"}], "row 0, text: dict"), (7, "got int 7")):
+        with pytest.raises(MlflowException, match=re.escape(says)) as err:
+            model.predict(None, bad)
+        assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    model.session = None  # the model itself broken: one line for the caller, the traceback in the server's log
+    with pytest.raises(MlflowException, match=r"the model failed on this request \(AttributeError\)") as err:
+        model.predict(None, ["fine"])
+    assert err.value.error_code == "INTERNAL_ERROR"
 
 
 def test_serve_names_a_missing_model(tmp_path):

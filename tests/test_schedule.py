@@ -70,6 +70,7 @@ def test_a_training_pool_without_a_prefect_server_is_refused_before_anything_sta
     text = (ROOT / "params.yaml").read_text().replace("training_pool: null", "training_pool: gpu")
     assert "training_pool: gpu" in text
     (tmp_path / "params.yaml").write_text(text)
+    (tmp_path / "data").symlink_to(ROOT / "data")  # the data checks read the project's files
     monkeypatch.setattr(flow, "ROOT", tmp_path)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with pytest.raises(KdistillError, match=r"params.yaml: key 'schedule.training_pool' \('gpu'\).*make worker POOL=gpu"):

@@ -88,6 +88,11 @@ def pack_corpus(
         return {"input_ids": ids_out, "doc": doc_out}
 
     feats = Features({"input_ids": Sequence(Value("int32")), "doc": Value("int32")})
-    return docs.map(pack, batched=True, batch_size=docs_per_batch, with_indices=True, remove_columns=["paragraphs"],
+    packed = docs.map(pack, batched=True, batch_size=docs_per_batch, with_indices=True, remove_columns=["paragraphs"],
                     features=feats, num_proc=num_proc if num_proc > 1 else None,
                     cache_file_name=str(work / "packed" / "packed.arrow"), desc="pack corpus")
+    if len(packed) == 0:  # every later stage would train on nothing; say why here, not in a stage downstream
+        raise DataError(f"{path}: the corpus packs to 0 sequences: none of its first {total} document(s) gives "
+                        f"{min_tokens} or more tokens with this tokenizer ({len(tokenizer)} entries in its "
+                        "vocabulary); use a corpus of longer documents, or check that the tokenizer turns text into tokens")
+    return packed

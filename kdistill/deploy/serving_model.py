@@ -4,30 +4,48 @@ Logged as an MLflow "model from code": this file travels inside the registered m
 kdistill. Artifacts: `onnx` (the variant chosen at registration: fp32 or int8), `tokenizer` (a Hugging Face
 tokenizer directory). model_config: task kind, max_seq_len, threads, the variant's name.
 
-Input: a list of strings, or a DataFrame with a `text` column (and `text_pair` for pair tasks). Anything that is not
-text (null, a number) is refused with one line naming the row (HTTP 400 with a JSON error from `make serve`).
+Input: one string, a list of strings, or a DataFrame with a `text` column (and `text_pair` for pair tasks; a DataFrame
+of one column is read as the texts whatever its name). Anything else (null, a number, a list inside a row, a mapping
+without the text column) is refused with an MlflowException naming what came and what is expected, so `make serve`
+answers HTTP 400 with a short JSON error. MLflow's server attaches a traceback, with the installation's paths, to any
+other exception a model raises: none leaves predict. An error inside the model itself is logged here with its
+traceback and answered with one line.
 Output: a DataFrame with, per kind, `label` (the task's label name) and `probability` (single-label), `labels` (the
 names whose sigmoid passes 0.5) and `probabilities` (one per name; multi-label), or `score` (regression).
 """
 
 from __future__ import annotations
 
+import logging
+
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+
+
+EXPECTED = '{"inputs": ["a good movie", "a dull plot"]} or {"inputs": "a good movie"}'
+_log = logging.getLogger("kdistill.serving")
 
 
 def _refuse(message: str):
     raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
+def _shown(v) -> str:
+    """A received value for an error message: its type and a short repr (a request may be megabytes)."""
+    text = repr(v.tolist() if isinstance(v, np.ndarray) else v)
+    return f"{type(v).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
 def _text_list(values, column: str) -> list[str]:
     out = []
     for i, v in enumerate(values):
+        if isinstance(v, np.str_):
+            v = str(v)
         if not isinstance(v, str):
-            _refuse(f"input row {i}, {column}: {v!r} is not text; send strings, e.g. {{\"inputs\": [\"a good movie\"]}}")
+            _refuse(f"input row {i}, {column}: {_shown(v)} is not text; send one string per row, e.g. {EXPECTED}")
         out.append(v)
     return out
 
@@ -58,15 +76,22 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         if isinstance(model_input, pd.DataFrame):
             if "text" not in model_input.columns:
                 if model_input.shape[1] != 1:
-                    _refuse(f"expected a `text` column (and `text_pair` for pair tasks); got {list(model_input.columns)}")
+                    _refuse(f"expected a `text` column (and `text_pair` for pair tasks); got the columns "
+                            f"{[str(c) for c in model_input.columns][:10]}; send e.g. {EXPECTED}")
                 return _text_list(model_input.iloc[:, 0].tolist(), "text"), None
             pair = _text_list(model_input["text_pair"].tolist(), "text_pair") if "text_pair" in model_input.columns else None
             return _text_list(model_input["text"].tolist(), "text"), pair
-        if isinstance(model_input, str):
-            return [model_input], None
+        if isinstance(model_input, (str, np.str_)):
+            return [str(model_input)], None
+        if isinstance(model_input, np.ndarray) and model_input.ndim == 0:  # what MLflow makes of {"inputs": "text"}
+            return _text_list([model_input.item()], "text"), None
+        if isinstance(model_input, np.ndarray) and model_input.ndim > 1:
+            _refuse(f"expected one text per row; got an array of shape {list(model_input.shape)} (a list of lists); "
+                    f"send e.g. {EXPECTED}")
         if isinstance(model_input, (list, tuple, np.ndarray, pd.Series)):
             return _text_list(list(model_input), "text"), None
-        _refuse(f"expected a list of strings or a DataFrame with a `text` column; got {type(model_input).__name__}")
+        _refuse(f"expected a string, a list of strings or a DataFrame with a `text` column; got {_shown(model_input)}; "
+                f"send e.g. {EXPECTED}")
 
     def _name(self, i: int) -> str:
         return self.labels[i] if i < len(self.labels) else str(i)
@@ -83,7 +108,15 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         return [{"label": self._name(int(i)), "probability": float(p[i])} for i, p in zip(probs.argmax(-1), probs)]
 
     def predict(self, context, model_input, params=None):
-        texts, pairs = self._texts(model_input)
+        texts, pairs = self._texts(model_input)  # refusals: MlflowException, a short JSON error
+        try:
+            return self._predict(texts, pairs)
+        except Exception as exc:  # noqa: BLE001 - the caller gets one line, the server log the traceback
+            _log.exception("prediction failed on %d text(s)", len(texts))
+            raise MlflowException(f"the model failed on this request ({type(exc).__name__}); the server log has the "
+                                  "details", error_code=INTERNAL_ERROR) from None
+
+    def _predict(self, texts: list[str], pairs: list[str] | None):
         rows = []
         for s in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[s: s + self.batch_size], pairs[s: s + self.batch_size] if pairs else None,
