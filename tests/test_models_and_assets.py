@@ -175,3 +175,8 @@ def test_corpus_packing_is_document_aware(tiny_tokenizer, tmp_path):
     bad.write_bytes(b"good line\n\xff\xfe bad\n")
     with pytest.raises(DataError, match=rf"{bad}:2: not valid UTF-8"):
         pack_corpus(bad, tiny_tokenizer)
+    short = tmp_path / "s.txt"  # text, but no document long enough to learn from: refused here, with the reason
+    short.write_text("good film\n\nbad plot\n")
+    with pytest.raises(DataError, match=rf"{short}: the corpus packs to 0 sequences: none of its first 2 document\(s\) "
+                                        r"gives 8 or more tokens"):
+        pack_corpus(short, tiny_tokenizer)
