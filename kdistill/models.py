@@ -95,9 +95,37 @@ def load_tokenizer(path: str):
 
 
 def _teacher_fields(teacher_cfg) -> dict:
-    """What every student takes from its teacher: vocabulary, positions, segment types, padding, LayerNorm eps."""
-    return {k: getattr(teacher_cfg, k) for k in ("vocab_size", "max_position_embeddings", "type_vocab_size",
-                                                  "pad_token_id", "layer_norm_eps")}
+    """What every student takes from its teacher: vocabulary, positions, segment types, padding, LayerNorm eps
+    (a family without segment types gives the student one type; ModernBERT names its eps norm_eps)."""
+    types = getattr(teacher_cfg, "type_vocab_size", None)
+    eps = getattr(teacher_cfg, "layer_norm_eps", None) or getattr(teacher_cfg, "norm_eps", None) or 1e-12
+    return {"vocab_size": teacher_cfg.vocab_size, "max_position_embeddings": teacher_cfg.max_position_embeddings,
+            "type_vocab_size": types if types else 1, "pad_token_id": teacher_cfg.pad_token_id, "layer_norm_eps": eps}
+
+
+# a teacher's config fields that describe the teacher's own checkpoint or head, never a student built from it
+_NOT_INHERITED = ("architectures", "id2label", "label2id", "num_labels", "problem_type", "_name_or_path",
+                  "transformers_version", "layer_types", "attention_head_size", "finetuning_task", "dtype",
+                  "torch_dtype", "output_attentions", "output_hidden_states", "return_dict",
+                  "pooler_hidden_size")  # DeBERTa's: the hidden size unless set
+
+
+def student_config(teacher_cfg, layers: int, hidden: int, heads: int, ffn: int, act: str):
+    """A config of the teacher's family and class with another shape: the teacher's whole config (relative-position
+    settings, rotary and local-attention settings, vocabulary, special tokens) with its shape fields, by the names
+    its family uses, replaced; derived fields (ModernBERT's layer types) are derived anew for the new depth."""
+    fam = family_of(teacher_cfg)
+    fields = {k: v for k, v in teacher_cfg.to_dict().items() if k not in _NOT_INHERITED}
+    for key, value in teacher_cfg.attribute_map.items():  # DistilBERT: hidden_size is `dim`, ...
+        fields.pop(key, None)
+        if value in fields:
+            fields[value] = {"dim": hidden, "n_layers": layers, "n_heads": heads}.get(value, fields[value])
+    fields.update({fam.ffn_field: ffn, fam.act_field: act})
+    if "dim" not in fields:
+        fields.update(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads)
+    cfg = type(teacher_cfg)(**fields)
+    cfg._attn_implementation = teacher_cfg._attn_implementation
+    return cfg
 
 
 def tinybert_config(teacher_cfg, layers: int, hidden: int, heads: int, ffn: int, activation: str = "teacher"):
@@ -106,7 +134,10 @@ def tinybert_config(teacher_cfg, layers: int, hidden: int, heads: int, ffn: int,
     teacher's unless given (the student is trained from scratch, so it is free to differ)."""
     if hidden % heads:
         raise ModelSpecError(f"student heads ({heads}) must divide its hidden size ({hidden})")
-    act = teacher_cfg.hidden_act if activation == "teacher" else activation
+    fam = family_of(teacher_cfg)
+    act = getattr(teacher_cfg, fam.act_field) if activation == "teacher" else activation
+    if fam.student_config == "copy":
+        return student_config(teacher_cfg, layers, hidden, heads, ffn, act)
     extra = {k: getattr(teacher_cfg, k) for k in ("bos_token_id", "eos_token_id") if getattr(teacher_cfg, k, None) is not None}
     if hasattr(teacher_cfg, "embedding_size"):  # ELECTRA: the teacher's narrower token table and a projection
         factorised = teacher_cfg.embedding_size != teacher_cfg.hidden_size  # up to the layers, or one as wide as them
@@ -169,9 +200,9 @@ def init_mobilebert_embeddings(student, teacher) -> float:
     as a fraction (0 when the token table is as wide as the block).
     """
     s_emb, t_emb = encoder_of(student).embeddings, encoder_of(teacher).embeddings
-    e, w = s_emb.word_embeddings.weight, t_emb.word_embeddings.weight
-    if e.size(0) != w.size(0) or s_emb.position_embeddings.weight.size(1) != t_emb.position_embeddings.weight.size(1):
-        raise ModelSpecError("teacher-initialised embeddings need the teacher's vocabulary, positions and block width")
+    e, w = s_emb.word_embeddings.weight, word_table(t_emb)
+    if e.size(0) != w.size(0) or s_emb.position_embeddings.weight.size(1) != w.size(1):
+        raise ModelSpecError("teacher-initialised embeddings need the teacher's vocabulary and block width")
     mean = w.float().mean(0)
     centred = w.float() - mean
     _, sing, vh = torch.linalg.svd(centred, full_matrices=False)
@@ -183,11 +214,23 @@ def init_mobilebert_embeddings(student, teacher) -> float:
     centre = slice(k, 2 * k) if s_emb.trigram_input else slice(0, k)
     lin.weight[:, centre] = proj
     lin.bias.copy_(mean)
-    rows = position_rows(teacher.config, s_emb.position_embeddings.weight.size(0))
-    t_pos = t_emb.position_embeddings.weight[rows]
-    s_emb.position_embeddings.weight[: t_pos.size(0)].copy_(t_pos)  # RoBERTa: position i is the teacher's row pad+1+i
-    s_emb.token_type_embeddings.weight.copy_(t_emb.token_type_embeddings.weight)
+    # a teacher without absolute positions (DeBERTa-v3, ModernBERT) or segment types (DistilBERT, MPNet): the
+    # student's own tables stay as initialised
+    t_positions = getattr(t_emb, "position_embeddings", None)
+    if isinstance(t_positions, torch.nn.Embedding) and t_positions.weight.size(1) == w.size(1):
+        rows = position_rows(teacher.config, s_emb.position_embeddings.weight.size(0))
+        t_pos = t_positions.weight[rows]
+        s_emb.position_embeddings.weight[: t_pos.size(0)].copy_(t_pos)  # RoBERTa: position i is the teacher's row pad+1+i
+    t_types = getattr(t_emb, "token_type_embeddings", None)
+    if isinstance(t_types, torch.nn.Embedding) and t_types.weight.shape == s_emb.token_type_embeddings.weight.shape:
+        s_emb.token_type_embeddings.weight.copy_(t_types.weight)
     return float((sing[k:] ** 2).sum() / (sing**2).sum())
+
+
+def word_table(embeddings) -> torch.Tensor:
+    """The token-embedding matrix of an embeddings module of any family (ModernBERT calls it tok_embeddings)."""
+    table = getattr(embeddings, "word_embeddings", None) or getattr(embeddings, "tok_embeddings")
+    return table.weight
 
 
 def every_other_layer(teacher_layers: int) -> list[int]:
@@ -204,17 +247,26 @@ def distilbert_student(teacher: PreTrainedModel, layer_indices: list[int]) -> Pr
     bad = [i for i in layer_indices if not 0 <= i < n]
     if bad or not layer_indices:
         raise ModelSpecError(f"init layers {layer_indices}: each must be a teacher layer index in 0..{n - 1}")
-    cfg = copy.deepcopy(teacher.config)
-    cfg.num_hidden_layers = len(layer_indices)
+    fam = family_of(teacher.config)
+    if fam.student_config == "copy":
+        cfg = student_config(teacher.config, len(layer_indices), teacher.config.hidden_size,
+                             teacher.config.num_attention_heads, getattr(teacher.config, fam.ffn_field),
+                             getattr(teacher.config, fam.act_field))
+        for k in ("id2label", "label2id", "problem_type", "architectures"):
+            setattr(cfg, k, getattr(teacher.config, k))
+    else:
+        cfg = copy.deepcopy(teacher.config)
+        cfg.num_hidden_layers = len(layer_indices)
     student = type(teacher)(cfg)
     t_state = teacher.state_dict()
     new_state = {}
+    layers = fam.layers + "."
     for key, value in t_state.items():
-        if ".encoder.layer." in f".{key}" or key.startswith("encoder.layer."):
-            prefix, rest = key.split("encoder.layer.", 1)
+        if f".{layers}" in f".{key}":
+            prefix, rest = key.split(layers, 1)
             idx, tail = rest.split(".", 1)
             if int(idx) in layer_indices:
-                new_state[f"{prefix}encoder.layer.{layer_indices.index(int(idx))}.{tail}"] = value.clone()
+                new_state[f"{prefix}{layers}{layer_indices.index(int(idx))}.{tail}"] = value.clone()
         else:
             new_state[key] = value.clone()
     missing, unexpected = student.load_state_dict(new_state, strict=False)

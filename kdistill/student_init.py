@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from kdistill.errors import KdistillError
-from kdistill.models import encoder_of
+from kdistill.families import family_of, ffn_size
+from kdistill.models import encoder_of, word_table
 
 
 class StudentInitError(KdistillError, ValueError):
@@ -44,42 +45,30 @@ def check_fits_teacher(shape, layers: int, heads: int, hidden: int, ffn: int | N
 
 
 def _axes(t_cfg, s_cfg) -> dict[str, torch.Tensor]:
-    """The teacher units each student axis keeps: hidden, attention (head-major, as Q/K/V lay them out), ffn."""
+    """The teacher units each student axis keeps: hidden, attention (head-major, as Q/K/V lay them out), ffn, and the
+    stacked forms some families use: a fused [Q; K; V] projection (qkv), a gated FFN's [gate; up] (glu), one value
+    per head (heads)."""
+    t_ffn, s_ffn = ffn_size(t_cfg), ffn_size(s_cfg)
     shape = SimpleNamespace(layers=s_cfg.num_hidden_layers, hidden=s_cfg.hidden_size, heads=s_cfg.num_attention_heads,
-                            ffn=s_cfg.intermediate_size)
-    check_fits_teacher(shape, t_cfg.num_hidden_layers, t_cfg.num_attention_heads, t_cfg.hidden_size,
-                       t_cfg.intermediate_size)
+                            ffn=s_ffn)
+    check_fits_teacher(shape, t_cfg.num_hidden_layers, t_cfg.num_attention_heads, t_cfg.hidden_size, t_ffn)
     dh_t = t_cfg.hidden_size // t_cfg.num_attention_heads
     dh_s = s_cfg.hidden_size // s_cfg.num_attention_heads
     heads = evenly(t_cfg.num_attention_heads, s_cfg.num_attention_heads)
     dims = evenly(dh_t, dh_s)
-    return {"hid": evenly(t_cfg.hidden_size, s_cfg.hidden_size),
-            "attn": (heads[:, None] * dh_t + dims[None, :]).reshape(-1),
-            "ffn": evenly(t_cfg.intermediate_size, s_cfg.intermediate_size),
-            "all": None}
+    attn = (heads[:, None] * dh_t + dims[None, :]).reshape(-1)
+    ffn = evenly(t_ffn, s_ffn)
+    return {"hid": evenly(t_cfg.hidden_size, s_cfg.hidden_size), "attn": attn, "ffn": ffn, "heads": heads,
+            "qkv": torch.cat([attn + i * t_cfg.hidden_size for i in range(3)]),
+            "glu": torch.cat([ffn, ffn + t_ffn]), "all": None}
 
 
-def _roles(name: str) -> tuple[str, str]:
-    """(output axis, input axis) of a parameter of a BERT-family encoder, by the module it belongs to."""
+def _roles(name: str, rules) -> tuple[str, str]:
+    """(output axis, input axis) of a parameter, by the module it belongs to (its family's init_rules)."""
     module = name.rsplit(".", 1)[0]
-    if module.endswith(("attention.self.query", "attention.self.key", "attention.self.value")):
-        return "attn", "hid"
-    if module.endswith("attention.output.dense"):
-        return "hid", "attn"
-    if module.endswith("intermediate.dense"):
-        return "ffn", "hid"
-    if module.endswith("output.dense"):  # the FFN's second matrix (attention.output.dense is matched above)
-        return "hid", "ffn"
-    if module.endswith("pooler.dense"):
-        return "hid", "hid"
-    if module.endswith("_embeddings"):  # [vocab or positions or types, embedding width]
-        return "all", "emb"
-    if module.endswith("embeddings.LayerNorm"):
-        return "emb", "all"
-    if module.endswith("embeddings_project"):  # ELECTRA: embedding width -> the layers' width
-        return "hid", "emb"
-    if module.endswith("LayerNorm"):
-        return "hid", "all"
+    for suffix, out_axis, in_axis in rules:
+        if module.endswith(suffix):
+            return out_axis, in_axis
     raise StudentInitError(f"no rule to take {name!r} from the teacher")
 
 
@@ -101,18 +90,20 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, layer_map: list[in
     if len(layer_map) != s_cfg.num_hidden_layers:
         raise StudentInitError(f"layer map {layer_map} has {len(layer_map)} entries for {s_cfg.num_hidden_layers} layers")
     axes = _axes(t_cfg, s_cfg)
+    fam = family_of(t_cfg)
+    layers = fam.layers + "."
     # the token tables are narrowed to the student's embedding width; a factorised table (ELECTRA) as wide as the
     # student's is kept whole, and its projection up to the layers' width narrowed (or dropped, when the student's
     # layers are as wide as its table)
-    t_emb, s_emb = (e.embeddings.word_embeddings.weight.size(1) for e in (t_enc, s_enc))
+    t_emb, s_emb = (word_table(e.embeddings).size(1) for e in (t_enc, s_enc))
     axes["emb"] = None if s_emb == t_emb else evenly(t_emb, s_emb)
     t_state = t_enc.state_dict()
     copied, left = 0, []
     for name, param in s_enc.state_dict().items():
         src = name
-        if name.startswith("encoder.layer."):
-            i, rest = name[len("encoder.layer."):].split(".", 1)
-            src = f"encoder.layer.{layer_map[int(i)] - 1}.{rest}"
+        if name.startswith(layers):
+            i, rest = name[len(layers):].split(".", 1)
+            src = f"{layers}{layer_map[int(i)] - 1}.{rest}"
         if name.endswith("position_ids") or name.endswith("token_type_ids"):  # buffers, not weights
             continue
         if src not in t_state and name.startswith("pooler."):  # a classifier teacher without one (RoBERTa's)
@@ -120,7 +111,7 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, layer_map: list[in
             continue
         if src not in t_state:
             raise StudentInitError(f"the teacher has no {src!r} for the student's {name!r}")
-        out_axis, in_axis = _roles(name)
+        out_axis, in_axis = _roles(name, fam.init_rules)
         value = _take(t_state[src], axes[out_axis], axes[in_axis])
         if value.shape != param.shape:
             raise StudentInitError(f"{name}: took {tuple(value.shape)} from the teacher, the student needs {tuple(param.shape)}")

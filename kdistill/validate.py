@@ -8,6 +8,7 @@ from kdistill.config import Params, ParamsError
 from kdistill.data.glue import DataError, check_split_available, glue_task
 from kdistill.data.splits import read_user_splits
 from kdistill.data.task import Task
+from kdistill.families import ffn_size
 from kdistill.general_start import check_start, start_config
 from kdistill.models import ModelSpecError, teacher_config
 from kdistill.recipes import RECIPES
@@ -38,7 +39,7 @@ def check_teacher(p: Params, task: Task) -> None:
     except (ModelSpecError, OSError) as exc:
         raise ParamsError(f"params.yaml: key 'base.teacher': {exc}") from None
     check_against_teacher(p, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size,
-                          getattr(cfg, "intermediate_size", None))
+                          ffn_size(cfg))
     check_starts(p, cfg)
     plan(cfg, task, p.teacher_finetune.mode, p.base.teacher)  # a head that names other labels: refused now
 

@@ -11,8 +11,12 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertTokenizerFast,
+    DebertaV2Config,
+    DistilBertConfig,
     ElectraConfig,
     ElectraTokenizerFast,
+    ModernBertConfig,
+    MPNetConfig,
     RobertaConfig,
     RobertaTokenizerFast,
     XLMRobertaConfig,
@@ -20,7 +24,7 @@ from transformers import (
 
 from .conftest import WORDS
 
-FAMILIES = ("bert", "roberta", "xlm-roberta", "electra")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert", "mpnet")
 SENTENCES = ["the movie was good", "a boring plot and a dull actor", "the best scene of the film", "not funny at all",
              "i love this story", "the worst ride", "great fun but very long", "it is a film"]
 
@@ -47,6 +51,19 @@ def config(family: str, tok, layers=2, hidden=32, heads=4, ffn=64, **kw):
                  intermediate_size=ffn, max_position_embeddings=80, pad_token_id=tok.pad_token_id, **kw)
     if family == "bert":
         return BertConfig(**shape)
+    if family == "distilbert":
+        return DistilBertConfig(vocab_size=len(tok), dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=ffn,
+                                max_position_embeddings=80, pad_token_id=tok.pad_token_id, **kw)
+    if family == "deberta-v2":  # as DeBERTa-v3: relative attention both ways, shared keys, no absolute positions
+        return DebertaV2Config(relative_attention=True, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                               position_buckets=16, max_relative_positions=32, type_vocab_size=0, share_att_key=True,
+                               norm_rel_ebd="layer_norm", **shape)
+    if family == "modernbert":  # one global and one sliding-window (8 tokens) layer, rotary positions
+        return ModernBertConfig(global_attn_every_n_layers=2, local_attention=8, cls_token_id=tok.cls_token_id,
+                                sep_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id,
+                                eos_token_id=tok.sep_token_id, **shape)
+    if family == "mpnet":
+        return MPNetConfig(**shape)
     if family == "electra":
         return ElectraConfig(embedding_size=16, **shape)
     cls = RobertaConfig if family == "roberta" else XLMRobertaConfig

@@ -92,7 +92,7 @@ def test_capture_refuses_models_it_cannot_read(make_bert):
     model = make_bert("base", position_embedding_type="relative_key")
     with pytest.raises(AttentionCaptureError, match="relative"):
         AttentionScores(model)
-    with pytest.raises(AttentionCaptureError, match="no BERT self-attention"):
+    with pytest.raises(AttentionCaptureError, match="no self-attention modules of a family the engine reads"):
         AttentionScores(torch.nn.Linear(2, 2))
 
 

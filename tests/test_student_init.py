@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
+from kdistill.families import ffn_size
 from kdistill.models import tinybert_config
 from kdistill.student_init import StudentInitError, evenly, init_from_teacher
 
@@ -24,8 +25,7 @@ def test_a_full_width_student_of_the_mapped_layers_is_the_teacher_itself(family,
     model, tok = save_teacher(family, tmp_path / family)
     teacher = model.base_model.eval()
     c = teacher.config
-    student = AutoModel.from_config(tinybert_config(c, 2, c.hidden_size, c.num_attention_heads,
-                                                    c.intermediate_size)).eval()
+    student = AutoModel.from_config(tinybert_config(c, 2, c.hidden_size, c.num_attention_heads, ffn_size(c))).eval()
     info = init_from_teacher(student, teacher, [1, 2])
     kept = {n: q for n, q in student.named_parameters() if n not in info["left_random"]}
     assert all(n.startswith("pooler.") for n in info["left_random"])  # RoBERTa classifiers carry no pooler

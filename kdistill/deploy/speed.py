@@ -48,8 +48,10 @@ def flops_per_example(model, seq: int) -> int:
     finally:
         for h in hooks:
             h.remove()
-    for attn in self_attention_modules(model):
-        total += 2 * 2 * seq * seq * attn.num_attention_heads * attn.attention_head_size
+    for attn in self_attention_modules(model):  # Q.K^T and the weighted sum of values: heads x head width each
+        heads = next(getattr(attn, k) for k in ("num_attention_heads", "n_heads", "num_heads") if hasattr(attn, k))
+        width = next((getattr(attn, k) for k in ("attention_head_size", "head_dim") if hasattr(attn, k)), None)
+        total += 2 * 2 * seq * seq * heads * (width or attn.dim // heads)
     return int(total)
 
 

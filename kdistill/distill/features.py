@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from kdistill.distill.attention import AttentionScores, self_attention_modules
+from kdistill.families import embedding_output, layers_of, layout_of
 from kdistill.models import encoder_of
 
 
@@ -38,7 +39,7 @@ def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool, score_
     those layers' pre-softmax attention scores when `want_attn` (only `score_layers` when given, None elsewhere;
     with `probs`, the attention probabilities the model computed instead); the forward stops after layer `upto`."""
     enc = encoder_of(model)
-    layers = enc.encoder.layer
+    layers = layers_of(enc)
     if not 1 <= upto <= len(layers):
         raise ValueError(f"layer {upto} out of range 1..{len(layers)}")
     hidden: list[torch.Tensor] = []
@@ -50,8 +51,8 @@ def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool, score_
         keep(mod, inp, out)
         raise _StopForward
 
-    # ELECTRA projects its embeddings to the layers' width: the projected output is what layer 1 reads
-    handles = [getattr(enc, "embeddings_project", enc.embeddings).register_forward_hook(keep)]
+    # what layer 1 reads (ELECTRA projects its embeddings to the layers' width: the projected output)
+    handles = [embedding_output(enc).register_forward_hook(keep)]
     handles += [layers[i].register_forward_hook(keep) for i in range(upto - 1)]
     handles.append(layers[upto - 1].register_forward_hook(keep_and_stop))
     cap = AttentionScores(enc, probs=probs, layers=score_layers) if want_attn else contextlib.nullcontext()
@@ -68,11 +69,20 @@ def run_layers(model: nn.Module, batch: dict, upto: int, want_attn: bool, score_
 
 def layer_qkv(model: nn.Module, batch: dict, layer: int) -> dict[str, torch.Tensor]:
     """The outputs of layer `layer`'s (1-based) query, key and value projections, [B, L, heads x head width] each
-    (MiniLM's relations); the forward stops after that layer."""
-    attn = self_attention_modules(encoder_of(model))[layer - 1]
+    (MiniLM's relations; a fused projection, ModernBERT's Wqkv, split in three); the forward stops after that layer."""
+    enc = encoder_of(model)
+    attn = self_attention_modules(enc)[layer - 1]
+    names = layout_of(enc.config).qkv
     out: dict[str, torch.Tensor] = {}
-    handles = [getattr(attn, k).register_forward_hook(lambda _m, _i, o, k=k: out.__setitem__(k, o))
-               for k in ("query", "key", "value")]
+
+    def keep(_m, _i, o, k):  # the first call: DeBERTa's shared projections run again on its relative embeddings
+        if k == "fused" and "query" not in out:
+            out.update(zip(("query", "key", "value"), o.chunk(3, dim=-1)))
+        elif k != "fused":
+            out.setdefault(k, o)
+
+    roles = ("fused",) if len(names) == 1 else ("query", "key", "value")
+    handles = [getattr(attn, n).register_forward_hook(lambda m, i, o, k=k: keep(m, i, o, k)) for n, k in zip(names, roles)]
     try:
         run_layers(model, batch, layer, want_attn=False)
     finally:
