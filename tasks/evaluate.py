@@ -9,9 +9,8 @@ from pathlib import Path
 import mlflow
 import torch
 from datasets import load_from_disk
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
-from kdistill.data.batches import tokenize_task
 from kdistill.data.task import load_task
 from kdistill.deploy.speed import interleaved_profiles, model_profile
 from kdistill.io import write_json_atomic, write_text_atomic
@@ -20,7 +19,7 @@ from kdistill.recipes import RECIPES
 from kdistill.train.evaluation import score
 from kdistill.train.precision import resolve_threads
 
-from .common import cli, precision_for, runtime, setup, stage_run
+from .common import EvalRows, cli, precision_for, runtime, setup, stage_run
 
 PUBLISHED = [  # reference rows: published, not measured here (see data/glue and README)
     ("BERT-base (DistilBERT paper, dev)", {"sst2": 92.7, "cola": 56.3, "mrpc": 88.6, "rte": 69.3, "stsb": 89.0}, "110M", "1.0x"),
@@ -85,8 +84,7 @@ def main() -> None:
     p, paths = setup("evaluate")
     task = load_task(paths.data)
     e = p.evaluate
-    tok = AutoTokenizer.from_pretrained(paths.teacher)
-    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.max_seq_len)
+    rows = EvalRows(load_from_disk(str(paths.data / "dev")), paths.teacher, p.base.max_seq_len)
     rep = paths.reports
     rep.mkdir(parents=True, exist_ok=True)
     precision = precision_for(p, e.precision)
@@ -101,7 +99,7 @@ def main() -> None:
                 print(f"[evaluate] skipping {name}: {d} missing")
                 continue
             model = load_model(AutoModelForSequenceClassification, d).eval()
-            metrics = score(model, dev, task, precision)
+            metrics = score(model, rows.for_model(d), task, precision)
             summary["models"][name] = {"task": p.base.task, "metric": task.metric, "score": metrics[task.metric],
                                        "metrics": metrics, **model_profile(model, d, e.seq_lens)}
             loaded[name] = model

@@ -20,7 +20,6 @@ import torch
 from datasets import load_from_disk
 from transformers import AutoTokenizer
 
-from kdistill.data.batches import tokenize_task
 from kdistill.data.task import Task, load_task
 from kdistill.deploy.onnx_export import (
     export_onnx,
@@ -40,7 +39,7 @@ from kdistill.recipes import RECIPES
 from kdistill.train.evaluation import predict
 from kdistill.train.precision import resolve_threads
 
-from .common import ROOT, cli, precision_for, runtime, setup, stage_run
+from .common import ROOT, EvalRows, cli, precision_for, runtime, setup, stage_run
 
 VARIANTS = ("onnx-fp32", "onnx-int8")
 FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
@@ -285,11 +284,10 @@ def main() -> None:
     threads = resolve_threads(e.threads)
     precision = precision_for(p, p.evaluate.precision)
     todo = [(n, d) for n, d in exported_models(paths) if d.is_dir()]
-    tok = AutoTokenizer.from_pretrained(paths.teacher)
-    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.max_seq_len)
+    dev = EvalRows(load_from_disk(str(paths.data / "dev")), paths.teacher, p.base.max_seq_len)
     ref = f"bs{e.batch_sizes[0]}_seq{e.seq_lens[0]}"
     deploy = {"task": p.base.task, "metric": task.metric, "threads": threads, "cpu_capability": runtime().cpu_capability,
-              "parity_atol": e.parity_atol, "dev_rows": len(dev), "reference_shape": ref, "models": {}}
+              "parity_atol": e.parity_atol, "dev_rows": len(dev.teacher), "reference_shape": ref, "models": {}}
     with stage_run(p, "export"):
         with atomic_dir(paths.root / "onnx") as tmp:
             _export_all(p, todo, tmp, dev, deploy, summary, precision, threads, ref, task)
@@ -302,7 +300,7 @@ def _export_all(p, todo, tmp: Path, dev, deploy: dict, summary: dict, precision:
     """Every model exported and checked, every variant timed, a card per student: all inside the temporary dir."""
     for name, d in todo:
         (tmp / name).mkdir()
-        deploy["models"][name] = export_one(name, d, tmp / name, dev, p, threads, task)
+        deploy["models"][name] = export_one(name, d, tmp / name, dev.for_model(d), p, threads, task)
     deploy["timing"] = time_variants(todo, tmp, p, precision, threads)
     t = deploy["timing"][ref]
     deploy["speedups"] = {}

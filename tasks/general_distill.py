@@ -59,14 +59,18 @@ def main(name: str) -> None:
 
 def save_start(p, paths, name: str, src: str, tok) -> None:
     """general_distill.<name>.from: the given general student (checked against the teacher in validation) is this
-    stage's output, with the teacher's tokenizer; no step is trained (an empty loss curve is kept on record)."""
+    stage's output, with the teacher's tokenizer, or its own when it tokenizes differently (cross-vocabulary); no
+    step is trained (an empty loss curve is kept on record)."""
     out = paths.general(name)
     with stage_run(p, f"general_distill@{name}"):
         if not world().main:
             return
-        student = load_start(src, tok.get_vocab(), p.base.allow_pickle_weights)
+        student, own = load_start(src, tok.get_vocab(), p.base.allow_pickle_weights)
         c = student.config
         info = {"from": src, "layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads}
+        if own is not None:  # another vocabulary: the student keeps its tokenizer and learns from soft labels
+            tok = own
+            info["own_tokenizer"] = f"{len(own)} tokens ({c.model_type})"
         mlflow.log_params({k: str(v) for k, v in info.items()})
         write_loss_csv(paths.reports_for(f"general_distill_{name}"))
         with atomic_dir(out) as tmp:

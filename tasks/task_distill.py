@@ -45,7 +45,17 @@ def main(which: str) -> None:
     general = paths.general(name)
     # a baseline never reads the teacher (its tokenizer is the general student's), so it can run beside teacher_finetune
     tok = load_tokenizer(str(general if baseline else paths.teacher))
-    train = tokenize_task(load_from_disk(str(paths.augmented / "train")), tok, p.base.max_seq_len)
+    rows = load_from_disk(str(paths.augmented / "train"))
+    train = tokenize_task(rows, tok, p.base.max_seq_len)
+    # a general student with its own tokenizer (general_distill.<recipe>.from, another vocabulary) trains on its own
+    # tokens; the teacher's soft labels are computed once on the teacher's tokens of the same rows (cache keyed by them)
+    own = None if baseline else load_tokenizer(str(general))
+    cross_vocab = own is not None and own.get_vocab() != tok.get_vocab()
+    teacher_rows = train
+    if cross_vocab:
+        print(f"[{stage}] the student tokenizes with its own vocabulary ({len(own)} tokens, the teacher's {len(tok)}): "
+              "it learns from the teacher's soft labels on the same rows", flush=True)
+        tok, train = own, tokenize_task(rows, own, p.base.max_seq_len)
     dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.max_seq_len)
     student = load_model(AutoModelForSequenceClassification, general, **task.model_config())
     teacher = None if baseline else load_model(AutoModelForSequenceClassification, paths.teacher)
@@ -55,13 +65,14 @@ def main(which: str) -> None:
     out = paths.baseline(name) if baseline else paths.student(name)
 
     def logits(precision: str):
-        return teacher_logits(teacher, train, pad_collate, precision=precision, cache_dir=paths.work / "teacher_logits")
+        return teacher_logits(teacher, teacher_rows, pad_collate, precision=precision,
+                              cache_dir=paths.work / "teacher_logits")
 
     def features(obj, cfg, budget_gb: float):
         return features_for(obj, teacher, train, pad_collate, cfg, paths.work / "teacher_features", budget_gb)
 
     with stage_run(p, stage):
-        ctx = TaskContext(p, student, teacher, general, lambda s: precision_for(p, s), logits, features)
+        ctx = TaskContext(p, student, teacher, general, lambda s: precision_for(p, s), logits, features, cross_vocab)
         phases = (recipes.baseline if baseline else recipe).task(ctx)
         logs = PhaseLogs()
         res = run_phases(phases, train, paths.work / stage.replace("@", "_"), student,

@@ -6,16 +6,13 @@ distillation) read it from outputs/teacher_mlm. A teacher that ships its pre-tra
 accuracy is reported either way.
 """
 
-from pathlib import Path
-
 import mlflow
 from datasets import load_from_disk
-from safetensors import safe_open
 from transformers import AutoModelForMaskedLM
 
 from kdistill.distill.objectives import MlmHeadFit, masked_token_accuracy
-from kdistill.families import mlm_head_prefixes
 from kdistill.models import (
+    checkpoint_has_mlm_head,
     load_model,
     load_tokenizer,
     resolve_teacher,
@@ -28,14 +25,6 @@ from kdistill.train.phases import Phase, run_phases
 from kdistill.train.trainer import TrainerConfig, pad_collate
 
 from .common import cli, precision_for, setup, stage_run
-
-
-def _checkpoint_keys(path: str) -> list[str]:
-    f = Path(path) / "model.safetensors"
-    if not f.is_file():
-        return []  # a hub id: trust from_pretrained's own report
-    with safe_open(str(f), "pt") as fh:
-        return list(fh.keys())
 
 
 def main() -> None:
@@ -55,7 +44,7 @@ def main() -> None:
     held = corpus.select(range(len(corpus) - h.heldout_sequences, len(corpus)))
     info = {"source": p.base.teacher}
     with stage_run(p, "teacher_mlm"):
-        if any(k.startswith(mlm_head_prefixes(teacher)) for k in _checkpoint_keys(src)):
+        if checkpoint_has_mlm_head(src, teacher):
             info["head"] = "pre-trained"
         else:
             fit = MlmHeadFit(teacher, h.mlm_probability, special, mask_id)

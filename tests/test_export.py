@@ -299,3 +299,28 @@ def test_serve_names_a_missing_model(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: models:/sst2-nothing@champion not found")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("family", ["distilbert", "deberta-v2", "modernbert", "mpnet"])
+def test_a_student_of_every_family_exports_to_onnx_with_parity(family, tmp_path):
+    """The families without token types take only input_ids and attention_mask (a third positional argument is
+    something else to them: MPNet's position ids); DeBERTa's relative terms and ModernBERT's rotary and sliding-window
+    attention export as they compute."""
+    from kdistill.deploy.onnx_export import load_for_export
+
+    from .families import SENTENCES, save_teacher
+
+    _, tok = save_teacher(family, tmp_path / "m", "seq")
+    model = load_for_export(tmp_path / "m")
+    export_onnx(model, tmp_path / "model.onnx")
+    quantize_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", True, False)
+    names = [i.name for i in session(tmp_path / "model.onnx", 1).get_inputs()]
+    assert names == (["input_ids", "attention_mask"] + (["token_type_ids"] if family == "deberta-v2" else []))
+    enc = tok(SENTENCES, padding=True, return_tensors="np")  # rows of different lengths: padding in the batch
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"])).logits
+    for f in ("model.onnx", "model.int8.onnx"):
+        got = run_session(session(tmp_path / f, 1), enc["input_ids"], enc["attention_mask"])
+        assert got.shape == tuple(want.shape)
+        if f == "model.onnx":
+            parity(want.numpy(), got, False).check(family, 1e-4)

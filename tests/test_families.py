@@ -210,3 +210,115 @@ def test_task_distillation_of_multi_label_and_regression_tasks(teachers, kind, t
     got = score(student, rows, task)
     assert set(got) == set(task.reported)
     assert student.config.problem_type == task.model_config()["problem_type"]
+
+
+def _pair(teachers, family):
+    """A tiny teacher of `family`, a narrower student of its family, their tokenizer and a padded batch."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from kdistill.models import tinybert_config
+
+    mlm_dir, _, _ = teachers[family]
+    tok = AutoTokenizer.from_pretrained(mlm_dir)
+    teacher = AutoModel.from_pretrained(mlm_dir).eval()
+    torch.manual_seed(0)
+    student = AutoModel.from_config(tinybert_config(teacher.config, 2, 16, 4, 32)).eval()
+    batch = pad_collate([dict(r) for r in toy_rows(tok, 3)], tok.pad_token_id)
+    assert batch["attention_mask"].min() == 0  # the batch pads: the masking is exercised
+    return teacher, student, tok, batch
+
+
+def _attention_term_is_the_hand_mse(teacher, student, batch):
+    """TinyBERT's attention term: the mean over mapped layers of the squared differences of the captured scores,
+    over real query and key tokens."""
+    obj = Intermediate(student, teacher, {"emb": 1.0, "hidn": 1.0, "attn": 1.0}, "uniform", "scores", False, True).eval()
+    got = obj(batch)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad(), AttentionScores(teacher) as tcap, AttentionScores(student) as scap:
+        teacher(**inputs)
+        student(**inputs)
+    mask = batch["attention_mask"].bool()
+    want = 0.0
+    for i, t in enumerate(obj.layer_map):
+        keep = (mask[:, None, :, None] & mask[:, None, None, :]).expand_as(scap.scores[i])
+        want += ((scap.scores[i] - tcap.scores[t - 1]) ** 2)[keep].mean() / len(obj.layer_map)
+    assert got["attn"].item() == pytest.approx(want.item(), rel=1e-4)
+
+
+def test_deberta_scores_are_its_softmax_input_relative_terms_included_and_the_loss_compares_them(teachers):
+    """DeBERTa-v2/v3: the captured scores are what its disentangled attention feeds its softmax (Q.K^T plus the
+    content-to-position and position-to-content terms): softmax of them is the model's own attention; with the
+    relative terms off they are Q.K^T/sqrt(d) by hand. TinyBERT's attention term is their MSE over real tokens."""
+    from transformers import AutoModel, DebertaV2Config
+
+    teacher, student, tok, batch = _pair(teachers, "deberta-v2")
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad(), AttentionScores(teacher) as cap:
+        out = teacher(**inputs, output_attentions=True)
+    for sc, probs in zip(cap.scores, out.attentions):
+        own = torch.softmax(sc.masked_fill(~mask[:, None, None, :], float("-inf")), -1)
+        torch.testing.assert_close(own[mask[:, None, :, None].expand_as(own)],
+                                   probs[mask[:, None, :, None].expand_as(probs)], atol=1e-6, rtol=1e-5)
+        assert torch.isfinite(sc).all() and (sc[~mask[:, None, None, :].expand_as(sc)] == 0).all()
+    # no relative terms: the plain scaled product, by hand from the projections
+    plain = AutoModel.from_config(DebertaV2Config(**{**teacher.config.to_dict(), "relative_attention": False,
+                                                     "pos_att_type": []})).eval()
+    with torch.no_grad(), AttentionScores(plain) as cap:
+        hs = plain(**inputs, output_hidden_states=True).hidden_states
+    attn = plain.encoder.layer[0].attention.self
+    q = attn.query_proj(hs[0]).view(3, -1, 4, 8).transpose(1, 2)
+    k = attn.key_proj(hs[0]).view(3, -1, 4, 8).transpose(1, 2)
+    want = (q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~mask[:, None, None, :], 0.0)
+    torch.testing.assert_close(cap.scores[0], want, atol=1e-5, rtol=1e-5)
+    _attention_term_is_the_hand_mse(teacher, student, batch)
+
+
+def test_modernbert_scores_are_the_rotary_product_and_the_relations_split_its_fused_projection(teachers):
+    """ModernBERT: the captured scores of a layer are Q.K^T/sqrt(d) of its fused Wqkv projection after rotary
+    positions, rotated here by hand; MiniLM's query/key/value are the three thirds of Wqkv's output; TinyBERT's
+    attention term is the MSE of the captured scores over real tokens."""
+    from kdistill.distill.features import layer_qkv
+
+    teacher, student, tok, batch = _pair(teachers, "modernbert")
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad(), AttentionScores(teacher) as cap:
+        hs = teacher(**inputs, output_hidden_states=True).hidden_states
+    layer = teacher.layers[0]  # its attention norm is the identity: it reads the embedding output
+    b, n = inputs["input_ids"].shape
+    q, k, _ = layer.attn.Wqkv(hs[0]).view(b, n, 3, 4, 8).unbind(2)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    theta = teacher.config.rope_parameters[teacher.config.layer_types[0]]["rope_theta"]
+    freqs = torch.arange(n)[:, None].float() / theta ** (torch.arange(0, 8, 2).float() / 8)
+    cos, sin = torch.cat([freqs, freqs], -1).cos(), torch.cat([freqs, freqs], -1).sin()
+
+    def rotate(x):
+        return x * cos + torch.cat([-x[..., 4:], x[..., :4]], -1) * sin
+
+    want = rotate(q) @ rotate(k).transpose(-1, -2) / 8**0.5
+    torch.testing.assert_close(cap.scores[0], want, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        qkv = layer_qkv(teacher, batch, 1)
+    fused = layer.attn.Wqkv(hs[0])
+    for i, name in enumerate(("query", "key", "value")):
+        torch.testing.assert_close(qkv[name], fused[..., i * 32:(i + 1) * 32])
+    _attention_term_is_the_hand_mse(teacher, student, batch)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_checkpoint_without_a_masked_lm_head_is_told_apart_from_one_with(family, teachers, tmp_path):
+    """A sentence encoder saved without its MLM head (as all-mpnet-base-v2 is) loads through AutoModelForMaskedLM
+    with a random head and no error; the teacher_mlm stage must fit a head then, never distil the random one."""
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    from kdistill.models import checkpoint_has_mlm_head
+
+    mlm_dir, _, _ = teachers[family]
+    with_head = AutoModelForMaskedLM.from_pretrained(mlm_dir)
+    assert checkpoint_has_mlm_head(mlm_dir, with_head)
+    bare = AutoModel.from_pretrained(mlm_dir)
+    bare.config.architectures = [type(with_head).__name__]  # what such a checkpoint's config says
+    bare.save_pretrained(tmp_path / "bare")
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "bare")
+    assert not checkpoint_has_mlm_head(tmp_path / "bare", loaded)

@@ -18,7 +18,8 @@ def test_a_student_that_fits_is_accepted_and_loaded_as_saved(tmp_path, make_bert
     p = parse_params({"general_distill": {"tinybert": {"from": str(tmp_path / "s")}}})
     check_starts(p, teacher)
     assert p.model_dump(mode="json")["general_distill"]["tinybert"]["from"] == str(tmp_path / "s")  # round-trips
-    loaded = load_start(str(tmp_path / "s"))
+    loaded, own = load_start(str(tmp_path / "s"))
+    assert own is None  # no tokenizer of its own: it takes the teacher's
     assert all((loaded.state_dict()[k] == v).all() for k, v in saved.state_dict().items())
 
 
@@ -34,6 +35,8 @@ def test_each_mismatch_is_refused_with_the_reason(make_bert):
                                         num_attention_heads=4, intra_bottleneck_size=8, true_hidden_size=8,
                                         embedding_size=8), "block width 32 differs"),
     ]
+    # MobileBERT's layer-wise transfer on the task data (params.yaml sets it) is what compares the block width
+    p = parse_params({"task_distill": {"mobilebert": {"transfer": {"lr": 5e-4}}}})
     for recipe, cfg, message in cases:
         with pytest.raises(ValueError, match=message):  # GeneralStartError, or the layer map's own error
             check_start(recipe, cfg, teacher, p)
@@ -41,7 +44,8 @@ def test_each_mismatch_is_refused_with_the_reason(make_bert):
 
 def test_validation_names_the_key_and_skips_the_shape_checks_a_given_student_makes_moot(tmp_path, make_bert):
     model, _ = save_teacher("roberta", tmp_path / "roberta")  # another family than the BERT teacher below
-    p = parse_params({"general_distill": {"minilm": {"from": str(tmp_path / "roberta")}}})
+    model.save_pretrained(tmp_path / "roberta-no-tokenizer")
+    p = parse_params({"general_distill": {"minilm": {"from": str(tmp_path / "roberta-no-tokenizer")}}})
     teacher = make_bert("base", layers=4, hidden=24, heads=4, ffn=48).config
     with pytest.raises(ParamsError, match=r"key 'general_distill.minilm.from': it is a 'roberta' model; the minilm "
                                           r"recipe needs a 'bert' student"):
@@ -56,3 +60,23 @@ def test_validation_names_the_key_and_skips_the_shape_checks_a_given_student_mak
         check_against_teacher(parse_params(wide), 4, 4, 24, 48)
     check_against_teacher(parse_params({"general_distill": {**wide["general_distill"], "minilm": {"from": "x"}}}),
                           4, 4, 24, 48)
+
+
+def test_a_student_with_its_own_tokenizer_learns_from_soft_labels_where_its_recipe_allows(tmp_path, make_bert):
+    """Cross-vocabulary: a RoBERTa student with its own BPE tokenizer under a BERT teacher is accepted by the recipes
+    whose task stage distils soft labels only, and refused, with the reason, by those that compare token by token."""
+    save_teacher("roberta", tmp_path / "roberta")
+    teacher = make_bert("base", layers=4, hidden=24, heads=4, ffn=48).config
+    src = str(tmp_path / "roberta")
+    for recipe in ("distilbert", "minilm"):
+        check_starts(parse_params({"general_distill": {recipe: {"from": src}}}), teacher)
+    with pytest.raises(ParamsError, match=r"general_distill.tinybert.from': it tokenizes with its own vocabulary "
+                                          r"\(\d+ tokens; the teacher's has \d+\), and the tinybert recipe cannot "
+                                          r"distil across vocabularies: .*position by position"):
+        check_starts(parse_params({"general_distill": {"tinybert": {"from": src}}}), teacher)
+    p = parse_params({"general_distill": {"mobilebert": {"from": src}},
+                      "task_distill": {"mobilebert": {"transfer": {"lr": 5e-4}}}})
+    with pytest.raises(ParamsError, match=r"task_distill.mobilebert.transfer"):
+        check_starts(p, teacher)
+    loaded, own = load_start(src, {"[PAD]": 0})
+    assert own is not None and own.get_vocab() != {"[PAD]": 0} and loaded.config.model_type == "roberta"

@@ -20,6 +20,7 @@ import onnx
 import torch
 
 from kdistill.errors import KdistillError
+from kdistill.families import reads_token_types
 from kdistill.models import load_model
 from kdistill.train.evaluation import by_length
 
@@ -43,12 +44,14 @@ def export_onnx(model, path: str | Path, opset: int = 18) -> Path:
     # the exporter logs one warning per torchvision op it cannot register; no torchvision op is in a BERT
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     ids = torch.randint(5, 100, (2, 8))
-    example = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    # a family without token types (DistilBERT, ModernBERT, MPNet) takes other arguments third: two inputs only
+    inputs = INPUTS if reads_token_types(model) else INPUTS[:2]
+    example = (ids, torch.ones_like(ids), torch.zeros_like(ids))[: len(inputs)]
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=1, max=model.config.max_position_embeddings)
-    dims = tuple({0: batch, 1: seq} for _ in INPUTS)
+    dims = tuple({0: batch, 1: seq} for _ in inputs)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter warns about renamed axes it merges; nothing actionable
-        program = torch.onnx.export(model, example, dynamic_shapes=dims, input_names=list(INPUTS),
+        program = torch.onnx.export(model, example, dynamic_shapes=dims, input_names=list(inputs),
                                     output_names=["logits"], opset_version=opset, dynamo=True, verbose=False)
         program.save(str(path), external_data=False)
     proto = onnx.load(str(path))

@@ -46,6 +46,9 @@ class TaskContext:
     logits: Callable[[str], torch.Tensor]  # resolved precision -> the teacher's logits for every train row (cached)
     # (intermediate objective, its TrainerConfig, disk budget GiB) -> a teacher cache for it, or None (reason printed)
     features: Callable[[nn.Module, TrainerConfig, float], object | None] = lambda obj, cfg, budget: None
+    # the student tokenizes the text its own way (general_distill.<recipe>.from with its own vocabulary): the teacher
+    # is read only through `logits`, computed on the teacher's tokenization of the same rows
+    cross_vocab: bool = False
 
 
 def trainer_config(optim: OptimParams, ctx, desc: str) -> TrainerConfig:

@@ -71,10 +71,15 @@ def general(ctx: GeneralContext) -> GeneralPlan:
                        {"init_layers": layers})
 
 
+def token_level_task(p) -> str | None:
+    """Its task stage distils soft labels only: a student may bring its own tokenizer (cross-vocabulary)."""
+    return None
+
+
 def task(ctx: TaskContext) -> list[Phase]:
     d = ctx.p.task_distill.distilbert
     cfg = trainer_config(d.optim, ctx, "task distill (distilbert)")
-    cache = ctx.logits(cfg.precision) if d.cache_teacher_outputs else None
+    cache = ctx.logits(cfg.precision) if d.cache_teacher_outputs or ctx.cross_vocab else None
     obj = Prediction(ctx.student, ctx.teacher, {"ce": d.alpha_soft, "hard": 1 - d.alpha_soft}, d.temperature,
                      d.soft_loss, d.t2_scaling, soft_name="ce", cached_logits=cache)
     return [Phase("prediction", obj, cfg, evaluate=True)]

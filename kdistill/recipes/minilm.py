@@ -81,10 +81,15 @@ def general(ctx: GeneralContext) -> GeneralPlan:
     return GeneralPlan(student, [Phase("general", obj, trainer_config(g.optim, ctx, "general distill (minilm)"))], info)
 
 
+def token_level_task(p) -> str | None:
+    """Its task stage distils soft labels only: a student may bring its own tokenizer (cross-vocabulary)."""
+    return None
+
+
 def task(ctx: TaskContext) -> list[Phase]:
     t = ctx.p.task_distill.minilm
     cfg = trainer_config(t.optim, ctx, "task distill (minilm)")
-    cache = ctx.logits(cfg.precision) if t.cache_teacher_outputs else None
+    cache = ctx.logits(cfg.precision) if t.cache_teacher_outputs or ctx.cross_vocab else None
     obj = Prediction(ctx.student, ctx.teacher, {"soft": t.alpha_soft, "hard": 1 - t.alpha_soft}, t.temperature, "kl",
                      True, soft_name="soft", cached_logits=cache)
     return [Phase("prediction", obj, cfg, evaluate=True)]

@@ -128,9 +128,19 @@ def check_teacher(p, layers: int, heads: int, hidden: int, ffn: int | None = Non
 
 
 
+def token_level_task(p) -> str | None:
+    """Why the task stage needs the teacher's tokens (None: soft labels only, so a student may bring its own)."""
+    if p.task_distill.mobilebert.transfer is not None:
+        return ("its task stage transfers feature maps position by position (task_distill.mobilebert.transfer), "
+                "which needs the teacher's tokenization; set it to null to distil soft labels only")
+    return None
+
+
 def check_start(p, s_cfg, t_cfg) -> None:
     """A general student given with `from` fits layer-wise transfer: the teacher's width, a depth that maps, heads
-    that group the teacher's."""
+    that group the teacher's (nothing to fit when the task stage distils soft labels only)."""
+    if p.task_distill.mobilebert.transfer is None:
+        return
     if s_cfg.hidden_size != t_cfg.hidden_size:
         raise ModelSpecError(f"its block width {s_cfg.hidden_size} differs from the teacher's hidden size "
                           f"{t_cfg.hidden_size}, which MobileBERT's feature-map transfer compares directly")
@@ -193,7 +203,7 @@ def task(ctx: TaskContext) -> list[Phase]:
 
         phases.append(Phase("transfer", obj, tcfg, setup=use_cache))
     cfg = trainer_config(t.optim, ctx, "task distill (mobilebert)")
-    cache = ctx.logits(cfg.precision) if t.cache_teacher_outputs else None
+    cache = ctx.logits(cfg.precision) if t.cache_teacher_outputs or ctx.cross_vocab else None
     pred = Prediction(ctx.student, ctx.teacher, {"kd": t.alpha_soft, "hard": 1 - t.alpha_soft}, t.temperature,
                       t.soft_loss, t.t2_scaling, soft_name="kd", cached_logits=cache)
     phases.append(Phase("prediction", pred, cfg, evaluate=True))

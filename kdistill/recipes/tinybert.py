@@ -64,6 +64,12 @@ def check_teacher(p, layers: int, heads: int, hidden: int, ffn: int | None = Non
 
 
 
+def token_level_task(p) -> str | None:
+    """Why the task stage needs the teacher's tokens (None: soft labels only, so a student may bring its own)."""
+    return ("its task stage distils hidden states and attention position by position (the intermediate phase), "
+            "which needs the teacher's tokenization")
+
+
 def check_start(p, s_cfg, t_cfg) -> None:
     """A general student given with `from` fits the task stage's losses: the layer map, and the heads if compared."""
     resolve_layer_map(p.general_distill.tinybert.layer_map, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
