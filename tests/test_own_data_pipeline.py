@@ -1,6 +1,9 @@
-"""End to end on a user's own problem: a CSV with a `review` column and three string labels, and a local RoBERTa
+"""End to end on a user's own problem: a CSV with a `review` column and three string labels, and a local DeBERTa-v2
 teacher already fine-tuned for those labels, through Prefect, DVC and MLflow: the teacher is used as it is (zero
-steps), every student is registered with the label names, exported with parity, and answers with the names.
+steps); the TinyBERT- and MobileBERT-style students learn from it token by token, while the DistilBERT- and
+MiniLM-style ones are BERT-family students with a vocabulary of their own (`general_distill.<recipe>.from`) that
+learn from its soft labels (cross-vocabulary); every student is registered with the label names, exported with
+parity, and answers with the names.
 
 The run tracks to a shared MLflow (`make mlflow-server`: PostgreSQL store, artifacts over HTTP) through
 `tracking.mlflow_uri`: every loss component, registration and alias goes over HTTP. Where PostgreSQL cannot be had
@@ -53,12 +56,29 @@ def write_csv(path, rows):
         w.writerows(rows)
 
 
-def fine_tuned_roberta(out, rows) -> None:
-    """A tiny RoBERTa classifier fine-tuned (a plain loop, a few seconds) to tell the three labels apart."""
+CROSS_VOCAB = ("distilbert", "minilm")  # the recipes given a BERT student with its own vocabulary
+
+
+def bert_with_own_vocabulary(out) -> None:
+    """A tiny BERT encoder with a WordPiece vocabulary of its own: other ids, another size, and whole words the
+    teacher's lacks (so the same text becomes other tokens)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = sorted({w for ws in WORDS.values() for w in ws} | {"awful", "movie", "plot", "great", "boring"})
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "##s", *reversed(words)])}
+    tok = BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    torch.manual_seed(1)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=32, max_position_embeddings=80)).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def fine_tuned_teacher(out, rows, family: str = "deberta-v2") -> None:
+    """A tiny classifier of `family` fine-tuned (a plain loop, a few seconds) to tell the three labels apart."""
     from datasets import Dataset
 
     task = Task("reviews", "single_label", LABELS, "accuracy", False, ("accuracy",))
-    model, tok = save_teacher("roberta", out, "seq", layers=2, hidden=32, heads=4, ffn=64)
+    model, tok = save_teacher(family, out, "seq", layers=2, hidden=32, heads=4, ffn=64)
     model = AutoModelForSequenceClassification.from_pretrained(out, ignore_mismatched_sizes=True, **task.model_config())
     ds = tokenize_task(Dataset.from_dict({"sentence1": [t for t, _ in rows], "label": [LABELS.index(x) for _, x in rows]}),
                        tok, 32)
@@ -95,10 +115,12 @@ def own_project(tmp_path_factory, tracking_server):
     train, dev = reviews(240, 0), reviews(45, 1)
     write_csv(project / "data" / "reviews" / "train.csv", train)
     write_csv(project / "data" / "reviews" / "dev.csv", dev)
-    fine_tuned_roberta(project / "teachers" / "reviews-roberta", train)
+    fine_tuned_teacher(project / "teachers" / "reviews-deberta", train)
+    # a small BERT student someone distilled elsewhere, with its own WordPiece vocabulary (the teacher's differs)
+    bert_with_own_vocabulary(project / "students-from" / "bert-mini")
     smoke = yaml.safe_load((project / "profiles" / "smoke.yaml").read_text())
     profile = {**smoke,
-               "base": {**smoke["base"], "task": "reviews", "teacher": "teachers/reviews-roberta", "validation_rows": 30,
+               "base": {**smoke["base"], "task": "reviews", "teacher": "teachers/reviews-deberta", "validation_rows": 30,
                         "max_train_examples": 120},
                "data": {"train": "data/reviews/train.csv", "dev": "data/reviews/dev.csv", "text": "review",
                         "label": "sentiment"},
@@ -106,12 +128,11 @@ def own_project(tmp_path_factory, tracking_server):
                "general_distill": {
                    "tinybert": {"student": {"layers": 2, "hidden": 16, "heads": 4, "ffn": 32},
                                 "optim": {"batch_size": 8, "max_steps": 3}},
-                   "distilbert": {"init_layers": [0, 1], "optim": {"batch_size": 8, "max_steps": 3}},
+                   "distilbert": {"from": "students-from/bert-mini"},
                    "mobilebert": {"student": {"bottleneck": 8, "heads": 2, "ffn": 16, "stacked_ffn": 1, "embedding": 8},
                                   "progressive": {"steps_per_layer": 1, "batch_size": 8},
                                   "joint": {"optim": {"batch_size": 8, "max_steps": 2}}},
-                   "minilm": {"student": {"layers": 2, "hidden": 16, "heads": 4, "ffn": 32}, "relation_heads": 4,
-                              "optim": {"batch_size": 8, "max_steps": 3}}},
+                   "minilm": {"from": "students-from/bert-mini"}},
                "tracking": {"experiment_prefix": "kdistill-own", "registry_prefix": "own-",
                             **({"mlflow_uri": uri} if tracking_server else {})}}
     (project / "profiles" / "reviews.yaml").write_text(yaml.safe_dump(profile))
@@ -120,7 +141,7 @@ def own_project(tmp_path_factory, tracking_server):
 
 
 @pytest.mark.slow
-def test_a_csv_with_string_labels_and_a_fine_tuned_roberta_teacher_run_end_to_end(own_project):
+def test_a_csv_with_string_labels_and_a_fine_tuned_deberta_teacher_run_end_to_end(own_project):
     project, proc, uri = own_project
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error" in line.lower()]
     assert proc.returncode == 0, "\n".join(errors[-20:]) or (proc.stdout + proc.stderr)[-4000:]
@@ -131,7 +152,7 @@ def test_a_csv_with_string_labels_and_a_fine_tuned_roberta_teacher_run_end_to_en
     assert info["mode"] == "use" and info["steps"] == 0
     assert "used as it is (0 training steps" in proc.stdout
     # its reported dev score is what an independent evaluation of the same directory gives
-    src = project / "teachers" / "reviews-roberta"
+    src = project / "teachers" / "reviews-deberta"
     tok = AutoTokenizer.from_pretrained(src)
     from datasets import load_from_disk
 
@@ -145,14 +166,31 @@ def test_a_csv_with_string_labels_and_a_fine_tuned_roberta_teacher_run_end_to_en
     for r in RECIPES:
         student = AutoModelForSequenceClassification.from_pretrained(out / "students" / r)
         assert student.config.id2label == dict(enumerate(LABELS))
-        assert student.config.model_type == ("mobilebert" if r == "mobilebert" else "roberta")
+        assert student.config.model_type == {"mobilebert": "mobilebert", "tinybert": "deberta-v2"}.get(r, "bert")
         assert deploy["models"][r]["onnx-fp32"]["max_abs_logit_diff"] <= 1e-3  # parity held (the stage checks it)
+    # the cross-vocabulary students keep their own tokenizer, learn from the teacher's soft labels computed on the
+    # teacher's tokens, and are scored and served on their own tokens
+    teacher_vocab = AutoTokenizer.from_pretrained(src).get_vocab()
+    mini_vocab = AutoTokenizer.from_pretrained(project / "students-from" / "bert-mini").get_vocab()
+    assert mini_vocab != teacher_vocab
+    for r in CROSS_VOCAB:
+        assert AutoTokenizer.from_pretrained(out / "students" / r).get_vocab() == mini_vocab
+        assert AutoTokenizer.from_pretrained(out / "onnx" / r / "tokenizer").get_vocab() == mini_vocab
+        assert f"task_distill@{r}" in proc.stdout and "it learns from the teacher's soft labels" in proc.stdout
+        own = tokenize_task(load_from_disk(str(out / "data" / "dev")), AutoTokenizer.from_pretrained(out / "students" / r), 32)
+        again = score(AutoModelForSequenceClassification.from_pretrained(out / "students" / r), own, task)
+        assert summary["models"][r]["score"] == pytest.approx(again["accuracy"], abs=1e-9)
     # registered with the label names, and the served model answers with them
     mlflow.set_tracking_uri(uri)
     for r in RECIPES:
         preds = mlflow.pyfunc.load_model(f"models:/own-reviews-{r}@champion").predict(["great fun", "awful and dull"])
         assert set(preds["label"]) <= set(LABELS) and preds["probability"].between(0, 1).all()
-    # `make serve` answers over HTTP with the user's label names (a RoBERTa-family student)
+    # `make serve` answers over HTTP with the user's label names: a DeBERTa-family student, and a cross-vocabulary
+    # BERT student tokenizing requests its own way
+    with served("own-reviews-minilm", uri, cwd=project) as (server, url):
+        answers = invoke(url, ["great fun", "awful and dull", "a film"])
+        assert len(answers) == 3 and {a["label"] for a in answers} <= set(LABELS)
+    assert server.returncode == 0
     with served("own-reviews-tinybert", uri, cwd=project) as (proc, url):
         answers = invoke(url, ["great fun", "awful and dull", "a film"])
         assert len(answers) == 3 and {a["label"] for a in answers} <= set(LABELS)
@@ -167,7 +205,7 @@ def test_the_run_tracks_registers_and_aliases_over_http_on_postgresql(own_projec
         pytest.skip("PostgreSQL not available here (creating its cluster needs root, or Debian's package)")
     project, proc, url = own_project
     _, pg_port, db, run_dir = tracking_server
-    assert proc.returncode == 0, "the run failed: see test_a_csv_with_string_labels_and_a_fine_tuned_roberta_teacher..."
+    assert proc.returncode == 0, "the run failed: see test_a_csv_with_string_labels_and_a_fine_tuned_deberta_teacher..."
     # the tracking server and PostgreSQL listen on loopback only
     server_pid = int((run_dir / "mlflow-server.pid").read_text())
     assert {ip for ip, _ in listening_addresses(server_pid)} == {"127.0.0.1"}
