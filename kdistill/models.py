@@ -101,15 +101,16 @@ def teacher_config(name: str, allow_pickle: bool = False):
     return cfg
 
 
-def checkpoint_has_mlm_head(path: str | Path, mlm_model) -> bool:
+def checkpoint_has_mlm_head(path: str | Path, mlm_model, missing_keys=None) -> bool:
     """Whether the checkpoint at `path` holds the weights of `mlm_model`'s masked-LM head. A sentence encoder saved
     without one (all-mpnet-base-v2, all-MiniLM-L6-v2) may still name *ForMaskedLM in its config, and
     AutoModelForMaskedLM then loads it with a random head: its predictions must never be taken as the teacher's.
-    A hub id (no local file): trusted to be what it says."""
+    A local directory: its safetensors keys say; a hub id: the keys from_pretrained reported missing
+    (`missing_keys`, from output_loading_info=True)."""
+    prefixes = mlm_head_prefixes(mlm_model)
     files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
     if not files:
-        return True
-    prefixes = mlm_head_prefixes(mlm_model)
+        return missing_keys is not None and not any(k.startswith(prefixes) for k in missing_keys)
     for f in files:
         with safe_open(str(f), "pt") as fh:
             if any(k.startswith(prefixes) for k in fh.keys()):

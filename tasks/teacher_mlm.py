@@ -39,12 +39,12 @@ def main() -> None:
         raise ParamsError(f"params.yaml: key 'teacher_mlm.heldout_sequences': {h.heldout_sequences} leaves no corpus "
                           f"sequence to fit on (the corpus has {len(corpus)}); use fewer")
     src = resolve_teacher(p.base.teacher)
-    teacher = load_model(AutoModelForMaskedLM, src, p.base.allow_pickle_weights)
+    teacher, loading = load_model(AutoModelForMaskedLM, src, p.base.allow_pickle_weights, output_loading_info=True)
     special, mask_id = special_ids(tok)
     held = corpus.select(range(len(corpus) - h.heldout_sequences, len(corpus)))
     info = {"source": p.base.teacher}
     with stage_run(p, "teacher_mlm"):
-        if checkpoint_has_mlm_head(src, teacher):
+        if checkpoint_has_mlm_head(src, teacher, loading["missing_keys"]):
             info["head"] = "pre-trained"
         else:
             fit = MlmHeadFit(teacher, h.mlm_probability, special, mask_id)

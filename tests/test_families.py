@@ -320,5 +320,9 @@ def test_a_checkpoint_without_a_masked_lm_head_is_told_apart_from_one_with(famil
     bare = AutoModel.from_pretrained(mlm_dir)
     bare.config.architectures = [type(with_head).__name__]  # what such a checkpoint's config says
     bare.save_pretrained(tmp_path / "bare")
-    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "bare")
+    loaded, info = AutoModelForMaskedLM.from_pretrained(tmp_path / "bare", output_loading_info=True)
     assert not checkpoint_has_mlm_head(tmp_path / "bare", loaded)
+    # a hub id (no local file): what from_pretrained reported missing decides
+    assert not checkpoint_has_mlm_head("org/bare-encoder", loaded, info["missing_keys"])
+    _, full = AutoModelForMaskedLM.from_pretrained(mlm_dir, output_loading_info=True)
+    assert checkpoint_has_mlm_head("org/encoder-with-head", with_head, full["missing_keys"])
