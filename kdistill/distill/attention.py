@@ -24,6 +24,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from kdistill.errors import KdistillError
+from kdistill.families import FamilyError, attention_modules, layout_of
 from kdistill.train.dropout import fast_dropout
 
 CAPTURE_IMPLEMENTATION = "kdistill_scores"
@@ -55,8 +56,6 @@ class AttentionCaptureError(KdistillError, RuntimeError):
 
 def self_attention_modules(model: nn.Module) -> list[nn.Module]:
     """The per-layer self-attention modules of an encoder of any family the engine reads, in layer order."""
-    from kdistill.families import FamilyError, attention_modules, layout_of
-
     cfg = getattr(model, "config", None)
     try:
         fam = layout_of(cfg)
@@ -81,7 +80,8 @@ def self_attention_modules(model: nn.Module) -> list[nn.Module]:
 
 class _SoftmaxTap:
     """torch.nn.functional.softmax while a `softmax`-family capture runs: the first call inside a watched attention
-    module records its input (the scores) and output (the probabilities) for that module's layer."""
+    module records its input (the scores) and output (the probabilities) for that module's layer. One forward at a
+    time per process, as the trainer and the teacher cache run them (the watched module is process-wide state)."""
 
     def __init__(self):
         self.original = None
@@ -124,8 +124,6 @@ class AttentionScores:
     """
 
     def __init__(self, model: nn.Module, probs: bool = False, layers=None):
-        from kdistill.families import layout_of
-
         self.modules = self_attention_modules(model)
         self.tapped = layout_of(model.config).scores == "softmax"
         self.layers = None if layers is None else set(layers)  # 1-based layers to record (None: all)
