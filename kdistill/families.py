@@ -14,7 +14,7 @@ Students are built in the teacher's own family from its config. Adding a family 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -45,8 +45,6 @@ class Family:
     student_config: str = "fields"
     # teacher initialisation: (module name suffix, output axis, input axis), first match wins (student_init.py)
     init_rules: tuple[tuple[str, str, str], ...] = ()
-    relative: str = ""  # what the distilled attention scores include beyond Q.K^T/sqrt(d) (docs and errors)
-    extra_config: dict = field(default_factory=dict)
 
 
 _BERT_INIT = (
@@ -78,22 +76,19 @@ FAMILIES = {
                     ("attention.self.value_proj", "attn", "hid"), ("attention.self.pos_key_proj", "attn", "hid"),
                     ("attention.self.pos_query_proj", "attn", "hid"), *_BERT_INIT[3:6],
                     ("encoder.rel_embeddings", "all", "hid"), ("embeddings.embed_proj", "hid", "emb"),
-                    *_BERT_INIT[5:]),
-        relative="the content-to-position and position-to-content terms of its disentangled attention"),
+                    *_BERT_INIT[5:])),
     "modernbert": Family(
         "ModernBERT", ("head", "decoder"), layers="layers", embedding_out=("embeddings",), attention="attn",
         qkv=("Wqkv",), token_types=False, act_field="hidden_activation", student_config="copy",
         init_rules=(("attn.Wqkv", "qkv", "hid"), ("attn.Wo", "hid", "attn"), ("mlp.Wi", "glu", "hid"),
                     ("mlp.Wo", "hid", "ffn"), ("tok_embeddings", "all", "emb"), ("embeddings.norm", "emb", "all"),
-                    ("norm", "hid", "all"), ("head.dense", "hid", "hid")),
-        relative="rotary position embeddings applied to Q and K before their product"),
+                    ("norm", "hid", "all"), ("head.dense", "hid", "hid"))),
     "mpnet": Family(
         "MPNet", ("lm_head",), position_offset=True, attention="attention.attn", qkv=("q", "k", "v"),
         scores="softmax", token_types=False, student_config="copy",
         init_rules=(("attention.attn.q", "attn", "hid"), ("attention.attn.k", "attn", "hid"),
                     ("attention.attn.v", "attn", "hid"), ("attention.attn.o", "hid", "attn"),
-                    ("encoder.relative_attention_bias", "all", "heads"), *_BERT_INIT[4:]),
-        relative="its relative-position bias (one learnt value per head and distance bucket)"),
+                    ("encoder.relative_attention_bias", "all", "heads"), *_BERT_INIT[4:])),
 }
 
 
@@ -157,28 +152,11 @@ def attention_modules(encoder: nn.Module) -> list[nn.Module]:
     return [layer.get_submodule(fam.attention) for layer in layers_of(encoder)]
 
 
-def layer_prefix(encoder: nn.Module) -> str:
-    """The parameter-name prefix of layer i is this + f"{i}." (relative to the bare encoder)."""
-    return layout_of(encoder.config).layers + "."
-
-
-def shape_fields(cfg) -> dict:
-    """The config fields of a model's shape, by the names its family uses: layers, hidden, heads, ffn, activation."""
-    fam = family_of(cfg)
-    return {"num_hidden_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size,
-            "num_attention_heads": cfg.num_attention_heads, fam.ffn_field: getattr(cfg, fam.ffn_field),
-            fam.act_field: getattr(cfg, fam.act_field)}
-
-
 def ffn_size(cfg) -> int | None:
     """The FFN width of a model of any family (DistilBERT calls it hidden_dim)."""
     if getattr(cfg, "model_type", None) in FAMILIES:
         return getattr(cfg, family_of(cfg).ffn_field, None)
     return getattr(cfg, "intermediate_size", None)
-
-
-def activation(cfg) -> str:
-    return getattr(cfg, family_of(cfg).act_field)
 
 
 def reads_token_types(model: nn.Module) -> bool:

@@ -30,12 +30,12 @@ def start_config(src: str, allow_pickle: bool = False):
                                 "with save_pretrained, or a hub id with the network or a populated cache") from None
 
 
-def own_vocab(src: str) -> dict | None:
-    """The vocabulary of the tokenizer saved beside a general student, or None when it has none of its own."""
+def own_tokenizer(src: str):
+    """The tokenizer saved beside a general student, or None when it has none of its own."""
     path = Path(resolve_teacher(src))
     if not path.is_dir() or not any(path.glob("tokenizer*")) and not any(path.glob("vocab.*")):
         return None
-    return AutoTokenizer.from_pretrained(path).get_vocab()
+    return AutoTokenizer.from_pretrained(path)
 
 
 def check_start(recipe: str, s_cfg, t_cfg, p, cross_vocab: bool = False) -> None:
@@ -74,8 +74,7 @@ def check_start(recipe: str, s_cfg, t_cfg, p, cross_vocab: bool = False) -> None
 def load_start(src: str, vocab: dict | None = None, allow_pickle: bool = False):
     """(the general student's encoder, loaded safely; its own tokenizer when that tokenizes differently from the
     teacher's `vocab`, else None)."""
-    path = resolve_teacher(src)
-    own = None
-    if vocab is not None and Path(path).is_dir() and own_vocab(src) not in (None, vocab):
-        own = AutoTokenizer.from_pretrained(path)
-    return load_model(AutoModel, path, allow_pickle), own
+    own = own_tokenizer(src) if vocab is not None else None
+    if own is not None and own.get_vocab() == vocab:
+        own = None
+    return load_model(AutoModel, resolve_teacher(src), allow_pickle), own

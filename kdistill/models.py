@@ -144,13 +144,10 @@ def student_config(teacher_cfg, layers: int, hidden: int, heads: int, ffn: int, 
     its family uses, replaced; derived fields (ModernBERT's layer types) are derived anew for the new depth."""
     fam = family_of(teacher_cfg)
     fields = {k: v for k, v in teacher_cfg.to_dict().items() if k not in _NOT_INHERITED}
-    for key, value in teacher_cfg.attribute_map.items():  # DistilBERT: hidden_size is `dim`, ...
-        fields.pop(key, None)
-        if value in fields:
-            fields[value] = {"dim": hidden, "n_layers": layers, "n_heads": heads}.get(value, fields[value])
-    fields.update({fam.ffn_field: ffn, fam.act_field: act})
-    if "dim" not in fields:
-        fields.update(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads)
+    shape = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+             fam.ffn_field: ffn, fam.act_field: act}
+    for key, value in shape.items():  # by the names the config stores (DistilBERT: hidden_size is `dim`, ...)
+        fields[teacher_cfg.attribute_map.get(key, key)] = value
     cfg = type(teacher_cfg)(**fields)
     cfg._attn_implementation = teacher_cfg._attn_implementation
     return cfg

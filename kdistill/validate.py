@@ -9,7 +9,7 @@ from kdistill.data.glue import DataError, check_split_available, glue_task
 from kdistill.data.splits import read_user_splits
 from kdistill.data.task import Task
 from kdistill.families import ffn_size
-from kdistill.general_start import check_start, own_vocab, start_config
+from kdistill.general_start import check_start, own_tokenizer, start_config
 from kdistill.models import ModelSpecError, load_tokenizer, teacher_config
 from kdistill.recipes import RECIPES
 from kdistill.schema import params_key
@@ -34,9 +34,9 @@ def check_starts(p: Params, teacher_cfg) -> None:
             with params_key(f"general_distill.{name}.from"):
                 if teacher_vocab is None:
                     teacher_vocab = load_tokenizer(p.base.teacher).get_vocab()
-                vocab = own_vocab(src)
+                own = own_tokenizer(src)
                 check_start(name, start_config(src, p.base.allow_pickle_weights), teacher_cfg, p,
-                            cross_vocab=vocab is not None and vocab != teacher_vocab)
+                            cross_vocab=own is not None and own.get_vocab() != teacher_vocab)
 
 
 def check_teacher(p: Params, task: Task) -> None:
@@ -54,8 +54,6 @@ def check_tokenizer(p: Params, samples: list[tuple[list[str], str]]) -> None:
     """The teacher's tokenizer turns text into tokens: each sample (texts, where they come from) gives at least one.
     A tokenizer built the old way from file paths under transformers 5 can come out with a handful of entries that
     map every word to nothing; every stage would then train on [CLS] [SEP] and fail far from the cause."""
-    from kdistill.models import load_tokenizer
-
     samples = [([t for t in texts if t.strip()], where) for texts, where in samples]
     samples = [(texts, where) for texts, where in samples if texts]
     if not samples:

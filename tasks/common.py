@@ -168,9 +168,9 @@ class EvalRows:
         from transformers import AutoTokenizer
 
         self.raw, self.max_len = raw, max_len
-        self.teacher_tok = AutoTokenizer.from_pretrained(teacher_dir)
-        self.teacher = tokenize_task(raw, self.teacher_tok, max_len)
-        self._own: dict[str, object] = {}
+        tok = AutoTokenizer.from_pretrained(teacher_dir)
+        self.teacher = tokenize_task(raw, tok, max_len)
+        self._by_vocab = {frozenset(tok.get_vocab().items()): self.teacher}
 
     def for_model(self, model_dir: Path):
         from transformers import AutoTokenizer
@@ -178,13 +178,10 @@ class EvalRows:
         if not any(Path(model_dir).glob("tokenizer*")):
             return self.teacher
         tok = AutoTokenizer.from_pretrained(model_dir)
-        vocab = tok.get_vocab()
-        if vocab == self.teacher_tok.get_vocab():
-            return self.teacher
-        key = str(sorted(vocab.items())[:50]) + str(len(vocab))
-        if key not in self._own:
-            self._own[key] = tokenize_task(self.raw, tok, self.max_len)
-        return self._own[key]
+        key = frozenset(tok.get_vocab().items())
+        if key not in self._by_vocab:
+            self._by_vocab[key] = tokenize_task(self.raw, tok, self.max_len)
+        return self._by_vocab[key]
 
 
 def stage_run(p: Params, stage: str):
