@@ -122,7 +122,10 @@ GeneralDistillParams = create_model(
     "GeneralDistillParams", __base__=Section, **{n: (m.GeneralParams, m.GeneralParams()) for n, m in RECIPES.items()})
 TaskDistillParams = create_model(
     "TaskDistillParams", __base__=Section, **{n: (m.TaskParams, m.TaskParams()) for n, m in RECIPES.items()},
-    baseline=(baseline.TaskParams, baseline.TASK_DEFAULTS))
+    baseline=(baseline.TaskParams, baseline.TASK_DEFAULTS),
+    # a second control for the recipes named (kdistill/recipes/baseline.py): the general stage's starting student,
+    # fine-tuned on gold labels with the baseline budget; its stages exist only in profiles that set it
+    teacher_init_controls=(list[str], []))
 
 
 class EvaluateParams(_Section):
@@ -271,6 +274,20 @@ class Params(_Section):
             raise ValueError("data.dev: set, but data.train is not: name both (or neither, for a GLUE preset)")
         if self.data.train is not None and self.base.eval_split == "test" and self.data.test is None:
             raise ValueError("base.eval_split: test needs a test file (data.test)")
+        return self
+
+    @model_validator(mode="after")
+    def _init_controls(self):
+        names = self.task_distill.teacher_init_controls
+        try:
+            _known_recipes(names)
+        except ValueError as exc:
+            raise ValueError(f"task_distill.teacher_init_controls: {exc}") from None
+        for name in names:
+            if getattr(self.general_distill, name).from_ is not None:
+                raise ValueError(f"task_distill.teacher_init_controls: {name}'s general student is given "
+                                 f"(general_distill.{name}.from), not built from the teacher, so it has no "
+                                 f"teacher-initialised start to compare with; leave {name} out")
         return self
 
 

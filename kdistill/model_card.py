@@ -6,11 +6,17 @@ themselves (reports/report.md, reports/deploy.md)."""
 
 from __future__ import annotations
 
+# each control: what it is called, and what its card says of how it was trained
+CONTROLS = {"baseline": ("no-distillation baseline", " (trained on the task without a teacher, same initialisation)"),
+            "teacher-init": ("teacher-initialised control", " shape, initialised from the teacher's weights as its general "
+                             "stage starts, then trained on the task without a teacher (no distillation at all)")}
+
 
 def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metrics: dict, params: int,
-               teacher_metrics: dict | None, metric: str, baseline: bool = False,
+               teacher_metrics: dict | None, metric: str, control: str | None = None,
                runtime: str = "", registered_name: str | None = None) -> str:
-    kind = "no-distillation baseline" if baseline else f"{recipe}-style distilled student"
+    """`control`: None for a distilled student, else which control (a key of CONTROLS: what it started from)."""
+    kind, how_trained = CONTROLS[control] if control else (f"{recipe}-style distilled student", "")
     retention = ""
     if teacher_metrics and teacher_metrics.get(metric):
         retention = f" ({metrics[metric] / teacher_metrics[metric]:.1%} of the teacher's {teacher_metrics[metric]:.4f})"
@@ -18,7 +24,8 @@ def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metri
         "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
         "model = AutoModelForSequenceClassification.from_pretrained(\"<this directory>\")\n"
         "tokenizer = AutoTokenizer.from_pretrained(\"<this directory>\")\n```\n"
-        + ("A baseline is a control: it is neither exported to ONNX nor registered.\n" if baseline else
+        + (f"{'A baseline is a control' if control == 'baseline' else 'This is a control'}: it is neither exported to "
+           "ONNX nor registered.\n" if control else
            f"From the MLflow registry (the export stage registers the fastest ONNX Runtime variant that passed its parity "
            f"check): `mlflow.pyfunc.load_model(\"models:/{registered_name or f'{task}-{recipe}'}@champion\").predict([\"a "
            f"good movie\"])`. The ONNX files, and how to run each with ONNX Runtime alone, are in the export stage's "
@@ -33,7 +40,7 @@ tags: [knowledge-distillation, {recipe}, {task}]
 # {name}: {kind} for {task}
 
 - **Teacher**: `{teacher}` fine-tuned on {task}
-- **Recipe**: {recipe}{' (trained on the task without a teacher, same initialisation)' if baseline else ''}
+- **Recipe**: {recipe}{how_trained}
 - **Data**: {data}
 - **Parameters**: {params:,}
 - **Dev {metric}**: {metrics[metric]:.4f}{retention}

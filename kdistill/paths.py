@@ -55,6 +55,10 @@ class Paths:
     def baseline(self, recipe: str) -> Path:
         return self.root / "baselines" / recipe
 
+    def init_control(self, recipe: str) -> Path:
+        """The teacher-initialised control (task_distill.teacher_init_controls)."""
+        return self.root / "init_controls" / recipe
+
     @property
     def reports(self) -> Path:
         return self.root.parent / "reports" if self.root.name == "outputs" else self.root / "reports"

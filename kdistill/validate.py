@@ -12,6 +12,7 @@ from kdistill.families import ffn_size
 from kdistill.general_start import check_start, own_tokenizer, start_config
 from kdistill.models import ModelSpecError, load_tokenizer, teacher_config
 from kdistill.recipes import RECIPES
+from kdistill.recipes.baseline import teacher_initialised
 from kdistill.schema import params_key
 from kdistill.teacher_head import plan
 
@@ -22,6 +23,12 @@ def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, te
     for name, recipe in RECIPES.items():
         if getattr(p.general_distill, name).from_ is None:  # a student given with `from` has its own shape
             recipe.check_teacher(p, teacher_layers, teacher_heads, teacher_hidden, teacher_ffn)
+        if name in p.task_distill.teacher_init_controls and (q := teacher_initialised(p, name)) is not p:
+            try:  # the control copies the teacher's weights into the recipe's shape even where init is random
+                recipe.check_teacher(q, teacher_layers, teacher_heads, teacher_hidden, teacher_ffn)
+            except ParamsError as exc:
+                raise ParamsError(f"{exc} (task_distill.teacher_init_controls builds the {name} student from the "
+                                  "teacher's weights: fit the shape to the teacher, or leave {name} out of it)") from None
 
 
 def check_starts(p: Params, teacher_cfg) -> None:

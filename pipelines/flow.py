@@ -34,7 +34,7 @@ from .dvc_record import DvcRecord
 from .remote_stage import deploy_stage_flow, is_training, run_on_pool, stage_deployment
 from .run_lock import pipeline_lock
 from .stage_exec import StageFailed, _echo, run_command
-from .stage_graph import ROOT, Stage, inside, load_stages, pipeline_file
+from .stage_graph import ROOT, Stage, check_default, inside, load_stages, pipeline_file
 
 
 def _env(parent_run_id: str | None, threads: int) -> dict:
@@ -368,6 +368,8 @@ def preflight(profile: str) -> None:
     if not src.is_file():
         pipeline_file(profile)  # raises the error that lists the profiles
     p = load_params(src)
+    if profile == "default":
+        check_default(p)
     if p.schedule.training_pool and not os.environ.get("PREFECT_API_URL"):
         raise KdistillError(
             f"{src.relative_to(ROOT)}: key 'schedule.training_pool' ({p.schedule.training_pool!r}) sends training stages "

@@ -18,7 +18,7 @@ from .stage_exec import StageFailed, run_command
 from .stage_graph import ROOT
 from .work_pool import ensure_work_pool
 
-TRAINING_STAGES = ("teacher_finetune", "teacher_mlm", "general_distill@", "task_distill@", "baseline@")
+TRAINING_STAGES = ("teacher_finetune", "teacher_mlm", "general_distill@", "task_distill@", "baseline@", "init_control@")
 ENTRYPOINT = "pipelines/remote_stage.py:stage_command"
 # what the flow passes on to the stage; never the flow's whole environment (its secrets would be stored by Prefect)
 FORWARDED_ENV = ("KDISTILL_PARENT_RUN_ID", "KDISTILL_NPROC")

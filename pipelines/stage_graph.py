@@ -174,6 +174,35 @@ def data_deps(deps: list, params) -> list:
     return [d for d in deps if d != "data/glue"] + own + local
 
 
+INIT_CONTROL = "init_control"
+
+
+def init_control_stage(baseline_do: dict) -> dict:
+    """The teacher-initialised control's stage (task_distill.teacher_init_controls), made from dvc.yaml's baseline
+    stage: the same command, data and budget, but it builds its start as the general stage does (the recipe's
+    module and general params, the teacher with its MLM head) instead of reading the general student."""
+    body = {k: list(v) if isinstance(v, list) else v for k, v in baseline_do.items()}
+    body["cmd"] = body["cmd"].replace("baseline-${item}", "init-${item}")
+    deps = [d for d in body["deps"] if d != "outputs/general/${item}"]
+    body["deps"] = deps + ["tasks/general_distill.py", "kdistill/recipes/${item}.py", "kdistill/student_init.py",
+                           "outputs/teacher_mlm"]
+    body["params"] = [*body["params"], "general_distill.${item}"]
+    body["outs"] = ["outputs/init_controls/${item}"]
+    body["plots"] = [{"reports/losses/init_control_${item}.csv": {"x": "step", "cache": False}}]
+    return body
+
+
+def with_init_controls(stages: dict, recipes: list[str]) -> dict:
+    """dvc.yaml's stages plus the teacher-initialised controls of `recipes`, which evaluate then reads."""
+    stages = {**stages, INIT_CONTROL: {"foreach": list(recipes),
+                                       "do": init_control_stage(stages["baseline"]["do"])}}
+    ev = dict(stages["evaluate"])
+    ev["deps"] = [*ev["deps"], "outputs/init_controls"]
+    ev["params"] = [*ev["params"], "task_distill.teacher_init_controls"]
+    stages["evaluate"] = ev
+    return {k: stages[k] for k in [*[k for k in stages if k not in ("evaluate", "export")], "evaluate", "export"]}
+
+
 def profile_pipeline(profile: str) -> Path:
     """Write runs/<profile>/{params.yaml,dvc.yaml} (only when their content changed) and return the dvc.yaml."""
     from kdistill.config import load_params
@@ -184,6 +213,8 @@ def profile_pipeline(profile: str) -> Path:
     params_rel = f"runs/{profile}/params.yaml"
     out_dir = f"outputs-{profile}"
     root = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    if params.task_distill.teacher_init_controls:  # more training stages: only where a profile asks for them
+        root["stages"] = with_init_controls(root["stages"], params.task_distill.teacher_init_controls)
     stages = {}
     for name, body in root["stages"].items():
         if name == "prepare":
@@ -218,10 +249,21 @@ def _write_if_changed(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def check_default(p) -> None:
+    """What the committed dvc.yaml cannot run: stages that only a profile's generated pipeline holds."""
+    if p.task_distill.teacher_init_controls:
+        raise KdistillError("params.yaml: key 'task_distill.teacher_init_controls': each recipe named adds a training "
+                            "stage, which only a profile's pipeline holds (dvc.yaml is fixed); set it in a profile "
+                            "(profiles/NAME.yaml with `extends: ../params.yaml`) and run `make pipeline PROFILE=NAME`")
+
+
 def pipeline_file(profile: str) -> tuple[Path, Path, Path]:
     """(dvc.yaml, params file, outputs root) of a profile; `default` is the root pipeline on params.yaml. Writes the
     runtime record beside the params file, which the stages read through DVC."""
     if profile == "default":
+        from kdistill.config import load_params
+
+        check_default(load_params(ROOT / "params.yaml"))
         write_runtime(ROOT / "params.yaml")
         return ROOT / "dvc.yaml", ROOT / "params.yaml", ROOT / "outputs"
     src = ROOT / "profiles" / f"{profile}.yaml"

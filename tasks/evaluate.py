@@ -28,11 +28,13 @@ PUBLISHED = [  # reference rows: published, not measured here (see data/glue and
 ]
 
 
-def models(paths):
+def models(paths, init_controls: tuple[str, ...] = ()):
     yield "teacher", paths.teacher
     for r in RECIPES:
         yield f"{r}", paths.student(r)
         yield f"baseline-{r}", paths.baseline(r)
+        if r in init_controls:  # task_distill.teacher_init_controls
+            yield f"teacher-init-{r}", paths.init_control(r)
 
 
 def plot_losses(paths, out_dir: Path) -> list[Path]:
@@ -94,7 +96,7 @@ def main() -> None:
                "device": rt.device, "cpu_capability": rt.cpu_capability, "models": {}}
     with stage_run(p, "evaluate"):
         loaded = {}
-        for name, d in models(paths):
+        for name, d in models(paths, p.task_distill.teacher_init_controls):
             if not d.is_dir():
                 print(f"[evaluate] skipping {name}: {d} missing")
                 continue
@@ -129,6 +131,32 @@ def main() -> None:
         for f in [rep / "summary.json", rep / "report.md", *pngs]:
             mlflow.log_artifact(str(f))
     print(f"[evaluate] wrote {rep / 'summary.json'} and {rep / 'report.md'}")
+
+
+def controls_md(summary: dict) -> list[str]:
+    """What distillation buys, per recipe: the student against its two controls, both trained on the same rows with
+    the same budget and no teacher: the no-teacher control starts from the general student (the difference is what
+    task distillation adds), the teacher-initialised one from where the general stage starts (the difference is
+    what the whole recipe adds over fine-tuning the cut-down teacher)."""
+    ms = summary["models"]
+    rows = [r for r in RECIPES if r in ms and f"teacher-init-{r}" in ms]
+    if not rows:
+        return []
+    metric = summary["metric"]
+    lines = ["", "## What distillation buys", "",
+             f"Dev {metric}, one seed (`make seeds` gives the spread). Both controls train the student's shape on the same "
+             "rows with the same budget (task_distill.baseline), gold labels only. The no-teacher control starts from "
+             "the general student, so the student's lead over it is what task distillation adds; the "
+             "teacher-initialised control starts from the teacher's weights as the general stage does, so the lead over "
+             "it is what general and task distillation add together.", "",
+             "| recipe | student | no-teacher control | teacher-initialised control | task distillation adds | "
+             "general + task distillation add |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        s, b = ms[r]["score"], ms.get(f"baseline-{r}", {}).get("score")
+        i = ms[f"teacher-init-{r}"]["score"]
+        lines.append(f"| {r} | {s:.4f} | " + (f"{b:.4f}" if b is not None else "-") + f" | {i:.4f} | "
+                     + (f"{s - b:+.4f}" if b is not None else "-") + f" | {s - i:+.4f} |")
+    return lines
 
 
 def augment_md(a: dict) -> list[str]:
@@ -179,6 +207,7 @@ def report_md(summary, ref, pngs, rep, augment: dict | None = None, stats: dict 
         tp = ", ".join(f"{k.split('_')[1]} {v:.0f}" for k, v in m["throughput"].items() if k.startswith("bs32"))
         lines.append(f"| {name} | {m['params_no_embeddings'] / 1e6:.1f}M | "
                      + " | ".join(f"{m['latency_ms'][k]:.2f}" for k in keys) + f" | {tp} |")
+    lines += controls_md(summary)
     lines += ["", "Published reference rows (not measured here):", "", "| model | score | params | speedup |", "|---|---|---|---|"]
     for name, scores, params, speed in PUBLISHED:
         lines.append(f"| {name} | {scores.get(task, float('nan'))} | {params} | {speed} |")

@@ -31,13 +31,11 @@ def main(name: str) -> None:
         from kdistill.errors import KdistillError
 
         raise KdistillError(f"{paths.teacher_mlm}: the teacher with an MLM head is missing; run stage teacher_mlm first")
-    tok = load_tokenizer(p.base.teacher)
     corpus = load_from_disk(str(paths.data / "corpus"))
     corpus = corpus.remove_columns([c for c in corpus.column_names if c != "input_ids"])
     out = paths.general(name)
     with stage_run(p, f"general_distill@{name}"):
-        ctx = GeneralContext(p, resolve_teacher(p.base.teacher), paths.teacher_mlm, tok, lambda s: precision_for(p, s))
-        plan = recipe.general(ctx)
+        plan, tok = general_plan(p, paths, name)
         if world().main:
             mlflow.log_params({k: str(v) for k, v in plan.info.items()})
         logs = PhaseLogs()
@@ -55,6 +53,14 @@ def main(name: str) -> None:
                                                       "phases": {k: r.steps for k, r in res.results.items()},
                                                       "teacher": p.base.teacher, **plan.info})
     print(f"[general_distill] {name}: {res.steps} steps -> {out}")
+
+
+def general_plan(p, paths, name: str):
+    """(the recipe's general plan: its student as built from the teacher, before any step; the teacher's
+    tokenizer). The teacher-initialised control (tasks/task_distill.py) starts from the same student."""
+    tok = load_tokenizer(p.base.teacher)
+    ctx = GeneralContext(p, resolve_teacher(p.base.teacher), paths.teacher_mlm, tok, lambda s: precision_for(p, s))
+    return recipes.get(name).general(ctx), tok
 
 
 def save_start(p, paths, name: str, src: str, tok) -> None:

@@ -2,11 +2,15 @@
 
 `python -m tasks.task_distill <recipe>` runs the recipe's task phases (kdistill/recipes/<recipe>.py);
 `python -m tasks.task_distill baseline-<recipe>` trains the same general student on the same data without a
-teacher (the no-distillation control).
+teacher (the no-distillation control); `python -m tasks.task_distill init-<recipe>` trains, the same way, the student
+the general stage starts from (teacher-initialised, no general distillation: task_distill.teacher_init_controls).
 """
 
 import json
 import sys
+from pathlib import Path
+
+import torch
 
 import mlflow
 from datasets import load_from_disk
@@ -18,6 +22,8 @@ from kdistill.data.splits import data_description
 from kdistill.data.task import load_task
 from kdistill.distill.objectives import teacher_logits
 from kdistill.distill.teacher_cache import features_for
+from kdistill.errors import KdistillError
+from kdistill.io import atomic_dir
 from kdistill.model_card import model_card
 from kdistill.models import (
     count_parameters,
@@ -35,14 +41,38 @@ from kdistill.train.trainer import pad_collate
 from .common import checkpoint_selection, cli, precision_for, runtime, setup, stage_run
 
 
+STAGES = {"baseline": "baseline@{}", "init": "init_control@{}", None: "task_distill@{}"}  # which model -> stage
+
+
+def teacher_init_start(p, paths, name: str) -> Path:
+    """The student the recipe's general stage starts from (the teacher's weights, init: teacher forced where the
+    recipe offers random), saved under work/ for the teacher-initialised control; built again on every run (and
+    by every rank), the same each time (seeded), so a resumed run continues from the same start."""
+    from kdistill.recipes.baseline import teacher_initialised
+
+    from .general_distill import general_plan
+
+    torch.manual_seed(p.base.seed)
+    plan, tok = general_plan(teacher_initialised(p, name), paths, name)
+    out = paths.work / f"init_control_{name}" / f"start-rank{world().rank}"  # each torchrun rank its own copy
+    with atomic_dir(out) as tmp:
+        plan.student.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    torch.manual_seed(p.base.seed)  # the task head then starts from the same weights as the baseline's
+    return out
+
+
 def main(which: str) -> None:
-    baseline = which.startswith("baseline-")
-    name = which.removeprefix("baseline-")
+    control, _, name = which.rpartition("-") if which.startswith(("baseline-", "init-")) else (None, "", which)
+    baseline = control is not None  # either control: no teacher, the baseline budget
     recipe = recipes.get(name)
-    stage = f"baseline@{name}" if baseline else f"task_distill@{name}"
+    stage = STAGES[control].format(name)
     p, paths = setup(stage)
+    if control == "init" and name not in p.task_distill.teacher_init_controls:
+        raise KdistillError(f"task_distill.teacher_init_controls does not name {name}: add it (in a profile) to train "
+                            "its teacher-initialised control")
     task = load_task(paths.data)
-    general = paths.general(name)
+    general = teacher_init_start(p, paths, name) if control == "init" else paths.general(name)
     # a baseline never reads the teacher (its tokenizer is the general student's), so it can run beside teacher_finetune
     tok = load_tokenizer(str(general if baseline else paths.teacher))
     rows = load_from_disk(str(paths.augmented / "train"))
@@ -62,7 +92,7 @@ def main(which: str) -> None:
     eval_precision = precision_for(p, p.evaluate.precision)
     # augment took the students' rows from before the validation rows, so no student trains on them
     selection = checkpoint_selection(p, paths.data / "train", tok, eval_precision, task)
-    out = paths.baseline(name) if baseline else paths.student(name)
+    out = {"baseline": paths.baseline, "init": paths.init_control, None: paths.student}[control](name)
 
     def logits(precision: str):
         return teacher_logits(teacher, teacher_rows, pad_collate, precision=precision,
@@ -83,15 +113,16 @@ def main(which: str) -> None:
         write_loss_csv(paths.reports_for(stage.replace("@", "_")), *res.histories)
         metrics = score(student, dev, task, eval_precision)  # once, on the state the validation rows chose
         mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
-        info = {"recipe": name, "baseline": baseline, "task": p.base.task, "dev": metrics, "teacher": p.base.teacher,
+        info = {"recipe": name, "baseline": baseline, **({"control": "teacher-init"} if control == "init" else {}),
+                "task": p.base.task, "dev": metrics, "teacher": p.base.teacher,
                 "steps": res.steps, "phases": {k: r.steps for k, r in res.results.items()}, "best_step": res.last.best_step,
                 "selection": res.last.selection}
-        card = model_card(which if baseline else name, p.base.task, name, p.base.teacher,
+        card = model_card(f"teacher-init-{name}" if control == "init" else which, p.base.task, name, p.base.teacher,
                           f"{data_description(p)} train ({len(train)} rows incl. {p.augment.method} augmentation), "
                           f"corpus {p.prepare.corpus} for general distillation",
                           metrics, count_parameters(student),
                           None if baseline else json.loads((paths.teacher / "metrics.json").read_text()), task.metric,
-                          baseline=baseline, runtime=runtime().describe(),
+                          control={"init": "teacher-init"}.get(control, control), runtime=runtime().describe(),
                           registered_name=f"{p.tracking.registry_prefix}{p.base.task}-{name}")
         save_model_atomic(student, tok, out, extra=info, files={"README.md": card, "metrics.json": json.dumps(metrics, indent=2)})
     print(f"[{stage}] dev {metrics}")

@@ -130,7 +130,7 @@ def test_dvc_yaml_iterates_over_exactly_the_recipe_modules():
         # the smoke profile keeps every recipe to a few steps
         assert name in smoke["general_distill"] and name in smoke["task_distill"], f"profiles/smoke.yaml: {name}"
     assert set(p.general_distill.model_fields) == set(recipes.RECIPES)
-    assert set(p.task_distill.model_fields) == set(recipes.RECIPES) | {"baseline"}
+    assert set(p.task_distill.model_fields) == set(recipes.RECIPES) | {"baseline", "teacher_init_controls"}
 
 
 def test_reference_stage_times_name_exactly_the_default_stages():
@@ -282,3 +282,60 @@ def test_the_seeds_table_sets_each_variant_against_the_default_seed_by_seed():
     assert "| init-random | tinybert | 0.7150 ± 0.0212 |" in md
     assert "| -0.0950 ± 0.0071 | yes | 0.7000, 0.7300 |" in md
     assert '`init-random`: {"general_distill": {"tinybert": {"student": {"init": "random"}}}}' in md
+
+
+def test_teacher_init_controls_are_stages_only_of_the_profiles_that_name_them():
+    """task_distill.teacher_init_controls: one stage per recipe named, built from dvc.yaml's baseline stage: it reads
+    what the general stage reads (the teacher with its MLM head, the recipe's general params), never a general
+    student, and evaluate reads its output. The default pipeline (a fixed dvc.yaml) refuses the key."""
+    import shutil
+
+    from kdistill.errors import KdistillError
+    from pipelines.stage_graph import RUNS, check_default, profile_pipeline
+
+    had = (RUNS / "mpnet").exists()
+    try:
+        stages = load_stages(profile_pipeline("mpnet"))
+    finally:
+        if not had:
+            shutil.rmtree(RUNS / "mpnet", ignore_errors=True)
+    out = ROOT / "outputs-mpnet"
+    controls = {n for n in stages if n.startswith("init_control@")}
+    assert controls == {f"init_control@{r}" for r in ("tinybert", "distilbert", "mobilebert", "minilm")}
+    c = stages["init_control@minilm"]
+    assert c.upstream == {"prepare", "augment", "teacher_mlm"}  # no general student, no fine-tuned teacher
+    assert c.outs[0] == out / "init_controls" / "minilm" and "tasks.task_distill init-minilm" in c.cmd
+    assert ROOT / "kdistill" / "recipes" / "minilm.py" in c.deps
+    assert controls <= stages["evaluate"].upstream
+    assert not any(n.startswith("init_control") for n in load_stages(ROOT / "runs" / "smoke" / "dvc.yaml"))
+    check_default(load_params(ROOT / "params.yaml"))
+    with pytest.raises(KdistillError, match="teacher_init_controls.*set it in a profile"):
+        check_default(load_params(overrides={"task_distill": {"teacher_init_controls": ["minilm"]}}))
+
+
+def test_the_seeds_table_and_the_report_set_each_student_against_both_controls():
+    from pipelines.study import study_md
+    from tasks.evaluate import controls_md
+
+    def ms(xs):
+        import statistics
+        return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs), "n": len(xs), "values": xs}
+
+    d = lambda xs, above: {**ms(xs), "above_two_std": above}  # noqa: E731
+    s = {"study": "seeds", "profile": "mpnet", "task": "sst2", "metric": "accuracy", "teacher": 0.9,
+         "cells": [{"label": "seed 1", "variant": None}, {"label": "seed 2", "variant": None}],
+         "models": {"tinybert": {"score": ms([0.88, 0.87]), "retention": ms([0.88 / 0.9, 0.87 / 0.9]),
+                                 "minus_baseline": d([0.01, 0.02], True), "minus_teacher_init": d([0.1, 0.05], False)},
+                    "baseline-tinybert": {"score": ms([0.87, 0.85]), "retention": ms([0.87 / 0.9, 0.85 / 0.9])},
+                    "teacher-init-tinybert": {"score": ms([0.78, 0.82]), "retention": ms([0.78 / 0.9, 0.82 / 0.9])}}}
+    md = study_md(s)
+    assert ("| model | accuracy mean ± std | retention mean ± std | minus baseline: mean ± std | margin > 2 std | "
+            "minus teacher-init: mean ± std | margin > 2 std | per seed |") in md
+    assert "| +0.0150 ± 0.0071 | yes | +0.0750 ± 0.0354 | no | 0.8800, 0.8700 |" in md
+    assert "| teacher-init-tinybert | 0.8000 ± 0.0283 | 88.89% ± 3.14% | - | - | - | - | 0.7800, 0.8200 |" in md
+    models = {"tinybert": {"score": 0.88}, "baseline-tinybert": {"score": 0.87}, "teacher-init-tinybert": {"score": 0.8},
+              "minilm": {"score": 0.85}, "baseline-minilm": {"score": 0.84}}
+    lines = controls_md({"metric": "accuracy", "models": models})
+    assert "| tinybert | 0.8800 | 0.8700 | 0.8000 | +0.0100 | +0.0800 |" in lines
+    assert not any(line.startswith("| minilm") for line in lines)  # no teacher-initialised control: not listed
+    assert controls_md({"metric": "accuracy", "models": {k: v for k, v in models.items() if "init" not in k}}) == []

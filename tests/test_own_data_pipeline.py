@@ -133,6 +133,8 @@ def own_project(tmp_path_factory, tracking_server):
                                   "progressive": {"steps_per_layer": 1, "batch_size": 8},
                                   "joint": {"optim": {"batch_size": 8, "max_steps": 2}}},
                    "minilm": {"from": "students-from/bert-mini"}},
+               # the TinyBERT-style shape also fine-tuned from the teacher's own weights, without distillation
+               "task_distill": {**smoke["task_distill"], "teacher_init_controls": ["tinybert"]},
                "tracking": {"experiment_prefix": "kdistill-own", "registry_prefix": "own-",
                             **({"mlflow_uri": uri} if tracking_server else {})}}
     (project / "profiles" / "reviews.yaml").write_text(yaml.safe_dump(profile))
@@ -180,6 +182,19 @@ def test_a_csv_with_string_labels_and_a_fine_tuned_deberta_teacher_run_end_to_en
         own = tokenize_task(load_from_disk(str(out / "data" / "dev")), AutoTokenizer.from_pretrained(out / "students" / r), 32)
         again = score(AutoModelForSequenceClassification.from_pretrained(out / "students" / r), own, task)
         assert summary["models"][r]["score"] == pytest.approx(again["accuracy"], abs=1e-9)
+    # the teacher-initialised control: the TinyBERT-style shape started from the DeBERTa teacher's weights, trained
+    # on the labels alone, scored beside the student in the report, neither exported nor registered
+    control = out / "init_controls" / "tinybert"
+    assert json.loads((control / "kdistill.json").read_text())["control"] == "teacher-init"
+    c_cfg, s_cfg = (json.loads((d / "config.json").read_text()) for d in (control, out / "students" / "tinybert"))
+    assert [c_cfg[k] for k in ("model_type", "num_hidden_layers", "hidden_size")] == \
+        [s_cfg[k] for k in ("model_type", "num_hidden_layers", "hidden_size")] == ["deberta-v2", 2, 16]
+    assert "teacher-initialised control" in (control / "README.md").read_text()
+    assert summary["models"]["teacher-init-tinybert"]["score"] == pytest.approx(
+        json.loads((control / "metrics.json").read_text())["accuracy"], abs=1e-9)
+    report = (out / "reports" / "report.md").read_text()
+    assert "## What distillation buys" in report and "| tinybert | " in report.split("## What distillation buys")[1]
+    assert "teacher-init-tinybert" not in deploy["models"]
     # registered with the label names, and the served model answers with them
     mlflow.set_tracking_uri(uri)
     for r in RECIPES:

@@ -59,7 +59,7 @@ def bad_project(tmp_path_factory):
         body = json.loads(json.dumps(own))
         for key, value in change.items():
             section, field = key.split("__")
-            body[section][field] = value
+            body.setdefault(section, {})[field] = value
         (project / "profiles" / f"{name}.yaml").write_text(yaml.safe_dump(body))
 
     (project / "profiles" / "typo.yaml").write_text("extends: smoke.yaml\nbase: {tacher: offline:all-MiniLM-L6-v2}\n")
@@ -68,6 +68,10 @@ def bad_project(tmp_path_factory):
     profile("reordered")
     profile("decoder", base__teacher="teachers/gpt2")
     profile("empty-tokenizer", base__teacher="teachers/empty-tokenizer")
+    # a random student wider than the teacher is fine, but not once its teacher-initialised control is asked for
+    wide = _student_shapes(smoke)["tinybert"]
+    profile("wide-control", task_distill__teacher_init_controls=["tinybert"],
+            general_distill__tinybert={**wide, "student": {**wide["student"], "hidden": 64, "init": "random"}})
     return project
 
 
@@ -87,6 +91,8 @@ REFUSALS = {
     "decoder": r"teacher .*is a 'gpt2' model: no recipe runs on it",
     "empty-tokenizer": r"profiles/empty-tokenizer.yaml: key .base.teacher.: the tokenizer of teachers/empty-tokenizer "
                        r"turns the first rows of data/mine/train\.csv .*into 0 tokens \(its vocabulary has \d+ entries\)",
+    "wide-control": r"profiles/wide-control.yaml: key 'general_distill\.tinybert\.student': .*hidden size.* "
+                    r"\(task_distill\.teacher_init_controls builds the tinybert student from the teacher's weights",
 }
 
 

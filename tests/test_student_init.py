@@ -75,3 +75,61 @@ def test_params_refuse_a_teacher_init_wider_than_the_teacher_before_any_work():
     p = load_params(overrides={"general_distill": {"tinybert": {"student": {"hidden": 768, "heads": 12,
                                                                              "init": "random"}}}})
     check_against_teacher(p, 6, 12, 384, 1536)  # a random student may be any width
+
+
+def test_params_refuse_a_teacher_init_control_whose_random_student_is_wider_than_the_teacher():
+    """A random-init student may be any width, but its teacher-initialised control copies the teacher's weights into
+    the same shape, so naming it in task_distill.teacher_init_controls brings the width check back."""
+    from kdistill.config import ParamsError, load_params
+    from kdistill.validate import check_against_teacher
+
+    wide = {"general_distill": {"tinybert": {"student": {"hidden": 768, "heads": 12, "init": "random"}}}}
+    check_against_teacher(load_params(overrides=wide), 6, 12, 384, 1536)
+    p = load_params(overrides={**wide, "task_distill": {"teacher_init_controls": ["tinybert"]}})
+    with pytest.raises(ParamsError, match=r"general_distill.tinybert.student.*hidden size.*teacher_init_controls "
+                                          r"builds the tinybert student from the teacher's weights"):
+        check_against_teacher(p, 6, 12, 384, 1536)
+
+
+@pytest.mark.parametrize("recipe", ["tinybert", "distilbert", "mobilebert", "minilm"])
+def test_the_teacher_initialised_control_starts_where_the_general_stage_starts(recipe, tmp_path):
+    """tasks.task_distill init-<recipe>: the start is the recipe's general student before its first step (the
+    same tensors, built the same way), with the teacher's weights even where the recipe's own init is random."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from kdistill.config import load_params
+    from kdistill.paths import Paths
+    from kdistill.recipes.baseline import teacher_initialised
+    from tasks.general_distill import general_plan
+    from tasks.task_distill import teacher_init_start
+
+    from .test_refusals import _student_shapes
+    from .conftest import ROOT
+
+    teacher, _ = save_teacher("bert", tmp_path / "teacher", "mlm")
+    paths = Paths(tmp_path / "outputs")
+    shutil.copytree(tmp_path / "teacher", paths.teacher_mlm)
+    import yaml
+
+    shapes = _student_shapes(yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text()))
+    for r in ("tinybert", "minilm"):
+        shapes[r]["student"]["init"] = "random"
+    p = load_params(ROOT / "profiles" / "smoke.yaml",
+                    overrides={"base": {"teacher": str(tmp_path / "teacher")}, "general_distill": shapes,
+                               "task_distill": {"teacher_init_controls": [recipe]}})
+    start = teacher_init_start(p, paths, recipe)
+    got = load_file(str(start / "model.safetensors"))
+    torch.manual_seed(p.base.seed)
+    want = general_plan(teacher_initialised(p, recipe), paths, recipe)[0].student.state_dict()
+    assert set(got) <= set(want) and len(got) > len(want) // 2  # tied tensors (the MLM decoder) are saved once
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], msg=name)
+    if recipe in ("tinybert", "minilm"):  # the control copied the teacher where the recipe starts at random
+        words = got["embeddings.word_embeddings.weight"]
+        table = teacher.bert.embeddings.word_embeddings.weight.detach()
+        assert all(any(torch.equal(col, t) for t in table.T) for col in words.T)
+        torch.manual_seed(p.base.seed)
+        random = general_plan(p, paths, recipe)[0].student.state_dict()
+        assert not torch.equal(random["embeddings.word_embeddings.weight"], words)
