@@ -147,10 +147,10 @@ def checkpoint_selection(p: Params, train_dir: Path, tok, precision: str, task: 
     if val is None:
         return {}
     val = tokenize_task(val, tok, p.base.max_seq_len)
-    gold = np.asarray(val["labels"])
+    gold = task.gold(val)
 
     def evaluate(obj):
-        predictions = task.predictions(predict(obj.student, val, precision=precision))
+        predictions = task.predictions(predict(obj.student, val, precision=precision), val)
         return task.metrics(predictions, gold), predictions
 
     def primary(a, g):  # accuracy without sklearn's checks: the bootstrap calls it two thousand times

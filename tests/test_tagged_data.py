@@ -5,6 +5,7 @@ import hashlib
 import json
 
 import pytest
+import torch
 from transformers import BertTokenizerFast
 
 from kdistill.data.glue import DataError
@@ -17,8 +18,6 @@ from kdistill.data.tagged import (
     entity_metrics,
     read_tagged,
     tag_names,
-    tokenize_tagged,
-    word_tags,
 )
 
 from .conftest import ROOT
@@ -106,26 +105,36 @@ def test_the_scheme_is_detected_and_each_decodes_to_the_same_entities(tmp_path):
 
 
 def test_a_words_tag_sits_on_its_first_subtoken_and_dropped_words_count_as_o(tok):
-    from kdistill.data.tagged import TaggedRow
+    from datasets import Dataset
+
+    from kdistill.data.batches import pad_collate, tokenize_task
+    from kdistill.data.task import Task
 
     labels = ("O", "B-loc", "I-loc", "B-misc")
+    task = Task("toy", "token_classification", labels, "entity_f1", False, ("entity_f1",), "IOB2")
     # "Unbelievable" is three sub-tokens; a zero-width space and a control character give none
-    row = TaggedRow(("Unbelievable", "\u200b", "New", "York", "\x07", "."),
-                    ("B-misc", "B-loc", "B-loc", "I-loc", "O", "O"), "row 1")
-    enc = tokenize_tagged([row], tok, labels, max_len=32)
-    assert tok.convert_ids_to_tokens(enc["input_ids"][0]) == ["[CLS]", "un", "##believ", "##able", "new", "york", ".",
-                                                                "[SEP]"]
-    assert enc["labels"][0] == [IGNORE, 3, IGNORE, IGNORE, 1, 2, 0, IGNORE]
-    assert enc["first"][0] == [1, None, 4, 5, None, 6]
+    words = ["Unbelievable", "\u200b", "New", "York", "\x07", "."]
+    tags = ["B-misc", "B-loc", "B-loc", "I-loc", "O", "O"]
+    ds = Dataset.from_dict({"words": [words], "tags": [[labels.index(t) for t in tags]]})
+    enc = tokenize_task(ds, tok, 32)
+    assert tok.convert_ids_to_tokens(enc[0]["input_ids"]) == ["[CLS]", "un", "##believ", "##able", "new", "york", ".",
+                                                               "[SEP]"]
+    assert enc[0]["labels"] == [IGNORE, 3, IGNORE, IGNORE, 1, 2, 0, IGNORE]
+    assert enc[0]["first"] == [1, None, 4, 5, None, 6]
+    # batches pad the per-token labels with -100 and leave out what only scoring reads
+    short = tokenize_task(Dataset.from_dict({"words": [["new"]], "tags": [[1]]}), tok, 32)
+    batch = pad_collate([enc[0], short[0]])
+    assert batch["labels"][1].tolist() == [IGNORE, 1, IGNORE] + [IGNORE] * 5
+    assert "first" not in batch and "word_labels" not in batch
     # a prediction per sub-token read back per word: the dropped word (gold B-loc) becomes O, a missed entity
-    pred = [0, 3, 1, 1, 1, 2, 0, 0]
-    got = word_tags(pred, enc["first"][0], labels)
-    assert got == ["B-misc", "O", "B-loc", "I-loc", "O", "O"]
-    m = entity_metrics([list(row.tags)], [got])
+    logits = torch.zeros(1, 8, 4)
+    for pos, tag in enumerate([0, 3, 1, 1, 1, 2, 0, 0]):
+        logits[0, pos, tag] = 1.0
+    assert [labels[i] for i in task.predictions(logits, enc)[0]] == ["B-misc", "O", "B-loc", "I-loc", "O", "O"]
+    m = task.score_rows(logits, enc)
     assert m["entity_precision"] == 1.0 and m["entity_recall"] == pytest.approx(2 / 3)
     # max_len cuts words off: they get no sub-token either
-    cut = tokenize_tagged([row], tok, labels, max_len=6)  # [CLS] un ##believ ##able new [SEP]
-    assert cut["first"][0] == [1, None, 4, None, None, None]
+    assert tokenize_task(ds, tok, 6)[0]["first"] == [1, None, 4, None, None, None]  # [CLS] un ##believ ##able new [SEP]
 
 
 def test_entity_metrics_are_seqevals_on_hand_made_cases():

@@ -17,6 +17,8 @@ def row_lengths(ds: Dataset, column: str = "input_ids", batch_rows: int = 65_536
 
 
 def tokenize_task(ds: Dataset, tokenizer, max_seq_len: int) -> Dataset:
+    if "words" in ds.column_names:
+        return tokenize_words(ds, tokenizer, max_seq_len)
     pair = "sentence2" in ds.column_names
 
     def enc(batch):
@@ -32,8 +34,32 @@ def tokenize_task(ds: Dataset, tokenizer, max_seq_len: int) -> Dataset:
     return ds.add_column("row", list(range(len(ds))))
 
 
+# token classification: what scoring reads of each row (each word's first sub-token, its gold tag), never a model
+SCORING_ONLY = ("first", "word_labels")
+
+
+def tokenize_words(ds: Dataset, tokenizer, max_seq_len: int) -> Dataset:
+    """Token classification rows (`words`, `tags` as ids): sub-tokens with each word's tag on its first one
+    (kdistill.data.tagged.align), and the columns scoring reads (`first`, `word_labels`)."""
+    from kdistill.data.tagged import align, first_subtokens
+
+    def enc(batch):
+        out = tokenizer(batch["words"], is_split_into_words=True, truncation=True, max_length=max_seq_len)
+        ids = [out.word_ids(i) for i in range(len(batch["words"]))]
+        out["labels"] = [align(w, tags) for w, tags in zip(ids, batch["tags"])]
+        out["first"] = [first_subtokens(w, len(words)) for w, words in zip(ids, batch["words"])]
+        out["word_labels"] = batch["tags"]
+        return out
+
+    keep = {"input_ids", "token_type_ids", "labels", *SCORING_ONLY}
+    ds = ds.map(enc, batched=True, desc="tokenize", keep_in_memory=True)
+    ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
+    return ds.add_column("row", list(range(len(ds))))
+
+
 def pad_collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Dynamic padding: pad to the longest row of the batch; carry every other column as a tensor."""
+    """Dynamic padding: pad to the longest row of the batch; carry every other column as a tensor (per-token
+    labels padded with -100, which every loss ignores)."""
     L = max(len(r["input_ids"]) for r in rows)
     ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
     types = torch.zeros((len(rows), L), dtype=torch.long)
@@ -45,8 +71,16 @@ def pad_collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
         if "token_type_ids" in r:
             types[i, :n] = torch.tensor(r["token_type_ids"])
     batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    per_token = "first" in rows[0]  # token classification: one label per sub-token
     for key in rows[0]:
-        if key not in batch and key not in ("input_ids", "token_type_ids", "attention_mask"):
+        if key in batch or key in SCORING_ONLY:
+            continue
+        if key == "labels" and per_token:
+            labels = torch.full((len(rows), L), -100, dtype=torch.long)
+            for i, r in enumerate(rows):
+                labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
+            batch[key] = labels
+        else:
             batch[key] = torch.tensor([r[key] for r in rows])
     return batch
 

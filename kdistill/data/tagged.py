@@ -195,23 +195,6 @@ def first_subtokens(word_ids: list[int | None], n_words: int) -> list[int | None
     return first
 
 
-def tokenize_tagged(rows: list[TaggedRow], tok, labels: tuple[str, ...], max_len: int) -> dict[str, list]:
-    """input_ids, attention_mask, labels (aligned, IGNORE elsewhere) and each word's first sub-token, per row."""
-    index = {t: i for i, t in enumerate(labels)}
-    enc = tok([list(r.words) for r in rows], is_split_into_words=True, truncation=True, max_length=max_len)
-    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": [], "first": []}
-    for i, r in enumerate(rows):
-        ids = enc.word_ids(i)
-        out["labels"].append(align(ids, [index[t] for t in r.tags]))
-        out["first"].append(first_subtokens(ids, len(r.words)))
-    return out
-
-
-def word_tags(token_pred: list[int], first: list[int | None], labels: tuple[str, ...]) -> list[str]:
-    """A row's predicted tag per word, read at each word's first sub-token; O where the word has none."""
-    return [labels[token_pred[p]] if p is not None else "O" for p in first]
-
-
 def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
     """Entity-level micro precision, recall and F1 (seqeval, conlleval's rules), and F1 per entity type."""
     from seqeval.metrics import classification_report, f1_score, precision_score, recall_score

@@ -19,16 +19,19 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from kdistill.errors import KdistillError
 
-Kind = Literal["single_label", "multi_label", "regression"]
-KINDS = ("single_label", "multi_label", "regression")
+Kind = Literal["single_label", "multi_label", "regression", "token_classification"]
+KINDS = ("single_label", "multi_label", "regression", "token_classification")
 
 # every metric each kind reports; the primary one (base/data metric) is chosen among them
 KIND_METRICS = {
     "single_label": ("accuracy", "macro_f1", "f1", "matthews_corr"),
     "multi_label": ("micro_f1", "macro_f1", "subset_accuracy"),
     "regression": ("pearson", "spearman"),
+    # entity-level (seqeval, conlleval's chunking), micro-averaged; per-type F1 (f1_<type>) is reported beside them
+    "token_classification": ("entity_f1", "entity_precision", "entity_recall"),
 }
-DEFAULT_METRIC = {"single_label": "accuracy", "multi_label": "micro_f1", "regression": "pearson"}
+DEFAULT_METRIC = {"single_label": "accuracy", "multi_label": "micro_f1", "regression": "pearson",
+                  "token_classification": "entity_f1"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Task:
     metric: str  # primary: retention and checkpoint choice
     pair: bool  # rows have a second text (sentence2)
     reported: tuple[str, ...]  # the metrics computed for every model
+    scheme: str | None = None  # token classification: the tag scheme detected in train (IOB2, IOB1, BIOES)
 
     @property
     def is_regression(self) -> bool:
@@ -49,22 +53,39 @@ class Task:
         return self.kind == "multi_label"
 
     @property
+    def is_token_level(self) -> bool:
+        """One label per word (its first sub-token), not per text."""
+        return self.kind == "token_classification"
+
+    @property
+    def model_class(self):
+        """The transformers Auto class whose head this task trains."""
+        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification if self.is_token_level else AutoModelForSequenceClassification
+
+    @property
     def num_labels(self) -> int:
         return 1 if self.labels is None else len(self.labels)
 
     def model_config(self) -> dict:
         """Keyword arguments for `AutoModelForSequenceClassification.from_pretrained` / a config: the label names
         (so every saved model and registered student names its outputs) and the problem type (its loss)."""
-        kw = {"num_labels": self.num_labels, "problem_type": {"single_label": "single_label_classification",
-                                                              "multi_label": "multi_label_classification",
-                                                              "regression": "regression"}[self.kind]}
+        kw = {"num_labels": self.num_labels}
+        if not self.is_token_level:  # a token classifier's loss is per token whatever the problem type says
+            kw["problem_type"] = {"single_label": "single_label_classification",
+                                  "multi_label": "multi_label_classification", "regression": "regression"}[self.kind]
         if self.labels is not None:
             kw["id2label"] = dict(enumerate(self.labels))
             kw["label2id"] = {n: i for i, n in enumerate(self.labels)}
         return kw
 
-    def predictions(self, logits: torch.Tensor) -> np.ndarray:
-        """Class ids (single label), 0/1 per label (multi-label: sigmoid > 0.5) or scores (regression)."""
+    def predictions(self, logits: torch.Tensor, rows=None) -> np.ndarray:
+        """Class ids (single label), 0/1 per label (multi-label: sigmoid > 0.5) or scores (regression); token
+        classification: per row, a tag id per word read at its first sub-token (`rows`: the tokenised split, for
+        its `first` column), O where the word has none."""
+        if self.is_token_level:
+            return self._word_predictions(logits, rows)
         logits = torch.as_tensor(logits).float()
         if self.is_regression:
             return logits.view(-1).numpy()
@@ -72,7 +93,30 @@ class Task:
             return (logits > 0).int().numpy()
         return logits.argmax(-1).numpy()
 
+    def _word_predictions(self, logits, rows) -> np.ndarray:
+        if rows is None:
+            raise ValueError("token classification predictions need the tokenised rows (their `first` column)")
+        ids = torch.as_tensor(logits).float().argmax(-1).numpy()
+        out = np.empty(len(rows), dtype=object)
+        outside = self.labels.index("O") if "O" in self.labels else 0
+        for i, first in enumerate(rows["first"]):
+            out[i] = [int(ids[i, p]) if p is not None else outside for p in first]
+        return out
+
+    def gold(self, rows) -> np.ndarray:
+        """What `metrics` compares predictions with: the labels (texts) or each row's word tag ids (tokens)."""
+        if self.is_token_level:
+            out = np.empty(len(rows), dtype=object)
+            out[:] = [list(w) for w in rows["word_labels"]]
+            return out
+        return np.asarray(rows["labels"])
+
     def metrics(self, predictions, gold) -> dict[str, float]:
+        if self.is_token_level:
+            from kdistill.data.tagged import entity_metrics
+
+            names = lambda rows: [[self.labels[i] for i in r] for r in rows]  # noqa: E731
+            return entity_metrics(names(gold), names(predictions))
         p, g = np.asarray(predictions), np.asarray(gold)
         if self.is_regression:
             p, g = p.astype(float).ravel(), g.astype(float).ravel()
@@ -100,9 +144,15 @@ class Task:
     def score_logits(self, logits, gold) -> dict[str, float]:
         return self.metrics(self.predictions(logits), gold)
 
+    def score_rows(self, logits, rows) -> dict[str, float]:
+        """Every metric for `logits` over a tokenised split (`rows`, as `kdistill.data.batches` makes it)."""
+        return self.metrics(self.predictions(logits, rows), self.gold(rows))
+
     def chance(self, gold) -> float:
         """What the primary metric gives for a model that knows nothing: always the most frequent class (single
         label), all-zeros (multi-label), or no correlation (regression)."""
+        if self.is_token_level:  # predicting O everywhere finds no entity
+            return 0.0
         g = np.asarray(gold)
         if self.is_regression:
             return 0.0
@@ -112,12 +162,15 @@ class Task:
         return self.metrics(np.full(len(g), majority), g)[self.metric]
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["scheme"] is None:  # sentence-level tasks: task.json as before
+            del d["scheme"]
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Task":
         labels = None if d["labels"] is None else tuple(d["labels"])
-        return cls(d["name"], d["kind"], labels, d["metric"], bool(d["pair"]), tuple(d["reported"]))
+        return cls(d["name"], d["kind"], labels, d["metric"], bool(d["pair"]), tuple(d["reported"]), d.get("scheme"))
 
 
 TASK_FILE = "task.json"

@@ -69,8 +69,11 @@ def soft_multilabel_loss(
 
 
 def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on gold labels (classification), binary cross-entropy per label (multi-label: labels are
-    multi-hot, shaped like the logits) or MSE (a single regression output)."""
+    """Cross-entropy on gold labels (classification; per labelled sub-token for token classification), binary
+    cross-entropy per label (multi-label: labels are multi-hot, shaped like the logits) or MSE (a single regression
+    output)."""
+    if logits.dim() == 3:  # per token (token classification): the labelled sub-tokens only (-100 elsewhere)
+        return mlm_loss(logits, labels)
     if labels.dim() == 2 and labels.shape == logits.shape:
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
     if logits.size(-1) == 1:

@@ -216,11 +216,19 @@ class Prediction(_WithTeacher):
 
     def forward(self, batch: dict) -> dict:
         s_logits = self.student(**model_inputs(batch)).logits
+        labelled = None
         if self.cached is not None:
             t_logits = self.cached[batch["row"].cpu()].to(s_logits.device)
         else:
             with torch.no_grad():
                 t_logits = self.teacher(**model_inputs(batch)).logits
+        if s_logits.dim() == 3:  # token classification: per-token soft targets over the labelled sub-tokens
+            labelled = batch["labels"] != -100
+            full = s_logits
+            s_logits, t_logits = s_logits[labelled], t_logits[:, : s_logits.size(1)][labelled]
+            if not labelled.any():  # no word starts in this batch (all cut off): nothing to learn, graph kept
+                return {self.soft_name: full.sum() * 0.0, **({"hard": full.sum() * 0.0}
+                                                              if self.weights.get("hard", 0.0) > 0 else {})}
         if s_logits.size(-1) == 1:
             soft = L.soft_regression_loss(s_logits, t_logits)
         elif getattr(self.student.config, "problem_type", None) == "multi_label_classification":
@@ -229,7 +237,8 @@ class Prediction(_WithTeacher):
             soft = L.soft_label_loss(s_logits, t_logits, self.temperature, self.kind, self.t2)
         out = {self.soft_name: soft}
         if self.weights.get("hard", 0.0) > 0:
-            out["hard"] = L.hard_label_loss(s_logits, batch["labels"])
+            labels = batch["labels"][labelled] if labelled is not None else batch["labels"]
+            out["hard"] = L.hard_label_loss(s_logits, labels)
         return out
 
 

@@ -1,4 +1,4 @@
-"""Dev-set prediction and scoring for sequence-classification models."""
+"""Dev-set prediction and scoring: logits per row (per token for token classification), every metric of the task."""
 
 from __future__ import annotations
 
@@ -37,16 +37,20 @@ def predict(model, dataset, batch_size: int = 64, collate=pad_collate, precision
                 attention_mask=b["attention_mask"].to(device),
                 token_type_ids=b["token_type_ids"].to(device),
             ).logits.float().cpu()
-        if out is None:
-            out = torch.empty(len(dataset), logits.size(-1))
-        out[idx] = logits
+        if out is None:  # per token (token classification): padded to the longest row, zeros beyond each row
+            out = (torch.zeros(len(dataset), int(row_lengths(dataset).max()), logits.size(-1)) if logits.dim() == 3
+                   else torch.empty(len(dataset), logits.size(-1)))
+        if logits.dim() == 3:
+            out[idx, : logits.size(1)] = logits
+        else:
+            out[idx] = logits
     return out
 
 
 def score(model, dataset, task: Task | str, precision: str = "fp32") -> dict[str, float]:
     """Every metric of `task` (a Task, or a GLUE preset's name) for a model on a tokenised split with `labels`."""
     task = glue_task(task) if isinstance(task, str) else task
-    return task.score_logits(predict(model, dataset, precision=precision), dataset["labels"])
+    return task.score_rows(predict(model, dataset, precision=precision), dataset)
 
 
 def optim_to_trainer_config(optim, seed: int, desc: str, precision: str = "fp32"):
