@@ -65,17 +65,32 @@ class DataParams(_Section):
     train: str | None = None  # a CSV/TSV, JSON/JSON Lines or Parquet file, or a datasets.save_to_disk directory
     dev: str | None = None  # null: a seeded `dev_fraction` of train is held out as dev
     test: str | None = None
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "arrow"] = "auto"  # auto: by suffix
-    text: str = Field("text", min_length=1)  # column names
+    # auto: by suffix (.conll/.bio/.iob: the CoNLL column format, for token_classification)
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "arrow", "conll"] = "auto"
+    # column names; token_classification: the lists of words and of tags (then they default to tokens and tags)
+    text: str = Field("text", min_length=1)
     text_pair: str | None = None
     label: str = Field("label", min_length=1)
-    kind: Literal["single_label", "multi_label", "regression"] = "single_label"
+    # token_classification: one row = words and a tag per word (IOB2, IOB1 or BIOES: detected), kdistill/data/tagged.py
+    kind: Literal["single_label", "multi_label", "regression", "token_classification"] = "single_label"
+    tag_column: int = -1  # CoNLL files: the column (0-based, -1 the last) that holds the tag; the word is the first
     labels: list[str] | None = Field(None, min_length=2)  # names in id order (null: train's own, sorted)
-    metric: str | None = None  # primary metric (null: accuracy, micro_f1 or pearson by kind)
+    # primary metric (null: accuracy, micro_f1, pearson or entity_f1 by kind)
+    metric: str | None = None
     dev_fraction: float = Field(0.1, gt=0, lt=1)
     split_seed: int = 0  # fixed apart from base.seed, so every seed of a study scores on the same dev rows
 
     _labels_once = field_validator("labels")(lambda v: v if v is None else _distinct(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_columns(cls, raw):
+        """A token-classification table's columns are the words and tags lists: tokens and tags unless named
+        otherwise (the sentence-level names text and label, params.yaml's defaults, mean the same here)."""
+        if isinstance(raw, dict) and raw.get("kind") == "token_classification":
+            raw = {**raw, "text": "tokens" if raw.get("text", "text") == "text" else raw["text"],
+                   "label": "tags" if raw.get("label", "label") == "label" else raw["label"]}
+        return raw
 
 
 class PrepareParams(_Section):
@@ -274,6 +289,15 @@ class Params(_Section):
             raise ValueError("data.dev: set, but data.train is not: name both (or neither, for a GLUE preset)")
         if self.data.train is not None and self.base.eval_split == "test" and self.data.test is None:
             raise ValueError("base.eval_split: test needs a test file (data.test)")
+        return self
+
+    @model_validator(mode="after")
+    def _token_kind_stages(self):
+        if self.data.kind == "token_classification" and self.data.text_pair is not None:
+            raise ValueError("data.text_pair: a token-classification row is one list of words; leave it out")
+        if self.data.kind == "token_classification" and self.augment.method != "none":
+            raise ValueError(f"augment.method: {self.augment.method} replaces words, which would leave the tags on "
+                             "other words; token_classification takes augment.method: none")
         return self
 
     @model_validator(mode="after")

@@ -7,3 +7,7 @@ any other exception is a bug and keeps its traceback.
 
 class KdistillError(Exception):
     pass
+
+
+class DataError(KdistillError, ValueError):
+    """Bad task data: the message names the file and the line (or row)."""

@@ -14,15 +14,16 @@ CONTROLS = {"baseline": ("no-distillation baseline", " (trained on the task with
 
 def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metrics: dict, params: int,
                teacher_metrics: dict | None, metric: str, control: str | None = None,
-               runtime: str = "", registered_name: str | None = None) -> str:
+               runtime: str = "", registered_name: str | None = None, token_level: bool = False) -> str:
     """`control`: None for a distilled student, else which control (a key of CONTROLS: what it started from)."""
     kind, how_trained = CONTROLS[control] if control else (f"{recipe}-style distilled student", "")
+    head = "AutoModelForTokenClassification" if token_level else "AutoModelForSequenceClassification"
     retention = ""
     if teacher_metrics and teacher_metrics.get(metric):
         retention = f" ({metrics[metric] / teacher_metrics[metric]:.1%} of the teacher's {teacher_metrics[metric]:.4f})"
     how = (
-        "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
-        "model = AutoModelForSequenceClassification.from_pretrained(\"<this directory>\")\n"
+        f"```python\nfrom transformers import {head}, AutoTokenizer\n"
+        f"model = {head}.from_pretrained(\"<this directory>\")\n"
         "tokenizer = AutoTokenizer.from_pretrained(\"<this directory>\")\n```\n"
         + (f"{'A baseline is a control' if control == 'baseline' else 'This is a control'}: it is neither exported to "
            "ONNX nor registered.\n" if control else
@@ -34,7 +35,7 @@ def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metri
     metric_lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
     return f"""---
 library_name: transformers
-pipeline_tag: text-classification
+pipeline_tag: {"token-classification" if token_level else "text-classification"}
 tags: [knowledge-distillation, {recipe}, {task}]
 ---
 # {name}: {kind} for {task}

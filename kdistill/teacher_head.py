@@ -21,10 +21,10 @@ class TeacherHeadError(KdistillError, ValueError):
     pass
 
 
-def head_labels(cfg) -> list[str] | None:
-    """The label names of a teacher's sequence-classification head, in id order; None when it has no head or only
-    the default LABEL_i names (nothing to compare)."""
-    if not any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or [])):
+def head_labels(cfg, head: str = "ForSequenceClassification") -> list[str] | None:
+    """The label names of a teacher's classification head (`head`: the architecture's suffix, ForTokenClassification
+    for tags), in id order; None when it has no such head or only the default LABEL_i names (nothing to compare)."""
+    if not any(a.endswith(head) for a in (cfg.architectures or [])):
         return None
     names = [str(cfg.id2label[i]) for i in sorted(cfg.id2label, key=int)]
     return None if all(DEFAULT_NAME.match(n) for n in names) else names
@@ -46,7 +46,7 @@ def plan(cfg, task: Task, mode: str, teacher: str) -> str:
             raise TeacherHeadError(f"teacher_finetune.mode: use, but {teacher} has no regression head (a "
                                    "ForSequenceClassification with num_labels 1 and problem_type regression); set mode: train")
         return "train"
-    names = head_labels(cfg)
+    names = head_labels(cfg, "ForTokenClassification" if task.is_token_level else "ForSequenceClassification")
     if names is None:
         if mode == "use":
             raise TeacherHeadError(f"teacher_finetune.mode: use, but {teacher} has no classification head with label "

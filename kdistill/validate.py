@@ -102,8 +102,9 @@ def _check_data(p: Params, root: str | Path) -> tuple[Task, list[str], str]:
             if name is not None and not (Path(root) / name).exists():
                 raise ParamsError(f"params.yaml: key 'data.{key}': {Path(root) / name} does not exist")
         task, train, _, _ = read_user_splits(p)
-        return task, train.select(range(min(5, len(train))))["sentence1"], \
-            f"the first rows of {p.data.train} (column {p.data.text!r})"
+        head = train.select(range(min(5, len(train))))
+        texts = [" ".join(w) for w in head["words"]] if task.is_token_level else head["sentence1"]
+        return task, texts, f"the first rows of {p.data.train} (column {p.data.text!r})"
     src = p.base.data_dir
     local = Path(root) / src
     if local.is_dir():

@@ -9,7 +9,6 @@ from pathlib import Path
 import mlflow
 import torch
 from datasets import load_from_disk
-from transformers import AutoModelForSequenceClassification
 
 from kdistill.data.task import load_task
 from kdistill.deploy.speed import interleaved_profiles, model_profile
@@ -100,7 +99,7 @@ def main() -> None:
             if not d.is_dir():
                 print(f"[evaluate] skipping {name}: {d} missing")
                 continue
-            model = load_model(AutoModelForSequenceClassification, d).eval()
+            model = load_model(task.model_class, d).eval()
             metrics = score(model, rows.for_model(d), task, precision)
             summary["models"][name] = {"task": p.base.task, "metric": task.metric, "score": metrics[task.metric],
                                        "metrics": metrics, **model_profile(model, d, e.seq_lens)}

@@ -50,8 +50,8 @@ def exported_models(paths) -> list[tuple[str, Path]]:
     return [("teacher", paths.teacher)] + [(r, paths.student(r)) for r in RECIPES]
 
 
-def metrics_of(task: Task, logits: np.ndarray, labels) -> dict[str, float]:
-    return task.score_logits(torch.from_numpy(np.asarray(logits)), labels)
+def metrics_of(task: Task, logits: np.ndarray, rows) -> dict[str, float]:
+    return task.score_rows(torch.from_numpy(np.asarray(logits)), rows)
 
 
 def export_one(name: str, model_dir: Path, out: Path, dev, p, threads: int, task: Task) -> dict:
@@ -66,13 +66,13 @@ def export_one(name: str, model_dir: Path, out: Path, dev, p, threads: int, task
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out / "tokenizer")
     seconds = time.perf_counter() - t0
     reference = predict(model, dev, precision="fp32").numpy()
-    row = {"export_seconds": round(seconds, 1), "fused_kernels": fused, "pytorch-fp32": {"metrics": metrics_of(task, reference, dev["labels"])}}
+    row = {"export_seconds": round(seconds, 1), "fused_kernels": fused, "pytorch-fp32": {"metrics": metrics_of(task, reference, dev)}}
     for v in VARIANTS:
         logits = predict_onnx(session(out / FILES[v], threads), dev)
         par = parity(reference, logits, task.is_regression)
         if v == "onnx-fp32":
             par.check(name, e.parity_atol)
-        row[v] = {"file": FILES[v], "size_mb": round(file_mb(out / FILES[v]), 2), "metrics": metrics_of(task, logits, dev["labels"]),
+        row[v] = {"file": FILES[v], "size_mb": round(file_mb(out / FILES[v]), 2), "metrics": metrics_of(task, logits, dev),
                   "max_abs_logit_diff": par.max_abs_diff, "labels_differing": par.labels_differing}
     drop = row["pytorch-fp32"]["metrics"][task.metric] - row["onnx-int8"]["metrics"][task.metric]
     row["onnx-int8"]["metric_drop"] = round(drop, 6)
@@ -140,18 +140,22 @@ def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, r
     graph = (f"fused attention ({fused['Attention']} Attention kernels)" if fused.get("Attention") else
              "the plain graph (no attention fusion matched this family's graph)" if fused else "the graph as exported (export.fuse false)")
     lines += ["", f"Graph: {graph}; parity with PyTorch checked over the whole dev split either way."]
-    out = {"regression": "score = logits[:, 0]", "multi_label": "probabilities = 1 / (1 + np.exp(-logits))  # per label"}.get(
+    out = {"regression": "score = logits[:, 0]", "multi_label": "probabilities = 1 / (1 + np.exp(-logits))  # per label",
+           "token_classification": "tags = logits.argmax(-1)  # per sub-token; a word's tag is its first sub-token's"}.get(
         kind, "probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)")
+    example = '["New", "York", "is", "big"], is_split_into_words=True' if kind == "token_classification" else '["a good movie"]'
+    answer = ("DataFrame: entities, each {text, label, start, end, score} with character offsets"
+              if kind == "token_classification" else "DataFrame: label (a name), probability; or labels, or score")
     lines += ["", "## Load with ONNX Runtime alone", "", "```python", "import numpy as np, onnxruntime as ort",
               "from transformers import AutoTokenizer", 'tok = AutoTokenizer.from_pretrained("tokenizer")',
               f'# or "{FILES["onnx-int8"]}"; SkipLayerNormFusion off: ONNX Runtime\'s CPU kernel for it is slower than Add + LayerNorm',
               f'sess = ort.InferenceSession("{FILES["onnx-fp32"]}", providers=["CPUExecutionProvider"], disabled_optimizers=["SkipLayerNormFusion"])',
-              f'enc = tok(["a good movie"], truncation=True, max_length={max_seq_len}, padding=True, return_tensors="np")',
+              f'enc = tok({example}, truncation=True, max_length={max_seq_len}, padding=True, return_tensors="np")',
               "feed = {i.name: enc.get(i.name, np.zeros_like(enc['input_ids'])).astype(np.int64) for i in sess.get_inputs()}",
               'logits = sess.run(["logits"], feed)[0]', out, "```", "",
               "## From the MLflow registry", "", "```python", "import mlflow",
               f'model = mlflow.pyfunc.load_model("models:/{registered}@champion")',
-              'model.predict(["a good movie", "a dull plot"])  # DataFrame: label (a name), probability; or labels, or score', "```", "",
+              f'model.predict(["a good movie", "a dull plot"])  # {answer}', "```", "",
               f"Served over HTTP: `make serve MODEL={registered}` (MLflow's model server, 127.0.0.1).", ""]
     return "\n".join(lines)
 
@@ -178,7 +182,8 @@ def _register(p, name, reg, out, chosen, row, task, card):
         # no input example, so no inferred signature: MLflow would cast every input to a string column first, and
         # null or 3 would be classified as the texts "None" and "3"; the model checks its inputs itself
         registered_model_name=reg,
-        pip_requirements=["onnxruntime", "transformers", "pandas", "numpy"],
+        # seqeval: a token classifier groups its tags into entities as the metric does
+        pip_requirements=["onnxruntime", "transformers", "pandas", "numpy"] + (["seqeval"] if task.is_token_level else []),
     )
     mlflow.log_artifacts(str(out), artifact_path=f"{name}-onnx")  # both variants and the tokenizer, beside the model
     client = MlflowClient()

@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 from kdistill.data.corpus import pack_corpus
 from kdistill.data.splits import load_task_splits, shared_rows
 from kdistill.data.store import save_dataset
-from kdistill.data.task import label_counts, save_task
+from kdistill.data.task import save_task, split_balance
 from kdistill.io import atomic_dir, write_json_atomic
 from kdistill.models import load_tokenizer
 from kdistill.train.precision import resolve_threads
@@ -18,7 +18,7 @@ from .common import ROOT, cli, setup
 def main() -> None:
     p, paths = setup("prepare")
     task, train, dev = load_task_splits(p)  # reads and validates every row before anything is written
-    balance = {"train": label_counts(task, train["label"]), p.base.eval_split: label_counts(task, dev["label"])}
+    balance = {"train": split_balance(task, train), p.base.eval_split: split_balance(task, dev)}
     overlap = shared_rows(train, dev)
     tok = load_tokenizer(p.base.teacher)
     num_proc = resolve_threads(p.prepare.num_proc)
@@ -35,6 +35,7 @@ def main() -> None:
         save_task(task, tmp)
         write_json_atomic(tmp / "stats.json", {"task": p.base.task, "kind": task.kind, "train": len(train),
                                                "dev": len(dev), "labels": task.labels, "label_counts": balance,
+                                               **({"scheme": task.scheme} if task.scheme else {}),
                                                "train_dev_overlap": overlap, "corpus_sequences": len(corpus),
                                                "corpus_documents": docs})
         sequences = len(corpus)
@@ -42,6 +43,8 @@ def main() -> None:
         shutil.rmtree(scratch)
     print(f"[prepare] train {len(train)}, {p.base.eval_split} {len(dev)}, corpus {sequences} sequences "
           f"from {docs} documents ({num_proc} processes)")
+    if task.scheme:
+        print(f"[prepare] tags: {task.scheme} scheme (detected in train), {len(task.labels)} tags")
     if task.labels is not None:
         for split, counts in balance.items():
             total = sum(counts.values()) or 1

@@ -14,7 +14,6 @@ import torch
 
 import mlflow
 from datasets import load_from_disk
-from transformers import AutoModelForSequenceClassification
 
 from kdistill import recipes
 from kdistill.data.batches import tokenize_task
@@ -87,8 +86,8 @@ def main(which: str) -> None:
               "it learns from the teacher's soft labels on the same rows", flush=True)
         tok, train = own, tokenize_task(rows, own, p.base.max_seq_len)
     dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.max_seq_len)
-    student = load_model(AutoModelForSequenceClassification, general, **task.model_config())
-    teacher = None if baseline else load_model(AutoModelForSequenceClassification, paths.teacher)
+    student = load_model(task.model_class, general, **task.model_config())
+    teacher = None if baseline else load_model(task.model_class, paths.teacher)
     eval_precision = precision_for(p, p.evaluate.precision)
     # augment took the students' rows from before the validation rows, so no student trains on them
     selection = checkpoint_selection(p, paths.data / "train", tok, eval_precision, task)
@@ -123,7 +122,8 @@ def main(which: str) -> None:
                           metrics, count_parameters(student),
                           None if baseline else json.loads((paths.teacher / "metrics.json").read_text()), task.metric,
                           control={"init": "teacher-init"}.get(control, control), runtime=runtime().describe(),
-                          registered_name=f"{p.tracking.registry_prefix}{p.base.task}-{name}")
+                          registered_name=f"{p.tracking.registry_prefix}{p.base.task}-{name}",
+                          token_level=task.is_token_level)
         save_model_atomic(student, tok, out, extra=info, files={"README.md": card, "metrics.json": json.dumps(metrics, indent=2)})
     print(f"[{stage}] dev {metrics}")
 

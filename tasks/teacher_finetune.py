@@ -5,7 +5,7 @@ import json
 
 import mlflow
 from datasets import load_from_disk
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoConfig
 
 from kdistill.data.batches import tokenize_task
 from kdistill.data.splits import first, validation_rows
@@ -40,7 +40,7 @@ def main() -> None:
     train = first(load_from_disk(str(paths.data / "train")), n, held, str(paths.data / "train"))
     train = tokenize_task(train, tok, p.base.max_seq_len)
     # a head of another size (a teacher fine-tuned for other labels, mode: train) is replaced by a fresh one
-    model = load_model(AutoModelForSequenceClassification, src, p.base.allow_pickle_weights,
+    model = load_model(task.model_class, src, p.base.allow_pickle_weights,
                        ignore_mismatched_sizes=True, **task.model_config())
     selection = checkpoint_selection(p, paths.data / "train", tok, eval_precision, task)
     with stage_run(p, "teacher_finetune"):
@@ -67,12 +67,13 @@ def use_as_is(p, paths, task, src, tok, dev, eval_precision) -> None:
     """A teacher already fine-tuned for these labels: scored, checked against chance, saved unchanged (0 steps)."""
     if not world().main:
         return
-    model = load_model(AutoModelForSequenceClassification, src, p.base.allow_pickle_weights)
-    model.config.problem_type = task.model_config()["problem_type"]  # the loss the students' soft targets assume
+    model = load_model(task.model_class, src, p.base.allow_pickle_weights)
+    if not task.is_token_level:
+        model.config.problem_type = task.model_config()["problem_type"]  # the loss the students' soft targets assume
     val = validation_rows(load_from_disk(str(paths.data / "train")), p.base.validation_rows)
     rows, where = (tokenize_task(val, tok, p.base.max_seq_len), "validation rows") if val is not None else (dev, "dev")
     checked = score(model, rows, task, eval_precision)[task.metric]
-    low, chance = near_chance(task, checked, rows["labels"])
+    low, chance = near_chance(task, checked, task.gold(rows))
     if low:
         raise TeacherHeadError(f"{p.base.teacher}: {task.metric} {checked:.4f} on {len(rows)} {where}, near chance "
                                f"({chance:.4f}): it looks pre-trained, not fine-tuned: set teacher_finetune.mode: train")

@@ -68,6 +68,12 @@ def bad_project(tmp_path_factory):
     profile("reordered")
     profile("decoder", base__teacher="teachers/gpt2")
     profile("empty-tokenizer", base__teacher="teachers/empty-tokenizer")
+    # NER rows whose words and tags do not line up (JSON Lines: the row is named)
+    ner = project / "data" / "ner-bad" / "train.jsonl"
+    ner.parent.mkdir(parents=True)
+    ner.write_text('{"tokens": ["Ann", "lives"], "tags": ["B-per", "O"]}\n{"tokens": ["in", "Paris"], "tags": ["O"]}\n')
+    profile("ner-mismatch", data__train="data/ner-bad/train.jsonl", data__dev=None, data__kind="token_classification",
+            data__text="tokens", data__label="tags")
     # a random student wider than the teacher is fine, but not once its teacher-initialised control is asked for
     wide = _student_shapes(smoke)["tinybert"]
     profile("wide-control", task_distill__teacher_init_controls=["tinybert"],
@@ -91,6 +97,7 @@ REFUSALS = {
     "decoder": r"teacher .*is a 'gpt2' model: no recipe runs on it",
     "empty-tokenizer": r"profiles/empty-tokenizer.yaml: key .base.teacher.: the tokenizer of teachers/empty-tokenizer "
                        r"turns the first rows of data/mine/train\.csv .*into 0 tokens \(its vocabulary has \d+ entries\)",
+    "ner-mismatch": r"data/ner-bad/train\.jsonl: row 2: 2 words and 1 tags; each word needs one tag",
     "wide-control": r"profiles/wide-control.yaml: key 'general_distill\.tinybert\.student': .*hidden size.* "
                     r"\(task_distill\.teacher_init_controls builds the tinybert student from the teacher's weights",
 }

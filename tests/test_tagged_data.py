@@ -9,16 +9,8 @@ import torch
 from transformers import BertTokenizerFast
 
 from kdistill.data.glue import DataError
-from kdistill.data.tagged import (
-    IGNORE,
-    check_known_tags,
-    detect_scheme,
-    entities,
-    entity_counts,
-    entity_metrics,
-    read_tagged,
-    tag_names,
-)
+from kdistill.data.entities import entities, entity_metrics
+from kdistill.data.tagged import IGNORE, check_known_tags, detect_scheme, entity_counts, read_tagged, tag_names
 
 from .conftest import ROOT
 
@@ -167,3 +159,17 @@ def test_the_shipped_wnut17_files_are_the_manifests_and_read_cleanly():
     assert entity_counts(train) == {"corporation": 221, "creative-work": 140, "group": 264, "location": 548,
                                     "person": 660, "product": 142}
     assert "CC BY 4.0" in manifest
+
+
+def test_params_for_token_classification_default_the_columns_and_refuse_what_cannot_hold():
+    from kdistill.config import ParamsError, load_params
+
+    p = load_params(overrides={"data": {"kind": "token_classification", "train": "t.conll"}})
+    assert (p.data.text, p.data.label) == ("tokens", "tags")  # params.yaml's text/label mean the lists here
+    named = load_params(overrides={"data": {"kind": "token_classification", "train": "t.jsonl", "text": "words"}})
+    assert named.data.text == "words"
+    with pytest.raises(ParamsError, match="key 'augment.method': wordnet replaces words"):
+        load_params(overrides={"data": {"kind": "token_classification", "train": "t.conll"},
+                               "augment": {"method": "wordnet"}})
+    with pytest.raises(ParamsError, match="key 'data.text_pair': a token-classification row is one list of words"):
+        load_params(overrides={"data": {"kind": "token_classification", "train": "t.conll", "text_pair": "b"}})

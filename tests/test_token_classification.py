@@ -80,3 +80,44 @@ def test_a_few_steps_on_gold_tags_reach_the_entities_and_the_score_is_entity_lev
     assert got["entity_f1"] == 1.0 and got["f1_loc"] == 1.0 and got["f1_per"] == 1.0
     # an untrained model finds fewer: the score is the entities', not the tokens'
     assert score(model(3), rows, TASK)["entity_f1"] < 1.0
+
+
+def test_the_served_token_classifier_answers_entities_with_character_offsets(tmp_path):
+    """kdistill/deploy/serving_model.py for a token classifier, its session replaced by one that tags chosen words:
+    the text is split into words, each word's tag read at its first sub-token, the tags grouped as seqeval groups
+    them, and each entity's text, offsets and score follow from its words."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("served", "kdistill/deploy/serving_model.py")
+    served = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(served)
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(WORDS)}, do_lower_case=True)
+    want = {"new": "B-loc", "york": "I-loc", "ann": "B-per", "par": "B-loc"}  # by each word's first sub-token
+
+    class Session:  # logits that put each word's tag on every one of its sub-tokens
+        def run(self, names, feed):
+            ids = feed["input_ids"][0].tolist()
+            logits = np.zeros((1, len(ids), len(LABELS)), dtype=np.float32)
+            words = tok.convert_ids_to_tokens(ids)
+            current = None
+            for pos, piece in enumerate(words):
+                if not piece.startswith("##"):
+                    current = piece
+                tag = want.get(current, "O")
+                logits[0, pos, LABELS.index(tag)] = 4.0
+            return [logits]
+
+    m = served.OnnxTextClassifier()
+    m.kind, m.labels, m.max_len, m.tokenizer, m.session = "token_classification", list(LABELS), 32, tok, Session()
+    m.inputs = {"input_ids", "attention_mask", "token_type_ids"}
+    text = "Ann lives in New York, and Paris."
+    got = m.predict(None, [text, "", "is big"])
+    assert list(got.columns) == ["entities"]
+    entities = got["entities"][0]
+    assert [(e["text"], e["label"], e["start"], e["end"]) for e in entities] == [
+        ("Ann", "per", 0, 3), ("New York", "loc", 13, 21), ("Paris", "loc", 27, 32)]
+    p = np.exp(4.0) / (np.exp(4.0) + len(LABELS) - 1)
+    assert all(e["score"] == pytest.approx(p) for e in entities)
+    assert list(got["entities"][1]) == [] and list(got["entities"][2]) == []

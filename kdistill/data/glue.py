@@ -13,11 +13,7 @@ from pathlib import Path
 from datasets import ClassLabel, Dataset, Features, Value
 
 from kdistill.data.task import Task
-from kdistill.errors import KdistillError
-
-
-class DataError(KdistillError, ValueError):
-    """Bad task data: the message names the file and the line."""
+from kdistill.errors import DataError  # noqa: F401  (raised here; the data readers import it from here too)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ def read_user_splits(p: Params):
     """(task, train, dev, test) from the `data` section, every row checked; dev is a seeded held-out share of train
     when no dev file is named (its rows are then never in train)."""
     d = p.data
+    if d.kind == "token_classification":
+        return _tagged_splits(p)
     cols = Columns(d.text, d.label, d.text_pair)
     train = read_table(ROOT / d.train, cols, d.kind, d.format)
     dev = read_table(ROOT / d.dev, cols, d.kind, d.format) if d.dev else None
@@ -28,18 +30,55 @@ def read_user_splits(p: Params):
             check_labels(t, labels, train.path)
     task = user_task(p.base.task, d.kind, labels, d.metric, d.text_pair is not None)
     train_ds = to_dataset(train, d.kind, labels)
-    if dev is None:
-        order = list(range(len(train_ds)))
-        random.Random(d.split_seed).shuffle(order)
-        n_dev = max(1, round(len(order) * d.dev_fraction))
-        if len(order) - n_dev < 2:
-            raise KdistillError(f"{train.path}: {len(order)} rows are too few to hold out data.dev_fraction "
-                                f"{d.dev_fraction} as dev; name a dev file (data.dev)")
-        dev_ds = train_ds.select(sorted(order[:n_dev]))
-        train_ds = train_ds.select(sorted(order[n_dev:]))
-    else:
-        dev_ds = to_dataset(dev, d.kind, labels)
+    dev_ds = to_dataset(dev, d.kind, labels) if dev is not None else None
+    train_ds, dev_ds = _hold_out(p, train.path, train_ds, dev_ds)
     return task, train_ds, dev_ds, (to_dataset(test, d.kind, labels) if test else None)
+
+
+def _hold_out(p: Params, train_path, train_ds, dev_ds):
+    """(train, dev): dev as given, or a seeded `data.dev_fraction` of train held out (never in train then)."""
+    d = p.data
+    if dev_ds is not None:
+        return train_ds, dev_ds
+    order = list(range(len(train_ds)))
+    random.Random(d.split_seed).shuffle(order)
+    n_dev = max(1, round(len(order) * d.dev_fraction))
+    if len(order) - n_dev < 2:
+        raise KdistillError(f"{train_path}: {len(order)} rows are too few to hold out data.dev_fraction "
+                            f"{d.dev_fraction} as dev; name a dev file (data.dev)")
+    return train_ds.select(sorted(order[n_dev:])), train_ds.select(sorted(order[:n_dev]))
+
+
+def _tagged_splits(p: Params):
+    """read_user_splits for token classification: words and tag ids per row, the tag names (train's own, O first,
+    or data.labels), the scheme detected in train; a dev or test tag that train never has is refused."""
+    from datasets import Dataset, Features, Sequence, Value
+
+    from kdistill.data.tagged import check_known_tags, detect_scheme, read_tagged, tag_names
+
+    d = p.data
+    read = lambda f: read_tagged(ROOT / f, d.format, d.text, d.label, d.tag_column)  # noqa: E731
+    train = read(d.train)
+    found = tag_names(train)
+    if d.labels is not None:
+        missing = sorted(set(found) - set(d.labels))
+        if missing:
+            raise KdistillError(f"{ROOT / d.train}: tag {missing[0]!r} is not in data.labels {d.labels}; add it (ids "
+                                "follow the list's order)")
+    labels = tuple(d.labels) if d.labels is not None else found
+    others = {name: read(f) for name, f in (("dev", d.dev), ("test", d.test)) if f}
+    for name, rows in others.items():
+        check_known_tags(ROOT / getattr(d, name), rows, set(labels), ROOT / d.train)
+    task = user_task(p.base.task, d.kind, labels, d.metric, False, detect_scheme(train))
+    ids = {t: i for i, t in enumerate(labels)}
+    features = Features({"idx": Value("int64"), "words": Sequence(Value("string")), "tags": Sequence(Value("int64"))})
+
+    def dataset(rows):
+        return Dataset.from_dict({"idx": list(range(len(rows))), "words": [list(r.words) for r in rows],
+                                  "tags": [[ids[t] for t in r.tags] for r in rows]}, features=features)
+
+    train_ds, dev_ds = _hold_out(p, ROOT / d.train, dataset(train), dataset(others["dev"]) if "dev" in others else None)
+    return task, train_ds, dev_ds, (dataset(others["test"]) if "test" in others else None)
 
 
 def data_description(p: Params) -> str:
@@ -92,6 +131,8 @@ def validation_rows(ds, rows: int):
 def shared_rows(train, other) -> int:
     """Rows of `other` whose text (and pair) also occurs in train: a dev score on them measures memory, not skill."""
     def keys(ds):
+        if "words" in ds.column_names:
+            return [tuple(w) for w in ds["words"]]
         pair = ds["sentence2"] if "sentence2" in ds.column_names else [None] * len(ds)
         return list(zip(ds["sentence1"], pair))
 

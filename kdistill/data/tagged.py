@@ -3,7 +3,7 @@
 Read from the CoNLL column format (one word per line, its tag in a named column, blank lines between sentences,
 `-DOCSTART-` lines skipped), JSON Lines / JSON with a words column and a tags column, Parquet, or a saved dataset.
 Tags are kept as names (`O`, `B-person`, ...); the scheme (IOB2, IOB1 or BIOES) is detected from the train tags and
-stated. Entity spans are read from tags with seqeval's chunking (conlleval's rules), the same code the metric uses, so
+stated. Entity spans are read from tags by kdistill.data.entities (seqeval's chunking), which the metric uses too, so
 what is served and what is scored agree.
 
 The teacher's tokenizer splits each word into sub-tokens; a word's tag sits on its first sub-token and every other
@@ -21,7 +21,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdistill.data.glue import DataError
+from kdistill.data.entities import entities
+from kdistill.errors import DataError
 
 IGNORE = -100  # the label of sub-tokens that are not a word's first (and of special tokens)
 SCHEMES = ("IOB2", "IOB1", "BIOES")
@@ -158,14 +159,6 @@ def detect_scheme(rows: list[TaggedRow]) -> str:
     return "IOB2"
 
 
-def entities(tags: list[str]) -> list[tuple[str, int, int]]:
-    """(type, first word, last word) of each entity in a tag sequence, by seqeval's (conlleval's) chunking, which
-    reads IOB1, IOB2 and BIOES alike."""
-    from seqeval.metrics.sequence_labeling import get_entities
-
-    return [(t, s, e) for t, s, e in get_entities(list(tags))]
-
-
 def tag_counts(rows: list[TaggedRow]) -> dict[str, int]:
     return dict(sorted(Counter(t for r in rows for t in r.tags).items()))
 
@@ -193,17 +186,3 @@ def first_subtokens(word_ids: list[int | None], n_words: int) -> list[int | None
         if w is not None and first[w] is None:
             first[w] = pos
     return first
-
-
-def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
-    """Entity-level micro precision, recall and F1 (seqeval, conlleval's rules), and F1 per entity type."""
-    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-
-    out = {"entity_f1": float(f1_score(gold, pred, zero_division=0)),
-           "entity_precision": float(precision_score(gold, pred, zero_division=0)),
-           "entity_recall": float(recall_score(gold, pred, zero_division=0))}
-    report = classification_report(gold, pred, output_dict=True, zero_division=0)
-    for name, m in sorted(report.items()):
-        if not name.endswith(" avg"):
-            out[f"f1_{name}"] = float(m["f1-score"])
-    return out

@@ -113,7 +113,7 @@ class Task:
 
     def metrics(self, predictions, gold) -> dict[str, float]:
         if self.is_token_level:
-            from kdistill.data.tagged import entity_metrics
+            from kdistill.data.entities import entity_metrics
 
             names = lambda rows: [[self.labels[i] for i in r] for r in rows]  # noqa: E731
             return entity_metrics(names(gold), names(predictions))
@@ -195,3 +195,18 @@ def label_counts(task: Task, labels) -> dict[str, int] | None:
     y = np.asarray(labels)
     counts = y.sum(0) if task.is_multi_label else np.bincount(y.astype(int), minlength=task.num_labels)
     return {name: int(c) for name, c in zip(task.labels, counts)}
+
+
+def split_balance(task: Task, ds) -> dict[str, int] | None:
+    """What prepare records of a split: rows per label (label_counts), or for token classification words per tag
+    and, under `entities`, entities per type."""
+    if not task.is_token_level:
+        return label_counts(task, ds["label"])
+    from collections import Counter
+
+    from kdistill.data.entities import entities
+
+    tags = Counter(t for row in ds["tags"] for t in row)
+    found = Counter(kind for row in ds["tags"] for kind, _, _ in entities([task.labels[t] for t in row]))
+    return {**{name: int(tags[i]) for i, name in enumerate(task.labels)},
+            **{f"entities {k}": int(v) for k, v in sorted(found.items())}}

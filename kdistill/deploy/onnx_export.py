@@ -22,6 +22,7 @@ import torch
 from kdistill.errors import KdistillError
 from kdistill.families import reads_token_types
 from kdistill.models import load_model
+from kdistill.data.batches import row_lengths
 from kdistill.train.evaluation import by_length
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -32,10 +33,16 @@ class ParityError(KdistillError):
 
 
 def load_for_export(model_dir: str | Path):
-    from transformers import AutoModelForSequenceClassification
+    """The classifier saved in `model_dir` (a token classifier when its config says so), with eager attention."""
+    import json
 
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    arch = json.loads((Path(model_dir) / "config.json").read_text()).get("architectures") or []
+    cls = (AutoModelForTokenClassification if any(a.endswith("ForTokenClassification") for a in arch)
+           else AutoModelForSequenceClassification)
     # eager attention: plain matmul/softmax ops, which every ONNX opset and ORT's attention fusion understand
-    return load_model(AutoModelForSequenceClassification, model_dir, attn_implementation="eager").eval()
+    return load_model(cls, model_dir, attn_implementation="eager").eval()
 
 
 def export_onnx(model, path: str | Path, opset: int = 18) -> Path:
@@ -138,9 +145,13 @@ def predict_onnx(sess, dataset, batch_size: int = 64) -> np.ndarray:
         for i, (x, t) in enumerate(zip(rows["input_ids"], segments)):
             ids[i, : len(x)], mask[i, : len(x)], types[i, : len(t)] = x, 1, t
         logits = run_session(sess, ids, mask, types)
-        if out is None:
-            out = np.empty((len(dataset), logits.shape[-1]), dtype=np.float32)
-        out[idx] = logits
+        if out is None:  # per token: padded to the longest row with zeros, as evaluation.predict does
+            out = (np.zeros((len(dataset), int(row_lengths(dataset).max()), logits.shape[-1]), dtype=np.float32)
+                   if logits.ndim == 3 else np.empty((len(dataset), logits.shape[-1]), dtype=np.float32))
+        if logits.ndim == 3:
+            out[idx, : logits.shape[1]] = logits
+        else:
+            out[idx] = logits
     return out
 
 
@@ -150,7 +161,7 @@ class Parity:
 
     rows: int
     max_abs_diff: float
-    labels_differing: int  # classification: rows whose argmax differs (regression: 0)
+    labels_differing: int  # classification: rows (token classification: tokens) whose argmax differs; regression 0
 
     def check(self, name: str, atol: float) -> None:
         if not np.isfinite(self.max_abs_diff) or self.max_abs_diff > atol or self.labels_differing:

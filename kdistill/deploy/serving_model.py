@@ -11,12 +11,19 @@ answers HTTP 400 with a short JSON error. MLflow's server attaches a traceback, 
 other exception a model raises: none leaves predict. An error inside the model itself is logged here with its
 traceback and answered with one line.
 Output: a DataFrame with, per kind, `label` (the task's label name) and `probability` (single-label), `labels` (the
-names whose sigmoid passes 0.5) and `probabilities` (one per name; multi-label), or `score` (regression).
+names whose sigmoid passes 0.5) and `probabilities` (one per name; multi-label), `score` (regression), or `entities`
+(token classification: each {text, label, start, end, score}, with character offsets into the text).
+
+Token classification: the text is split into words (runs of letters and digits, and each other non-space character
+alone, as CoNLL-style data is tokenised), each word's tag is read at its first sub-token, and the tags are grouped into
+entities by seqeval's chunking, the same rules the entity F1 of the reports uses; an entity's score is the mean of
+its words' tag probabilities.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 import mlflow
 import numpy as np
@@ -26,6 +33,7 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
 
 EXPECTED = '{"inputs": ["a good movie", "a dull plot"]} or {"inputs": "a good movie"}'
+WORD = re.compile(r"\w+|[^\w\s]")  # token classification: the words a text is split into
 _log = logging.getLogger("kdistill.serving")
 
 
@@ -116,7 +124,34 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
             raise MlflowException(f"the model failed on this request ({type(exc).__name__}); the server log has the "
                                   "details", error_code=INTERNAL_ERROR) from None
 
+    def _entities(self, text: str) -> dict:
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        spans = [m.span() for m in WORD.finditer(text)]
+        if not spans:
+            return {"entities": []}
+        enc = self.tokenizer([text[a:b] for a, b in spans], is_split_into_words=True, truncation=True,
+                             max_length=self.max_len, return_tensors="np")
+        feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in self.inputs}
+        if "token_type_ids" in self.inputs and "token_type_ids" not in feed:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        logits = self.session.run(["logits"], feed)[0][0]
+        z = np.exp(logits - logits.max(-1, keepdims=True))
+        probs = z / z.sum(-1, keepdims=True)
+        first: dict[int, int] = {}
+        for pos, w in enumerate(enc.word_ids(0)):
+            if w is not None and w not in first:
+                first[w] = pos
+        # a word without a sub-token (dropped by the tokenizer, or past max_seq_len) is outside every entity
+        tags = [self._name(int(probs[first[w]].argmax())) if w in first else "O" for w in range(len(spans))]
+        score = [float(probs[first[w]].max()) if w in first else 0.0 for w in range(len(spans))]
+        return {"entities": [{"text": text[spans[s][0]: spans[e][1]], "label": label, "start": spans[s][0],
+                              "end": spans[e][1], "score": float(np.mean(score[s: e + 1]))}
+                             for label, s, e in get_entities(tags)]}
+
     def _predict(self, texts: list[str], pairs: list[str] | None):
+        if self.kind == "token_classification":
+            return pd.DataFrame([self._entities(t) for t in texts])
         rows = []
         for s in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[s: s + self.batch_size], pairs[s: s + self.batch_size] if pairs else None,

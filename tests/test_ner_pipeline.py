@@ -1,0 +1,87 @@
+"""Named-entity recognition end to end: the shipped WNUT-17 CoNLL files (a few rows) through the flow (Prefect, DVC,
+MLflow): tags read and their scheme stated, every recipe and control distilled per token, entity F1 scored by
+seqeval, ONNX exported with parity, registered, and served as entities with character offsets."""
+
+import json
+
+import mlflow
+import pytest
+import yaml
+
+from .conftest import copy_project, run_flow
+from .serving import invoke, served
+
+TEXT = "Ann Smith moved to New York with Google ."
+
+
+@pytest.fixture(scope="module")
+def ner_project(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("ner") / "proj")
+    # the first 60 dev sentences: every model is scored and parity-checked on them
+    dev = (project / "data" / "ner" / "wnut17" / "dev.conll").read_text().split("\n\t\n")[:60]
+    (project / "data" / "ner" / "dev-60.conll").write_text("\n\t\n".join(dev) + "\n")
+    profile = {"extends": "smoke.yaml",
+               "base": {"task": "wnut17", "max_train_examples": 64, "validation_rows": 32},
+               "data": {"kind": "token_classification", "train": "data/ner/wnut17/train.conll",
+                        "dev": "data/ner/dev-60.conll"},
+               "augment": {"method": "none"},
+               "tracking": {"experiment_prefix": "kdistill-ner-test", "registry_prefix": "nertest-"}}
+    (project / "profiles" / "nertest.yaml").write_text(yaml.safe_dump(profile))
+    return project, run_flow(project, "--profile", "nertest")
+
+
+@pytest.mark.slow
+def test_conll_tags_run_through_every_stage_and_are_served_as_entities(ner_project):
+    from datasets import load_from_disk
+    from seqeval.metrics import f1_score
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from kdistill.recipes import RECIPES
+
+    project, proc = ner_project
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    out = project / "outputs-nertest"
+    task = json.loads((out / "data" / "task.json").read_text())
+    assert task["kind"] == "token_classification" and task["scheme"] == "IOB2" and len(task["labels"]) == 13
+    assert "IOB2 scheme (detected in train), 13 tags" in proc.stdout
+    stats = json.loads((out / "data" / "stats.json").read_text())
+    assert stats["label_counts"]["train"]["entities person"] == 660
+    # the teacher's reported entity F1 is seqeval's on its own predictions, read word by word here
+    summary = json.loads((out / "reports" / "summary.json").read_text())
+    dev = load_from_disk(str(out / "data" / "dev"))
+    tok = AutoTokenizer.from_pretrained(out / "teacher")
+    model = AutoModelForTokenClassification.from_pretrained(out / "teacher").eval()
+    gold, pred = [], []
+    for words, tags in zip(dev["words"], dev["tags"]):
+        enc = tok(words, is_split_into_words=True, truncation=True, max_length=32, return_tensors="pt")
+        ids = model(**enc).logits[0].argmax(-1).tolist()
+        first = {}
+        for pos, w in enumerate(enc.word_ids(0)):
+            if w is not None and w not in first:
+                first[w] = pos
+        gold.append([task["labels"][t] for t in tags])
+        pred.append([task["labels"][ids[first[w]]] if w in first else "O" for w in range(len(words))])
+    assert summary["models"]["teacher"]["score"] == pytest.approx(f1_score(gold, pred), abs=1e-9)
+    assert summary["metric"] == "entity_f1" and "f1_person" in summary["models"]["teacher"]["metrics"]
+    deploy = json.loads((out / "reports" / "deploy.json").read_text())
+    for r in RECIPES:
+        assert json.loads((out / "students" / r / "config.json").read_text())["architectures"][0].endswith(
+            "ForTokenClassification")
+        assert deploy["models"][r]["onnx-fp32"]["labels_differing"] == 0  # parity, sub-token by sub-token
+        assert "baseline-" + r in summary["models"]
+    assert "pipeline_tag: token-classification" in (out / "students" / "minilm" / "README.md").read_text()
+    # the registered student, loaded as a user would, and served over HTTP: entities with character offsets
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    got = mlflow.pyfunc.load_model("models:/nertest-wnut17-minilm@champion").predict([TEXT, "", "no entity here"])
+    assert list(got.columns) == ["entities"] and len(got) == 3
+    types = {t[2:] for t in task["labels"] if t != "O"}
+    for e in got["entities"][0]:
+        assert TEXT[e["start"]: e["end"]] == e["text"] and e["label"] in types and 0 <= e["score"] <= 1
+    assert list(got["entities"][1]) == []
+    with served("nertest-wnut17-minilm", uri, cwd=project) as (server, url):
+        answers = invoke(url, [TEXT])
+        assert len(answers) == 1 and set(answers[0]) == {"entities"}
+        for e in answers[0]["entities"]:
+            assert TEXT[e["start"]: e["end"]] == e["text"] and set(e) == {"text", "label", "start", "end", "score"}
+    assert server.returncode == 0
