@@ -47,8 +47,11 @@ def main() -> None:
         print(f"[prepare] tags: {task.scheme} scheme (detected in train), {len(task.labels)} tags")
     if task.labels is not None:
         for split, counts in balance.items():
-            total = sum(counts.values()) or 1
-            print(f"[prepare] {split} labels: " + ", ".join(f"{n} {c} ({c / total:.1%})" for n, c in counts.items()))
+            shares = {n: c for n, c in counts.items() if not n.startswith("entities ")}  # tokens: words per tag
+            total = sum(shares.values()) or 1
+            print(f"[prepare] {split} labels: " + ", ".join(f"{n} {c} ({c / total:.1%})" for n, c in shares.items()))
+            if len(shares) < len(counts):
+                print(f"[prepare] {split} " + ", ".join(f"{n} {c}" for n, c in counts.items() if n not in shares))
     if overlap:
         print(f"[prepare] warning: {overlap} {p.base.eval_split} rows also occur in train (same text): their score "
               "measures memory, not skill")

@@ -25,7 +25,6 @@ from kdistill.data.entities import entities
 from kdistill.errors import DataError
 
 IGNORE = -100  # the label of sub-tokens that are not a word's first (and of special tokens)
-SCHEMES = ("IOB2", "IOB1", "BIOES")
 PREFIXES = {"B", "I", "E", "S"}
 CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob")
 
@@ -157,10 +156,6 @@ def detect_scheme(rows: list[TaggedRow]) -> str:
                 return "IOB1"
             prev = t
     return "IOB2"
-
-
-def tag_counts(rows: list[TaggedRow]) -> dict[str, int]:
-    return dict(sorted(Counter(t for r in rows for t in r.tags).items()))
 
 
 def entity_counts(rows: list[TaggedRow]) -> dict[str, int]:
