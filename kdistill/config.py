@@ -72,8 +72,13 @@ class DataParams(_Section):
     text_pair: str | None = None
     label: str = Field("label", min_length=1)
     # token_classification: one row = words and a tag per word (IOB2, IOB1 or BIOES: detected), kdistill/data/tagged.py
-    kind: Literal["single_label", "multi_label", "regression", "token_classification"] = "single_label"
+    # extractive_qa: one row = a question, its context and answers (SQuAD JSON, or context/question/answers columns;
+    # kdistill/data/answers.py); a context longer than base.max_seq_len is read in windows doc_stride tokens apart
+    kind: Literal["single_label", "multi_label", "regression", "token_classification", "extractive_qa"] = "single_label"
     tag_column: int = -1  # CoNLL files: the column (0-based, -1 the last) that holds the tag; the word is the first
+    # extractive_qa: tokens shared by consecutive windows of one context (null: a quarter of base.max_seq_len)
+    doc_stride: int | None = Field(None, ge=1)
+    max_answer_len: int = Field(30, ge=1)  # extractive_qa: the longest answer (tokens) a prediction may be
     labels: list[str] | None = Field(None, min_length=2)  # names in id order (null: train's own, sorted)
     # primary metric (null: accuracy, micro_f1, pearson or entity_f1 by kind)
     metric: str | None = None
@@ -298,6 +303,19 @@ class Params(_Section):
         if self.data.kind == "token_classification" and self.augment.method != "none":
             raise ValueError(f"augment.method: {self.augment.method} replaces words, which would leave the tags on "
                              "other words; token_classification takes augment.method: none")
+        if self.data.kind == "extractive_qa":
+            if self.augment.method != "none":
+                raise ValueError(f"augment.method: {self.augment.method} replaces words, which would move the answers "
+                                 "away from their answer_start; extractive_qa takes augment.method: none")
+            if self.data.text_pair is not None:
+                raise ValueError("data.text_pair: a QA row's two texts are its question and context; leave it out")
+            if self.data.doc_stride is not None and self.data.doc_stride >= self.base.max_seq_len // 2:
+                raise ValueError(f"data.doc_stride: {self.data.doc_stride} tokens of overlap leave windows of "
+                                 f"base.max_seq_len {self.base.max_seq_len} little new context each; use less than "
+                                 f"{self.base.max_seq_len // 2}")
+            if self.data.format not in ("auto", "json", "jsonl", "parquet"):
+                raise ValueError(f"data.format: {self.data.format} cannot hold questions; extractive_qa reads json "
+                                 "(SQuAD's nested file or a list of rows), jsonl or parquet")
         return self
 
     @model_validator(mode="after")

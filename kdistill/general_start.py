@@ -50,11 +50,12 @@ def check_start(recipe: str, s_cfg, t_cfg, p, cross_vocab: bool = False) -> None
     module = recipes.get(recipe)
     want = getattr(module, "STUDENT_MODEL_TYPE", None) or t_cfg.model_type
     if cross_vocab:
-        if p.data.kind == "token_classification":
+        if p.data.kind in ("token_classification", "extractive_qa"):
+            what = {"token_classification": "token classification distils one soft target per sub-token",
+                    "extractive_qa": "extractive QA distils start and end distributions over the sub-tokens"}[p.data.kind]
             raise GeneralStartError(f"it tokenizes with its own vocabulary ({s_cfg.vocab_size} tokens; the teacher's "
-                                    f"has {t_cfg.vocab_size}), and token classification distils one soft target per "
-                                    "sub-token of the teacher's tokenization, which another vocabulary does not "
-                                    "share; give a student with the teacher's vocabulary")
+                                    f"has {t_cfg.vocab_size}), and {what} of the teacher's tokenization, which "
+                                    "another vocabulary does not share; give a student with the teacher's vocabulary")
         reason = module.token_level_task(p)
         if reason:
             raise GeneralStartError(f"it tokenizes with its own vocabulary ({s_cfg.vocab_size} tokens; the teacher's "

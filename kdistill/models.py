@@ -327,3 +327,33 @@ def encoder_of(model: PreTrainedModel) -> PreTrainedModel:
     """The bare encoder of a model with a head (BertFor*, MobileBertFor*), or the model itself."""
     return getattr(model, model.base_model_prefix, model)
 
+
+
+def output_logits(out) -> torch.Tensor:
+    """A model output's logits; a question-answering head's start and end logits stacked as [..., 0] and [..., 1]
+    ([batch, tokens, 2]), so every step predicts, caches and exports one tensor whatever the task."""
+    if isinstance(out, torch.Tensor):  # a SpanLogits wrapper's output already
+        return out
+    logits = getattr(out, "logits", None)
+    if logits is not None:
+        return logits
+    return torch.stack([out.start_logits, out.end_logits], dim=-1)
+
+
+class SpanLogits(torch.nn.Module):
+    """A question-answering model whose forward returns `output_logits` (its one ONNX output, `logits`)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        from kdistill.families import reads_token_types
+
+        kw = {"token_type_ids": token_type_ids} if token_type_ids is not None and reads_token_types(self.model) else {}
+        return output_logits(self.model(input_ids=input_ids, attention_mask=attention_mask, **kw))
+
+
+def is_span_model(model) -> bool:
+    """A question-answering model (start and end logits per token)."""
+    return type(model).__name__.endswith("ForQuestionAnswering")

@@ -39,6 +39,13 @@ def plan(cfg, task: Task, mode: str, teacher: str) -> str:
     """'use' (keep the head, zero training steps) or 'train'; raises when the head and the data disagree."""
     if mode == "train":
         return "train"
+    if task.is_span:  # a QA head has no label names: its two outputs are the start and the end logit
+        if any(a.endswith("ForQuestionAnswering") for a in (cfg.architectures or [])):
+            return "use"
+        if mode == "use":
+            raise TeacherHeadError(f"teacher_finetune.mode: use, but {teacher} has no question-answering head (a "
+                                   "ForQuestionAnswering architecture); set mode: train")
+        return "train"
     if task.is_regression:
         if has_regression_head(cfg):
             return "use"

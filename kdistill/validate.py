@@ -101,8 +101,18 @@ def _check_data(p: Params, root: str | Path) -> tuple[Task, list[str], str]:
             name = getattr(p.data, key)
             if name is not None and not (Path(root) / name).exists():
                 raise ParamsError(f"params.yaml: key 'data.{key}': {Path(root) / name} does not exist")
-        task, train, _, _ = read_user_splits(p)
+        task, train, dev, test = read_user_splits(p)
         head = train.select(range(min(5, len(train))))
+        if task.is_span:  # every question must leave its windows room to advance, under the teacher's tokenizer
+            from kdistill.data.answers import check_room
+            from kdistill.models import load_tokenizer
+
+            tok = load_tokenizer(p.base.teacher)
+            for name, ds in (("train", train), ("dev", dev), ("test", test)):
+                if ds is not None:
+                    check_room(ds["question"], ds["id"], tok, p.base.max_seq_len, task.doc_stride,
+                               f"{Path(root) / (getattr(p.data, name) or p.data.train)}: ")
+            return task, head["question"], f"the first questions of {p.data.train}"
         texts = [" ".join(w) for w in head["words"]] if task.is_token_level else head["sentence1"]
         return task, texts, f"the first rows of {p.data.train} (column {p.data.text!r})"
     src = p.base.data_dir

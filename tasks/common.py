@@ -146,7 +146,7 @@ def checkpoint_selection(p: Params, train_dir: Path, tok, precision: str, task: 
     val = validation_rows(datasets.load_from_disk(str(train_dir)), p.base.validation_rows)
     if val is None:
         return {}
-    val = tokenize_task(val, tok, p.base.max_seq_len)
+    val = tokenize_task(val, tok, p.base.max_seq_len, task.doc_stride)
     gold = task.gold(val)
 
     def evaluate(obj):
@@ -154,6 +154,10 @@ def checkpoint_selection(p: Params, train_dir: Path, tok, precision: str, task: 
         return task.metrics(predictions, gold), predictions
 
     def primary(a, g):  # accuracy without sklearn's checks: the bootstrap calls it two thousand times
+        if task.is_span:  # per question, each scored once (cached)
+            from kdistill.data.answers import question_score
+
+            return float(np.mean([question_score(x, tuple(y), task.metric) for x, y in zip(a, g)]))
         return float(np.mean(a == g)) if task.metric == "accuracy" else task.metrics(a, g)[task.metric]
 
     return {"eval_fn": evaluate, "select_metric": task.metric, "select_rule": p.base.checkpoint_rule,
@@ -164,12 +168,12 @@ class EvalRows:
     """The eval split tokenised for each model: the teacher's tokens, or a model's own when it carries a tokenizer
     with another vocabulary (a cross-vocabulary student). Each tokenisation is made once."""
 
-    def __init__(self, raw, teacher_dir: Path, max_len: int):
+    def __init__(self, raw, teacher_dir: Path, max_len: int, doc_stride: int | None = None):
         from transformers import AutoTokenizer
 
-        self.raw, self.max_len = raw, max_len
+        self.raw, self.max_len, self.stride = raw, max_len, doc_stride
         tok = AutoTokenizer.from_pretrained(teacher_dir)
-        self.teacher = tokenize_task(raw, tok, max_len)
+        self.teacher = tokenize_task(raw, tok, max_len, doc_stride)
         self._by_vocab = {frozenset(tok.get_vocab().items()): self.teacher}
 
     def for_model(self, model_dir: Path):
@@ -180,7 +184,7 @@ class EvalRows:
         tok = AutoTokenizer.from_pretrained(model_dir)
         key = frozenset(tok.get_vocab().items())
         if key not in self._by_vocab:
-            self._by_vocab[key] = tokenize_task(self.raw, tok, self.max_len)
+            self._by_vocab[key] = tokenize_task(self.raw, tok, self.max_len, self.stride)
         return self._by_vocab[key]
 
 

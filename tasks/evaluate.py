@@ -85,7 +85,7 @@ def main() -> None:
     p, paths = setup("evaluate")
     task = load_task(paths.data)
     e = p.evaluate
-    rows = EvalRows(load_from_disk(str(paths.data / "dev")), paths.teacher, p.base.max_seq_len)
+    rows = EvalRows(load_from_disk(str(paths.data / "dev")), paths.teacher, p.base.max_seq_len, task.doc_stride)
     rep = paths.reports
     rep.mkdir(parents=True, exist_ok=True)
     precision = precision_for(p, e.precision)
@@ -177,7 +177,9 @@ def data_md(stats: dict) -> list[str]:
     lines = ["", "## Data", "", f"{stats.get('kind', 'single_label').replace('_', '-')} task, train {stats['train']} rows, "
              f"dev {stats['dev']} rows."]
     for split, counts in (stats.get("label_counts") or {}).items():
-        if counts:
+        if counts and stats.get("kind") == "extractive_qa":  # questions, contexts, answer lengths: counts, not shares
+            lines.append(f"- {split}: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+        elif counts:
             total = sum(counts.values()) or 1
             lines.append(f"- {split}: " + ", ".join(f"{n} {c} ({c / total:.1%})" for n, c in counts.items()))
     overlap = stats.get("train_dev_overlap")
@@ -207,9 +209,12 @@ def report_md(summary, ref, pngs, rep, augment: dict | None = None, stats: dict 
         lines.append(f"| {name} | {m['params_no_embeddings'] / 1e6:.1f}M | "
                      + " | ".join(f"{m['latency_ms'][k]:.2f}" for k in keys) + f" | {tp} |")
     lines += controls_md(summary)
-    lines += ["", "Published reference rows (not measured here):", "", "| model | score | params | speedup |", "|---|---|---|---|"]
-    for name, scores, params, speed in PUBLISHED:
-        lines.append(f"| {name} | {scores.get(task, float('nan'))} | {params} | {speed} |")
+    published = [row for row in PUBLISHED if task in row[1]]  # the papers report GLUE tasks only
+    if published:
+        lines += ["", "Published reference rows (not measured here):", "", "| model | score | params | speedup |",
+                  "|---|---|---|---|"]
+    for name, scores, params, speed in published:
+        lines.append(f"| {name} | {scores[task]} | {params} | {speed} |")
     lines += ["", "ONNX Runtime fp32 and int8 variants, their parity checks and interleaved timings, the score-vs-latency plot "
               "of every variant, and which variant each registered student serves: [deploy.md](deploy.md) (export stage)."]
     lines += data_md(stats) if stats and "train" in stats else []

@@ -69,7 +69,7 @@ def export_one(name: str, model_dir: Path, out: Path, dev, p, threads: int, task
     row = {"export_seconds": round(seconds, 1), "fused_kernels": fused, "pytorch-fp32": {"metrics": metrics_of(task, reference, dev)}}
     for v in VARIANTS:
         logits = predict_onnx(session(out / FILES[v], threads), dev)
-        par = parity(reference, logits, task.is_regression)
+        par = parity(reference, logits, task.is_regression, task.is_span)
         if v == "onnx-fp32":
             par.check(name, e.parity_atol)
         row[v] = {"file": FILES[v], "size_mb": round(file_mb(out / FILES[v]), 2), "metrics": metrics_of(task, logits, dev),
@@ -141,11 +141,17 @@ def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, r
              "the plain graph (no attention fusion matched this family's graph)" if fused else "the graph as exported (export.fuse false)")
     lines += ["", f"Graph: {graph}; parity with PyTorch checked over the whole dev split either way."]
     out = {"regression": "score = logits[:, 0]", "multi_label": "probabilities = 1 / (1 + np.exp(-logits))  # per label",
-           "token_classification": "tags = logits.argmax(-1)  # per sub-token; a word's tag is its first sub-token's"}.get(
+           "token_classification": "tags = logits.argmax(-1)  # per sub-token; a word's tag is its first sub-token's",
+           "extractive_qa": "start, end = logits[0, :, 0].argmax(), logits[0, :, 1].argmax()  # tokens; "
+                            "the served model keeps end >= start, inside the context"}.get(
         kind, "probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)")
-    example = '["New", "York", "is", "big"], is_split_into_words=True' if kind == "token_classification" else '["a good movie"]'
-    answer = ("DataFrame: entities, each {text, label, start, end, score} with character offsets"
-              if kind == "token_classification" else "DataFrame: label (a name), probability; or labels, or score")
+    example = {"token_classification": '["New", "York", "is", "big"], is_split_into_words=True',
+               "extractive_qa": '["Who wrote it?"], ["It was written by Ann."]'}.get(kind, '["a good movie"]')
+    answer = {"token_classification": "DataFrame: entities, each {text, label, start, end, score} with character offsets",
+              "extractive_qa": "DataFrame: answer, start, end (character offsets into the context), score"}.get(
+        kind, "DataFrame: label (a name), probability; or labels, or score")
+    request = ('{"question": "Who wrote it?", "context": "It was written by Ann."}' if kind == "extractive_qa"
+               else '["a good movie", "a dull plot"]')
     lines += ["", "## Load with ONNX Runtime alone", "", "```python", "import numpy as np, onnxruntime as ort",
               "from transformers import AutoTokenizer", 'tok = AutoTokenizer.from_pretrained("tokenizer")',
               f'# or "{FILES["onnx-int8"]}"; SkipLayerNormFusion off: ONNX Runtime\'s CPU kernel for it is slower than Add + LayerNorm',
@@ -155,7 +161,7 @@ def deploy_card(name: str, registered: str, task: str, metric: str, row: dict, r
               'logits = sess.run(["logits"], feed)[0]', out, "```", "",
               "## From the MLflow registry", "", "```python", "import mlflow",
               f'model = mlflow.pyfunc.load_model("models:/{registered}@champion")',
-              f'model.predict(["a good movie", "a dull plot"])  # {answer}', "```", "",
+              f'model.predict({request})  # {answer}', "```", "",
               f"Served over HTTP: `make serve MODEL={registered}` (MLflow's model server, 127.0.0.1).", ""]
     return "\n".join(lines)
 
@@ -178,7 +184,8 @@ def _register(p, name, reg, out, chosen, row, task, card):
         name=name, python_model=str(ROOT / "kdistill" / "deploy" / "serving_model.py"),
         artifacts={"onnx": str(out / FILES[chosen]), "tokenizer": str(out / "tokenizer")},
         model_config={"variant": chosen, "max_seq_len": p.base.max_seq_len, "threads": p.export.serve_threads,
-                      "kind": task.kind, "labels": list(task.labels or []), "pair": task.pair},
+                      "kind": task.kind, "labels": list(task.labels or []), "pair": task.pair,
+                      **({"doc_stride": task.doc_stride, "max_answer_len": task.max_answer_len} if task.is_span else {})},
         # no input example, so no inferred signature: MLflow would cast every input to a string column first, and
         # null or 3 would be classified as the texts "None" and "3"; the model checks its inputs itself
         registered_model_name=reg,
@@ -289,7 +296,7 @@ def main() -> None:
     threads = resolve_threads(e.threads)
     precision = precision_for(p, p.evaluate.precision)
     todo = [(n, d) for n, d in exported_models(paths) if d.is_dir()]
-    dev = EvalRows(load_from_disk(str(paths.data / "dev")), paths.teacher, p.base.max_seq_len)
+    dev = EvalRows(load_from_disk(str(paths.data / "dev")), paths.teacher, p.base.max_seq_len, task.doc_stride)
     ref = f"bs{e.batch_sizes[0]}_seq{e.seq_lens[0]}"
     deploy = {"task": p.base.task, "metric": task.metric, "threads": threads, "cpu_capability": runtime().cpu_capability,
               "parity_atol": e.parity_atol, "dev_rows": len(dev.teacher), "reference_shape": ref, "models": {}}

@@ -45,6 +45,9 @@ def main() -> None:
           f"from {docs} documents ({num_proc} processes)")
     if task.scheme:
         print(f"[prepare] tags: {task.scheme} scheme (detected in train), {len(task.labels)} tags")
+    if task.is_span:
+        for split, stats in balance.items():
+            print(f"[prepare] {split}: " + ", ".join(f"{n} {c}" for n, c in stats.items()))
     if task.labels is not None:
         for split, counts in balance.items():
             shares = {n: c for n, c in counts.items() if not n.startswith("entities ")}  # tokens: words per tag

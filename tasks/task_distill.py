@@ -75,7 +75,7 @@ def main(which: str) -> None:
     # a baseline never reads the teacher (its tokenizer is the general student's), so it can run beside teacher_finetune
     tok = load_tokenizer(str(general if baseline else paths.teacher))
     rows = load_from_disk(str(paths.augmented / "train"))
-    train = tokenize_task(rows, tok, p.base.max_seq_len)
+    train = tokenize_task(rows, tok, p.base.max_seq_len, task.doc_stride)
     # a general student with its own tokenizer (general_distill.<recipe>.from, another vocabulary) trains on its own
     # tokens; the teacher's soft labels are computed once on the teacher's tokens of the same rows (cache keyed by them)
     own = None if baseline else load_tokenizer(str(general))
@@ -84,8 +84,8 @@ def main(which: str) -> None:
     if cross_vocab:
         print(f"[{stage}] the student tokenizes with its own vocabulary ({len(own)} tokens, the teacher's {len(tok)}): "
               "it learns from the teacher's soft labels on the same rows", flush=True)
-        tok, train = own, tokenize_task(rows, own, p.base.max_seq_len)
-    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.max_seq_len)
+        tok, train = own, tokenize_task(rows, own, p.base.max_seq_len, task.doc_stride)
+    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.max_seq_len, task.doc_stride)
     student = load_model(task.model_class, general, **task.model_config())
     teacher = None if baseline else load_model(task.model_class, paths.teacher)
     eval_precision = precision_for(p, p.evaluate.precision)
@@ -123,7 +123,7 @@ def main(which: str) -> None:
                           None if baseline else json.loads((paths.teacher / "metrics.json").read_text()), task.metric,
                           control={"init": "teacher-init"}.get(control, control), runtime=runtime().describe(),
                           registered_name=f"{p.tracking.registry_prefix}{p.base.task}-{name}",
-                          token_level=task.is_token_level)
+                          token_level=task.is_token_level, span=task.is_span)
         save_model_atomic(student, tok, out, extra=info, files={"README.md": card, "metrics.json": json.dumps(metrics, indent=2)})
     print(f"[{stage}] dev {metrics}")
 

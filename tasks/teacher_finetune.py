@@ -32,13 +32,13 @@ def main() -> None:
     src = resolve_teacher(p.base.teacher)
     how = plan(AutoConfig.from_pretrained(src), task, p.teacher_finetune.mode, p.base.teacher)
     tok = load_tokenizer(p.base.teacher)
-    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.max_seq_len)
+    dev = tokenize_task(load_from_disk(str(paths.data / "dev")), tok, p.base.max_seq_len, task.doc_stride)
     eval_precision = precision_for(p, p.evaluate.precision)
     if how == "use":
         return use_as_is(p, paths, task, src, tok, dev, eval_precision)
     n, held = p.teacher_finetune.max_train_examples, p.base.validation_rows
     train = first(load_from_disk(str(paths.data / "train")), n, held, str(paths.data / "train"))
-    train = tokenize_task(train, tok, p.base.max_seq_len)
+    train = tokenize_task(train, tok, p.base.max_seq_len, task.doc_stride)
     # a head of another size (a teacher fine-tuned for other labels, mode: train) is replaced by a fresh one
     model = load_model(task.model_class, src, p.base.allow_pickle_weights,
                        ignore_mismatched_sizes=True, **task.model_config())
@@ -68,10 +68,10 @@ def use_as_is(p, paths, task, src, tok, dev, eval_precision) -> None:
     if not world().main:
         return
     model = load_model(task.model_class, src, p.base.allow_pickle_weights)
-    if not task.is_token_level:
+    if not task.is_token_level and not task.is_span:
         model.config.problem_type = task.model_config()["problem_type"]  # the loss the students' soft targets assume
     val = validation_rows(load_from_disk(str(paths.data / "train")), p.base.validation_rows)
-    rows, where = (tokenize_task(val, tok, p.base.max_seq_len), "validation rows") if val is not None else (dev, "dev")
+    rows, where = (tokenize_task(val, tok, p.base.max_seq_len, task.doc_stride), "validation rows") if val is not None else (dev, "dev")
     checked = score(model, rows, task, eval_precision)[task.metric]
     low, chance = near_chance(task, checked, task.gold(rows))
     if low:

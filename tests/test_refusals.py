@@ -74,6 +74,14 @@ def bad_project(tmp_path_factory):
     ner.write_text('{"tokens": ["Ann", "lives"], "tags": ["B-per", "O"]}\n{"tokens": ["in", "Paris"], "tags": ["O"]}\n')
     profile("ner-mismatch", data__train="data/ner-bad/train.jsonl", data__dev=None, data__kind="token_classification",
             data__text="tokens", data__label="tags")
+    # a SQuAD file whose second answer_start is off by one (the nested layout: the question is named by its path)
+    qa = project / "data" / "qa-bad" / "train.json"
+    qa.parent.mkdir(parents=True)
+    qa.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [{
+        "context": "Ann wrote the book in Paris.",
+        "qas": [{"id": "q1", "question": "Who wrote it?", "answers": [{"text": "Ann", "answer_start": 0}]},
+                {"id": "q2", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 21}]}]}]}]}))
+    profile("qa-offset", data__train="data/qa-bad/train.json", data__dev=None, data__kind="extractive_qa")
     # a random student wider than the teacher is fine, but not once its teacher-initialised control is asked for
     wide = _student_shapes(smoke)["tinybert"]
     profile("wide-control", task_distill__teacher_init_controls=["tinybert"],
@@ -98,6 +106,8 @@ REFUSALS = {
     "empty-tokenizer": r"profiles/empty-tokenizer.yaml: key .base.teacher.: the tokenizer of teachers/empty-tokenizer "
                        r"turns the first rows of data/mine/train\.csv .*into 0 tokens \(its vocabulary has \d+ entries\)",
     "ner-mismatch": r"data/ner-bad/train\.jsonl: row 2: 2 words and 1 tags; each word needs one tag",
+    "qa-offset": r"data/qa-bad/train\.json, data\[0\]\.paragraphs\[0\]\.qas\[1\] \(id q2\): answer_start 21 does "
+                 r"not point at the answer 'Paris' in the context \(there it reads ' Pari'\)",
     "wide-control": r"profiles/wide-control.yaml: key 'general_distill\.tinybert\.student': .*hidden size.* "
                     r"\(task_distill\.teacher_init_controls builds the tinybert student from the teacher's weights",
 }

@@ -16,9 +16,13 @@ def row_lengths(ds: Dataset, column: str = "input_ids", batch_rows: int = 65_536
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
 
-def tokenize_task(ds: Dataset, tokenizer, max_seq_len: int) -> Dataset:
+def tokenize_task(ds: Dataset, tokenizer, max_seq_len: int, doc_stride: int | None = None) -> Dataset:
+    """Model inputs for a split: texts (and pairs), words (token classification) or questions cut into windows
+    (extractive QA, `doc_stride` tokens shared by consecutive windows: kdistill/data/answers.py)."""
     if "words" in ds.column_names:
         return tokenize_words(ds, tokenizer, max_seq_len)
+    if "question" in ds.column_names:
+        return tokenize_questions(ds, tokenizer, max_seq_len, doc_stride)
     pair = "sentence2" in ds.column_names
 
     def enc(batch):
@@ -34,8 +38,9 @@ def tokenize_task(ds: Dataset, tokenizer, max_seq_len: int) -> Dataset:
     return ds.add_column("row", list(range(len(ds))))
 
 
-# token classification: what scoring reads of each row (each word's first sub-token, its gold tag), never a model
-SCORING_ONLY = ("first", "word_labels")
+# what scoring reads of each row, never a model: token classification's first sub-token of each word and gold tag;
+# extractive QA's question row, context offsets, context and gold answers
+SCORING_ONLY = ("first", "word_labels", "example", "offsets", "context", "answers")
 
 
 def tokenize_words(ds: Dataset, tokenizer, max_seq_len: int) -> Dataset:
@@ -54,6 +59,18 @@ def tokenize_words(ds: Dataset, tokenizer, max_seq_len: int) -> Dataset:
     keep = {"input_ids", "token_type_ids", "labels", *SCORING_ONLY}
     ds = ds.map(enc, batched=True, desc="tokenize", keep_in_memory=True)
     ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
+    return ds.add_column("row", list(range(len(ds))))
+
+
+def tokenize_questions(ds: Dataset, tokenizer, max_seq_len: int, doc_stride: int | None) -> Dataset:
+    """Extractive QA rows (question, context, answers) -> one row per window of the context, with `labels` [start,
+    end] and the columns scoring reads (kdistill.data.answers.windows)."""
+    from kdistill.data.answers import windows
+
+    if doc_stride is None:
+        raise ValueError("extractive QA windows need a doc_stride (the task's, from task.json)")
+    ds = ds.map(lambda b: windows(b, tokenizer, max_seq_len, doc_stride), batched=True, desc="windows",
+                remove_columns=ds.column_names, keep_in_memory=True)
     return ds.add_column("row", list(range(len(ds))))
 
 

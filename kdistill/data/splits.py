@@ -20,6 +20,8 @@ def read_user_splits(p: Params):
     d = p.data
     if d.kind == "token_classification":
         return _tagged_splits(p)
+    if d.kind == "extractive_qa":
+        return _question_splits(p)
     cols = Columns(d.text, d.label, d.text_pair)
     train = read_table(ROOT / d.train, cols, d.kind, d.format)
     dev = read_table(ROOT / d.dev, cols, d.kind, d.format) if d.dev else None
@@ -81,6 +83,42 @@ def _tagged_splits(p: Params):
     return task, train_ds, dev_ds, (dataset(others["test"]) if "test" in others else None)
 
 
+def _question_splits(p: Params):
+    """read_user_splits for extractive QA: a row per question (its id, question, context, answer texts and starts);
+    a held-out dev share is taken by context, so no dev question reads a paragraph that train has."""
+    from datasets import Dataset, Features, Sequence, Value
+
+    from kdistill.data.answers import read_answers
+
+    d = p.data
+    read = lambda f: read_answers(ROOT / f, d.format)  # noqa: E731
+    features = Features({"idx": Value("int64"), "id": Value("string"), "question": Value("string"),
+                         "context": Value("string"), "answer_texts": Sequence(Value("string")),
+                         "answer_starts": Sequence(Value("int64"))})
+
+    def dataset(rows):
+        return Dataset.from_dict({"idx": list(range(len(rows))), "id": [q.id for q in rows],
+                                  "question": [q.question for q in rows], "context": [q.context for q in rows],
+                                  "answer_texts": [list(q.texts) for q in rows],
+                                  "answer_starts": [list(q.starts) for q in rows]}, features=features)
+
+    train = read(d.train)
+    stride = d.doc_stride or p.base.max_seq_len // 4
+    task = user_task(p.base.task, d.kind, None, d.metric, True, doc_stride=stride, max_answer_len=d.max_answer_len)
+    dev = read(d.dev) if d.dev else None
+    if dev is None:  # hold out whole contexts: questions on one paragraph share most of their answer evidence
+        contexts = list(dict.fromkeys(q.context for q in train))
+        random.Random(d.split_seed).shuffle(contexts)
+        held = set(contexts[: max(1, round(len(contexts) * d.dev_fraction))])
+        if len(held) == len(contexts):
+            raise KdistillError(f"{ROOT / d.train}: {len(contexts)} contexts are too few to hold out "
+                                f"data.dev_fraction {d.dev_fraction} of them as dev; name a dev file (data.dev)")
+        dev = [q for q in train if q.context in held]
+        train = [q for q in train if q.context not in held]
+    test = read(d.test) if d.test else None
+    return task, dataset(train), dataset(dev), (dataset(test) if test else None)
+
+
 def data_description(p: Params) -> str:
     """Where the task's rows come from, for model cards: "GLUE sst2" or the user's train file."""
     return f"GLUE {p.base.task}" if p.data.train is None else f"{p.base.task} ({p.data.train})"
@@ -131,6 +169,8 @@ def validation_rows(ds, rows: int):
 def shared_rows(train, other) -> int:
     """Rows of `other` whose text (and pair) also occurs in train: a dev score on them measures memory, not skill."""
     def keys(ds):
+        if "question" in ds.column_names:
+            return list(zip(ds["question"], ds["context"]))
         if "words" in ds.column_names:
             return [tuple(w) for w in ds["words"]]
         pair = ds["sentence2"] if "sentence2" in ds.column_names else [None] * len(ds)

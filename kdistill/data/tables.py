@@ -258,11 +258,12 @@ def to_dataset(table: Table, kind: str, labels) -> Dataset:
     return Dataset.from_dict(cols, features=features(kind, labels, table.pairs is not None))
 
 
-def user_task(name: str, kind: str, labels, metric: str | None, pair: bool, scheme: str | None = None) -> Task:
+def user_task(name: str, kind: str, labels, metric: str | None, pair: bool, scheme: str | None = None,
+              doc_stride: int | None = None, max_answer_len: int | None = None) -> Task:
     reported = KIND_METRICS[kind][:2] if kind == "single_label" else KIND_METRICS[kind]
     metric = metric or DEFAULT_METRIC[kind]
     if metric not in KIND_METRICS[kind]:
         raise DataError(f"data.metric {metric!r} is not a {kind} metric; use one of {list(KIND_METRICS[kind])}")
     if metric not in reported:
         reported = reported + (metric,)
-    return Task(name, kind, labels, metric, pair, reported, scheme)
+    return Task(name, kind, labels, metric, pair, reported, scheme, doc_stride, max_answer_len)

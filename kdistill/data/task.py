@@ -19,8 +19,8 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from kdistill.errors import KdistillError
 
-Kind = Literal["single_label", "multi_label", "regression", "token_classification"]
-KINDS = ("single_label", "multi_label", "regression", "token_classification")
+Kind = Literal["single_label", "multi_label", "regression", "token_classification", "extractive_qa"]
+KINDS = ("single_label", "multi_label", "regression", "token_classification", "extractive_qa")
 
 # every metric each kind reports; the primary one (base/data metric) is chosen among them
 KIND_METRICS = {
@@ -29,9 +29,11 @@ KIND_METRICS = {
     "regression": ("pearson", "spearman"),
     # entity-level (seqeval, conlleval's chunking), micro-averaged; per-type F1 (f1_<type>) is reported beside them
     "token_classification": ("entity_f1", "entity_precision", "entity_recall"),
+    # SQuAD's official normalisation, best over each question's gold answers (kdistill/data/answers.py)
+    "extractive_qa": ("f1", "exact_match"),
 }
 DEFAULT_METRIC = {"single_label": "accuracy", "multi_label": "micro_f1", "regression": "pearson",
-                  "token_classification": "entity_f1"}
+                  "token_classification": "entity_f1", "extractive_qa": "f1"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Task:
     pair: bool  # rows have a second text (sentence2)
     reported: tuple[str, ...]  # the metrics computed for every model
     scheme: str | None = None  # token classification: the tag scheme detected in train (IOB2, IOB1, BIOES)
+    doc_stride: int | None = None  # extractive QA: tokens shared by consecutive windows of a long context
+    max_answer_len: int | None = None  # extractive QA: the longest span (tokens) a prediction may be
 
     @property
     def is_regression(self) -> bool:
@@ -58,10 +62,21 @@ class Task:
         return self.kind == "token_classification"
 
     @property
+    def is_span(self) -> bool:
+        """Extractive QA: a start and an end logit per token (stacked as logits[..., 0] and [..., 1])."""
+        return self.kind == "extractive_qa"
+
+    @property
     def model_class(self):
         """The transformers Auto class whose head this task trains."""
-        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+        from transformers import (
+            AutoModelForQuestionAnswering,
+            AutoModelForSequenceClassification,
+            AutoModelForTokenClassification,
+        )
 
+        if self.is_span:
+            return AutoModelForQuestionAnswering
         return AutoModelForTokenClassification if self.is_token_level else AutoModelForSequenceClassification
 
     @property
@@ -71,6 +86,8 @@ class Task:
     def model_config(self) -> dict:
         """Keyword arguments for `AutoModelForSequenceClassification.from_pretrained` / a config: the label names
         (so every saved model and registered student names its outputs) and the problem type (its loss)."""
+        if self.is_span:  # a start and an end logit per token: the QA head's own two outputs
+            return {}
         kw = {"num_labels": self.num_labels}
         if not self.is_token_level:  # a token classifier's loss is per token whatever the problem type says
             kw["problem_type"] = {"single_label": "single_label_classification",
@@ -86,6 +103,12 @@ class Task:
         its `first` column), O where the word has none."""
         if self.is_token_level:
             return self._word_predictions(logits, rows)
+        if self.is_span:
+            from kdistill.data.answers import span_predictions
+
+            if rows is None:
+                raise ValueError("extractive QA predictions need the tokenised windows (offsets, contexts)")
+            return span_predictions(logits, rows, self.max_answer_len)
         logits = torch.as_tensor(logits).float()
         if self.is_regression:
             return logits.view(-1).numpy()
@@ -109,6 +132,10 @@ class Task:
             out = np.empty(len(rows), dtype=object)
             out[:] = [list(w) for w in rows["word_labels"]]
             return out
+        if self.is_span:  # per question: its gold answer texts
+            from kdistill.data.answers import gold_answers
+
+            return gold_answers(rows)
         return np.asarray(rows["labels"])
 
     def metrics(self, predictions, gold) -> dict[str, float]:
@@ -117,6 +144,10 @@ class Task:
 
             names = lambda rows: [[self.labels[i] for i in r] for r in rows]  # noqa: E731
             return entity_metrics(names(gold), names(predictions))
+        if self.is_span:
+            from kdistill.data.answers import squad_metrics
+
+            return squad_metrics(predictions, gold)
         p, g = np.asarray(predictions), np.asarray(gold)
         if self.is_regression:
             p, g = p.astype(float).ravel(), g.astype(float).ravel()
@@ -151,7 +182,7 @@ class Task:
     def chance(self, gold) -> float:
         """What the primary metric gives for a model that knows nothing: always the most frequent class (single
         label), all-zeros (multi-label), or no correlation (regression)."""
-        if self.is_token_level:  # predicting O everywhere finds no entity
+        if self.is_token_level or self.is_span:  # predicting O everywhere finds no entity; no span, no answer
             return 0.0
         g = np.asarray(gold)
         if self.is_regression:
@@ -163,14 +194,16 @@ class Task:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        if d["scheme"] is None:  # sentence-level tasks: task.json as before
-            del d["scheme"]
+        for key in ("scheme", "doc_stride", "max_answer_len"):
+            if d[key] is None:  # only the kinds that have them: task.json as before otherwise
+                del d[key]
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Task":
         labels = None if d["labels"] is None else tuple(d["labels"])
-        return cls(d["name"], d["kind"], labels, d["metric"], bool(d["pair"]), tuple(d["reported"]), d.get("scheme"))
+        return cls(d["name"], d["kind"], labels, d["metric"], bool(d["pair"]), tuple(d["reported"]), d.get("scheme"),
+                   d.get("doc_stride"), d.get("max_answer_len"))
 
 
 TASK_FILE = "task.json"
@@ -200,6 +233,10 @@ def label_counts(task: Task, labels) -> dict[str, int] | None:
 def split_balance(task: Task, ds) -> dict[str, int] | None:
     """What prepare records of a split: rows per label (label_counts), or for token classification words per tag
     and, under `entities`, entities per type."""
+    if task.is_span:
+        from kdistill.data.answers import answer_words
+
+        return answer_words(ds)
     if not task.is_token_level:
         return label_counts(task, ds["label"])
     from collections import Counter

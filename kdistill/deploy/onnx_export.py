@@ -21,7 +21,7 @@ import torch
 
 from kdistill.errors import KdistillError
 from kdistill.families import reads_token_types
-from kdistill.models import load_model
+from kdistill.models import SpanLogits, load_model
 from kdistill.data.batches import row_lengths
 from kdistill.train.evaluation import by_length
 
@@ -33,12 +33,18 @@ class ParityError(KdistillError):
 
 
 def load_for_export(model_dir: str | Path):
-    """The classifier saved in `model_dir` (a token classifier when its config says so), with eager attention."""
+    """The model saved in `model_dir` (a token classifier or a QA model when its config says so), eager attention."""
     import json
 
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     arch = json.loads((Path(model_dir) / "config.json").read_text()).get("architectures") or []
+    if any(a.endswith("ForQuestionAnswering") for a in arch):  # one output, logits [batch, tokens, 2]: start, end
+        return SpanLogits(load_model(AutoModelForQuestionAnswering, model_dir, attn_implementation="eager")).eval()
     cls = (AutoModelForTokenClassification if any(a.endswith("ForTokenClassification") for a in arch)
            else AutoModelForSequenceClassification)
     # eager attention: plain matmul/softmax ops, which every ONNX opset and ORT's attention fusion understand
@@ -171,9 +177,11 @@ class Parity:
                 "labels differ; the export is wrong for this model (set KDISTILL_DEBUG=1 and report it)")
 
 
-def parity(reference: np.ndarray, exported: np.ndarray, regression: bool) -> Parity:
+def parity(reference: np.ndarray, exported: np.ndarray, regression: bool, span: bool = False) -> Parity:
+    """`span` (extractive QA, [rows, tokens, 2]): what may differ is each window's most likely start and end token."""
     diff = float(np.abs(reference.astype(np.float64) - exported.astype(np.float64)).max()) if len(reference) else 0.0
-    differ = 0 if regression else int((reference.argmax(-1) != exported.argmax(-1)).sum())
+    axis = 1 if span else -1
+    differ = 0 if regression else int((reference.argmax(axis) != exported.argmax(axis)).sum())
     return Parity(rows=len(reference), max_abs_diff=diff, labels_differing=differ)
 
 

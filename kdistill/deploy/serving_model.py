@@ -14,6 +14,12 @@ Output: a DataFrame with, per kind, `label` (the task's label name) and `probabi
 names whose sigmoid passes 0.5) and `probabilities` (one per name; multi-label), `score` (regression), or `entities`
 (token classification: each {text, label, start, end, score}, with character offsets into the text).
 
+Extractive QA: input `{"question": ..., "context": ...}` (strings, or lists of the same length), a list of such
+mappings, or a DataFrame with `question` and `context` columns; output `answer`, `start`, `end` (character offsets
+into the context) and `score` (the span's start probability times its end probability, softmaxes over the context
+tokens of its window). A long context is read in windows `doc_stride` tokens apart, as in training and in the
+reports, and the best span (end >= start, at most `max_answer_len` tokens) over all windows wins.
+
 Token classification: the text is split into words (runs of letters and digits, and each other non-space character
 alone, as CoNLL-style data is tokenised), each word's tag is read at its first sub-token, and the tags are grouped into
 entities by seqeval's chunking, the same rules the entity F1 of the reports uses; an entity's score is the mean of
@@ -33,6 +39,7 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
 
 EXPECTED = '{"inputs": ["a good movie", "a dull plot"]} or {"inputs": "a good movie"}'
+EXPECTED_QA = '{"inputs": {"question": "Who wrote it?", "context": "It was written by Ann."}}'
 WORD = re.compile(r"\w+|[^\w\s]")  # token classification: the words a text is split into
 _log = logging.getLogger("kdistill.serving")
 
@@ -69,6 +76,8 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         self.kind = cfg.get("kind") or ("regression" if cfg.get("regression") else "single_label")
         self.labels = list(cfg.get("labels") or [])
         self.batch_size = int(cfg.get("batch_size", 64))
+        self.doc_stride = int(cfg.get("doc_stride") or 64)
+        self.max_answer_len = int(cfg.get("max_answer_len") or 30)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = int(cfg.get("threads", 1))
@@ -115,9 +124,68 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         probs = z / z.sum(-1, keepdims=True)
         return [{"label": self._name(int(i)), "probability": float(p[i])} for i, p in zip(probs.argmax(-1), probs)]
 
+    def _questions(self, model_input) -> tuple[list[str], list[str]]:
+        """(questions, contexts) from a mapping, a list of mappings or a DataFrame; anything else refused."""
+        if isinstance(model_input, pd.DataFrame):
+            model_input = {c: model_input[c].tolist() for c in model_input.columns}
+        if isinstance(model_input, (list, tuple)) and model_input and all(isinstance(r, dict) for r in model_input):
+            model_input = {k: [r.get(k) for r in model_input] for k in ("question", "context")}
+        if not isinstance(model_input, dict) or not {"question", "context"} <= set(model_input):
+            got = f"the keys {sorted(map(str, model_input))[:10]}" if isinstance(model_input, dict) else _shown(model_input)
+            _refuse(f"expected a question and its context; got {got}; send e.g. {EXPECTED_QA}")
+
+        def texts(v, key):  # one string, or any sequence of them (a list, an array, a Series)
+            if isinstance(v, np.ndarray):
+                v = v.tolist()
+            many = not isinstance(v, (str, np.str_, dict, bytes)) and hasattr(v, "__iter__")
+            return _text_list(list(v) if many else [v], key)
+
+        questions, contexts = texts(model_input["question"], "question"), texts(model_input["context"], "context")
+        if len(questions) != len(contexts):
+            _refuse(f"{len(questions)} questions but {len(contexts)} contexts; send one context per question")
+        for i, q in enumerate(questions):
+            if not q.strip():
+                _refuse(f"input row {i}: the question is empty; send e.g. {EXPECTED_QA}")
+        return questions, contexts
+
+    def _answer(self, question: str, context: str) -> dict:
+        enc = self.tokenizer(question, context, truncation="only_second", max_length=self.max_len,
+                             stride=self.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+                             padding=True, return_tensors="np")
+        feed = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")
+                if k in self.inputs and k in enc}
+        if "token_type_ids" in self.inputs and "token_type_ids" not in feed:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        logits = self.session.run(["logits"], feed)[0]
+        best = {"answer": "", "start": 0, "end": 0, "score": 0.0}
+        top = -np.inf
+        for w in range(len(logits)):
+            ctx = np.array([s == 1 for s in enc.sequence_ids(w)])
+            if not ctx.any():
+                continue
+            s, e = np.where(ctx, logits[w, :, 0], -np.inf), np.where(ctx, logits[w, :, 1], -np.inf)
+            pairs = s[:, None] + e[None, :]
+            i, j = np.indices(pairs.shape)
+            pairs[(j < i) | (j - i >= self.max_answer_len)] = -np.inf
+            a, b = divmod(int(np.argmax(pairs)), pairs.shape[1])
+            if pairs[a, b] > top:
+                top = pairs[a, b]
+                ps, pe = np.exp(s - s.max()), np.exp(e - e.max())
+                start, end = int(enc["offset_mapping"][w][a][0]), int(enc["offset_mapping"][w][b][1])
+                best = {"answer": context[start:end], "start": start, "end": end,
+                        "score": float(ps[a] / ps.sum() * pe[b] / pe.sum())}
+        return best
+
     def predict(self, context, model_input, params=None):
-        texts, pairs = self._texts(model_input)  # refusals: MlflowException, a short JSON error
+        if self.kind == "extractive_qa":
+            questions, contexts = self._questions(model_input)
+            texts, pairs = questions, contexts
+        else:
+            texts, pairs = self._texts(model_input)  # refusals: MlflowException, a short JSON error
         try:
+            if self.kind == "extractive_qa":
+                return pd.DataFrame([self._answer(q, c) for q, c in zip(texts, pairs)],
+                                    columns=["answer", "start", "end", "score"])
             return self._predict(texts, pairs)
         except Exception as exc:  # noqa: BLE001 - the caller gets one line, the server log the traceback
             _log.exception("prediction failed on %d text(s)", len(texts))

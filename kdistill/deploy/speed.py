@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from kdistill.distill.attention import self_attention_modules
-from kdistill.models import count_parameters
+from kdistill.models import count_parameters, output_logits
 from kdistill.train.precision import autocast
 
 
@@ -116,7 +116,7 @@ def torch_runner(model, precision: str = "fp32"):
     @torch.inference_mode()
     def run(ids, mask):
         with autocast(precision, next(model.parameters()).device):
-            return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+            return output_logits(model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)))
 
     model.eval()
     return run

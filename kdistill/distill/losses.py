@@ -72,6 +72,8 @@ def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy on gold labels (classification; per labelled sub-token for token classification), binary
     cross-entropy per label (multi-label: labels are multi-hot, shaped like the logits) or MSE (a single regression
     output)."""
+    if logits.dim() == 3 and labels.dim() == 2 and labels.size(1) == 2 != logits.size(1):
+        return span_loss(logits, labels)  # extractive QA: [B, L, 2] start/end logits, [B, 2] gold token positions
     if logits.dim() == 3:  # per token (token classification): the labelled sub-tokens only (-100 elsewhere)
         return mlm_loss(logits, labels)
     if labels.dim() == 2 and labels.shape == logits.shape:
@@ -79,6 +81,31 @@ def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if logits.size(-1) == 1:
         return F.mse_loss(logits.view(-1).float(), labels.view(-1).float())
     return F.cross_entropy(logits.float(), labels.view(-1).long())
+
+
+# a logit that takes no probability (padding), finite so that 0 * log p stays 0 in the soft losses
+_NO_POSITION = -1e4
+
+
+def span_loss(logits: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Extractive QA on gold spans: the mean of the cross-entropies of the start and the end position over the
+    window's tokens (Hugging Face's QA heads' loss), padding excluded when `attention_mask` is given."""
+    logits = logits.float()
+    if attention_mask is not None:
+        logits = logits.masked_fill(~attention_mask.bool()[..., None], _NO_POSITION)
+    return (F.cross_entropy(logits[..., 0], positions[:, 0].long())
+            + F.cross_entropy(logits[..., 1], positions[:, 1].long())) / 2
+
+
+def soft_span_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, attention_mask: torch.Tensor,
+                   temperature: float = 1.0, kind: SoftKind = "kl", t2_scaling: bool = False) -> torch.Tensor:
+    """Extractive QA soft targets: the teacher's start and end distributions over the window's real tokens
+    ([B, L, 2] logits, padding excluded from both softmaxes), each matched by `soft_label_loss`, averaged."""
+    keep = attention_mask.bool()[..., None]
+    s = _full(student_logits).masked_fill(~keep, _NO_POSITION)
+    t = _full(teacher_logits).masked_fill(~keep, _NO_POSITION)
+    return (soft_label_loss(s[..., 0], t[..., 0], temperature, kind, t2_scaling)
+            + soft_label_loss(s[..., 1], t[..., 1], temperature, kind, t2_scaling)) / 2
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

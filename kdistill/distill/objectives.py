@@ -20,7 +20,7 @@ from kdistill.distill.layer_map import absolute_layer, check_heads, resolve_laye
 from kdistill.families import mlm_head_prefixes, mlm_logits
 from kdistill.fingerprint import dataset_digest, module_digest
 from kdistill.io import atomic_file
-from kdistill.models import encoder_of
+from kdistill.models import encoder_of, is_span_model, output_logits
 from kdistill.train import distributed
 from kdistill.train.evaluation import predict
 
@@ -62,7 +62,7 @@ class Supervised(nn.Module):
         self.weights = {"hard": 1.0}
 
     def forward(self, batch: dict) -> dict:
-        return {"hard": L.hard_label_loss(self.student(**model_inputs(batch)).logits, batch["labels"])}
+        return {"hard": L.hard_label_loss(output_logits(self.student(**model_inputs(batch))), batch["labels"])}
 
 
 class Intermediate(_WithTeacher):
@@ -215,13 +215,20 @@ class Prediction(_WithTeacher):
         object.__setattr__(self, "cached", cached_logits)
 
     def forward(self, batch: dict) -> dict:
-        s_logits = self.student(**model_inputs(batch)).logits
+        s_logits = output_logits(self.student(**model_inputs(batch)))
         labelled = None
         if self.cached is not None:
             t_logits = self.cached[batch["row"].cpu()].to(s_logits.device)
         else:
             with torch.no_grad():
-                t_logits = self.teacher(**model_inputs(batch)).logits
+                t_logits = output_logits(self.teacher(**model_inputs(batch)))
+        if s_logits.dim() == 3 and is_span_model(self.student):  # extractive QA: start and end distributions
+            mask = batch["attention_mask"]
+            t_logits = t_logits[:, : s_logits.size(1)]
+            out = {self.soft_name: L.soft_span_loss(s_logits, t_logits, mask, self.temperature, self.kind, self.t2)}
+            if self.weights.get("hard", 0.0) > 0:
+                out["hard"] = L.span_loss(s_logits, batch["labels"], mask)
+            return out
         if s_logits.dim() == 3:  # token classification: per-token soft targets over the labelled sub-tokens
             labelled = batch["labels"] != -100
             full = s_logits

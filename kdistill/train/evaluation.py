@@ -8,6 +8,7 @@ import torch
 from kdistill.data.batches import pad_collate, row_lengths
 from kdistill.data.glue import glue_task
 from kdistill.data.task import Task
+from kdistill.models import output_logits
 from kdistill.train.precision import autocast
 from kdistill.train.trainer import TrainerConfig
 
@@ -32,11 +33,11 @@ def predict(model, dataset, batch_size: int = 64, collate=pad_collate, precision
     for idx, rows in by_length(dataset, batch_size):
         b = collate([dict(zip(rows, vals)) for vals in zip(*rows.values())])
         with autocast(precision, device):
-            logits = model(
+            logits = output_logits(model(
                 input_ids=b["input_ids"].to(device),
                 attention_mask=b["attention_mask"].to(device),
                 token_type_ids=b["token_type_ids"].to(device),
-            ).logits.float().cpu()
+            )).float().cpu()
         if out is None:  # per token (token classification): padded to the longest row, zeros beyond each row
             out = (torch.zeros(len(dataset), int(row_lengths(dataset).max()), logits.size(-1)) if logits.dim() == 3
                    else torch.empty(len(dataset), logits.size(-1)))
