@@ -14,7 +14,8 @@ CONTROLS = {"baseline": ("no-distillation baseline", " (trained on the task with
 
 def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metrics: dict, params: int,
                teacher_metrics: dict | None, metric: str, control: str | None = None,
-               runtime: str = "", registered_name: str | None = None, token_level: bool = False, span: bool = False) -> str:
+               runtime: str = "", registered_name: str | None = None, token_level: bool = False,
+               span: bool = False) -> str:
     """`control`: None for a distilled student, else which control (a key of CONTROLS: what it started from)."""
     kind, how_trained = CONTROLS[control] if control else (f"{recipe}-style distilled student", "")
     head = ("AutoModelForQuestionAnswering" if span else
@@ -30,8 +31,9 @@ def model_card(name: str, task: str, recipe: str, teacher: str, data: str, metri
         + (f"{'A baseline is a control' if control == 'baseline' else 'This is a control'}: it is neither exported to "
            "ONNX nor registered.\n" if control else
            f"From the MLflow registry (the export stage registers the fastest ONNX Runtime variant that passed its parity "
-           f"check): `mlflow.pyfunc.load_model(\"models:/{registered_name or f'{task}-{recipe}'}@champion\").predict({example})`. The ONNX files, and how to run each with ONNX Runtime alone, are in the export stage's "
-           f"`onnx/{recipe}/README.md`.\n")
+           f"check): `mlflow.pyfunc.load_model(\"models:/{registered_name or f'{task}-{recipe}'}@champion\")"
+           f".predict({example})`. The ONNX files, and how to run each with ONNX Runtime alone, are in the export "
+           f"stage's `onnx/{recipe}/README.md`.\n")
     )
     metric_lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
     return f"""---

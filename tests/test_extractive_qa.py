@@ -213,3 +213,15 @@ def test_params_for_extractive_qa_refuse_what_cannot_hold():
         load_params(overrides={"data": {**qa, "doc_stride": 40}, "augment": {"method": "none"}})
     with pytest.raises(ParamsError, match="key 'data.format': conll cannot hold questions"):
         load_params(overrides={"data": {**qa, "format": "conll"}, "augment": {"method": "none"}})
+
+
+def test_a_teacher_with_a_qa_head_is_used_as_it_is_and_one_without_is_fine_tuned():
+    from kdistill.teacher_head import TeacherHeadError, plan
+
+    qa_head = BertConfig(architectures=["BertForQuestionAnswering"])
+    bare = BertConfig(architectures=["BertForMaskedLM"])
+    assert plan(qa_head, TASK, "auto", "t") == "use"
+    assert plan(bare, TASK, "auto", "t") == "train"
+    assert plan(qa_head, TASK, "train", "t") == "train"
+    with pytest.raises(TeacherHeadError, match="no question-answering head"):
+        plan(bare, TASK, "use", "t")

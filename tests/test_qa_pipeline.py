@@ -99,5 +99,8 @@ def test_squad_questions_run_through_every_stage_and_are_served_as_answers(qa_pr
         assert CONTEXT[answers[0]["start"]: answers[0]["end"]] == answers[0]["answer"]
         status, text = post(url, json.dumps({"inputs": ["no question here"]}).encode())
         assert status == 400 and "question" in json.loads(text)["message"]
+        long = {"inputs": {"question": "who " * 60 + "?", "context": CONTEXT}}  # no room for context in 64 tokens
+        status, text = post(url, json.dumps(long).encode())
+        assert status == 400 and "too long" in json.loads(text)["message"]
     assert server.returncode == 0
     assert np.isfinite(summary["models"]["minilm"]["score"])

@@ -143,9 +143,14 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         questions, contexts = texts(model_input["question"], "question"), texts(model_input["context"], "context")
         if len(questions) != len(contexts):
             _refuse(f"{len(questions)} questions but {len(contexts)} contexts; send one context per question")
+        specials = self.tokenizer.num_special_tokens_to_add(pair=True)
         for i, q in enumerate(questions):
             if not q.strip():
                 _refuse(f"input row {i}: the question is empty; send e.g. {EXPECTED_QA}")
+            room = self.max_len - specials - len(self.tokenizer(q, add_special_tokens=False)["input_ids"])
+            if room <= self.doc_stride:  # the windows could not advance through the context
+                _refuse(f"input row {i}: the question is too long for this model's {self.max_len}-token windows; "
+                        "send a shorter question")
         return questions, contexts
 
     def _answer(self, question: str, context: str) -> dict:
