@@ -153,10 +153,10 @@ def checkpoint_selection(p: Params, train_dir: Path, tok, precision: str, task: 
         predictions = task.predictions(predict(obj.student, val, precision=precision), val)
         return task.metrics(predictions, gold), predictions
 
+    from kdistill.data.answers import question_score
+
     def primary(a, g):  # accuracy without sklearn's checks: the bootstrap calls it two thousand times
         if task.is_span:  # per question, each scored once (cached)
-            from kdistill.data.answers import question_score
-
             return float(np.mean([question_score(x, tuple(y), task.metric) for x, y in zip(a, g)]))
         return float(np.mean(a == g)) if task.metric == "accuracy" else task.metrics(a, g)[task.metric]
 

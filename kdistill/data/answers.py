@@ -50,14 +50,18 @@ def _answers(raw, where: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     return tuple(str(t) for t in texts), tuple(starts)
 
 
+def _unanswerable(where: str):
+    raise DataError(f"{where}: no answer (an unanswerable SQuAD 2.0 question); extractive_qa reads answerable "
+                    "questions only: leave unanswerable ones out of the file")
+
+
 def _check(q: Question, where: str) -> Question:
     if not isinstance(q.question, str) or not q.question.strip():
         raise DataError(f"{where}: the question is empty; every row needs a question")
     if not isinstance(q.context, str) or not q.context.strip():
         raise DataError(f"{where}: the context is empty; every row needs the text that holds its answer")
     if not q.texts:
-        raise DataError(f"{where}: no answer (an unanswerable SQuAD 2.0 question); extractive_qa reads answerable "
-                        "questions only: leave unanswerable ones out of the file")
+        _unanswerable(where)
     for text, start in zip(q.texts, q.starts):
         if not isinstance(start, int) or isinstance(start, bool) or start < 0:
             raise DataError(f"{where}: answer_start {start!r} is not a character position (an integer >= 0)")
@@ -125,8 +129,8 @@ def _nested(path: Path, articles) -> list[Question]:
         for g, para in enumerate(article.get("paragraphs", [])):
             for k, qa in enumerate(para.get("qas", [])):
                 where = f"{path}, data[{a}].paragraphs[{g}].qas[{k}] (id {qa.get('id', '?')})"
-                if qa.get("is_impossible"):
-                    _check(Question("", qa.get("question", "x"), para.get("context", "x"), (), ()), where)
+                if qa.get("is_impossible"):  # SQuAD 2.0 keeps plausible answers beside the flag
+                    _unanswerable(where)
                 texts, starts = _answers(qa.get("answers"), where)
                 out.append(_check(Question(str(qa.get("id", f"{a}.{g}.{k}")), qa.get("question"), para.get("context"),
                                            texts, starts), where))
@@ -233,6 +237,7 @@ def question_score(prediction: str, gold: tuple[str, ...], metric: str) -> float
     squad_metrics (whose value is their mean): a bootstrap over questions resamples these."""
     import importlib
 
+    # the module, not the package's `squad` function of the same name that shadows it as an attribute
     sq = importlib.import_module("torchmetrics.functional.text.squad")
     fn = sq._compute_f1_score if metric == "f1" else sq._compute_exact_match_score
     return float(sq._metric_max_over_ground_truths(fn, prediction, list(gold)))

@@ -182,13 +182,11 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
         return best
 
     def predict(self, context, model_input, params=None):
-        if self.kind == "extractive_qa":
-            questions, contexts = self._questions(model_input)
-            texts, pairs = questions, contexts
-        else:
-            texts, pairs = self._texts(model_input)  # refusals: MlflowException, a short JSON error
+        qa = self.kind == "extractive_qa"
+        # refusals: MlflowException, a short JSON error; QA's pairs are the contexts of its questions
+        texts, pairs = self._questions(model_input) if qa else self._texts(model_input)
         try:
-            if self.kind == "extractive_qa":
+            if qa:
                 return pd.DataFrame([self._answer(q, c) for q, c in zip(texts, pairs)],
                                     columns=["answer", "start", "end", "score"])
             return self._predict(texts, pairs)
