@@ -24,6 +24,9 @@ class Paths:
     # KDISTILL_GENERAL_OUTPUTS: a seeds-study variant that changes general distillation writes and reads its own
     # general students there, and everything else as a cell does
     general_root: Path | None = field(default_factory=lambda: _env_path("KDISTILL_GENERAL_OUTPUTS"))
+    # KDISTILL_GENERAL_FROM: a profile with the default's teacher, corpus and general params reads the teacher with
+    # its MLM head and the general students of the default pipeline there (pipelines/stage_graph.py)
+    general_from: Path | None = field(default_factory=lambda: _env_path("KDISTILL_GENERAL_FROM"))
 
     @property
     def upstream(self) -> Path:
@@ -44,10 +47,10 @@ class Paths:
     @property
     def teacher_mlm(self) -> Path:
         """The teacher with an MLM head (fitted when it had none): stage teacher_mlm."""
-        return self.upstream / "teacher_mlm"
+        return (self.general_from or self.upstream) / "teacher_mlm"
 
     def general(self, recipe: str) -> Path:
-        return (self.general_root or self.upstream) / "general" / recipe
+        return (self.general_root or self.general_from or self.upstream) / "general" / recipe
 
     def student(self, recipe: str) -> Path:
         return self.root / "students" / recipe

@@ -44,9 +44,10 @@ class DvcRecord:
             said = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-5:])
             raise DvcError(f"`dvc {' '.join(args)}` failed (exit {proc.returncode}): {said}")
 
-    def status(self, *targets: str) -> dict:
-        """What DVC would re-run among `targets` and why ({} when up to date)."""
-        return json.loads(self._dvc("status", "--json", *targets) or "{}")
+    def status(self, *targets: str, with_deps: bool = False) -> dict:
+        """What DVC would re-run among `targets` (with_deps: and the stages they read from) and why ({} when up to
+        date)."""
+        return json.loads(self._dvc("status", "--json", *(["--with-deps"] if with_deps else []), *targets) or "{}")
 
     def stale(self, target: str) -> bool:
         return bool(self.status(target))

@@ -34,7 +34,7 @@ from .dvc_record import DvcRecord
 from .remote_stage import deploy_stage_flow, is_training, run_on_pool, stage_deployment
 from .run_lock import pipeline_lock
 from .stage_exec import StageFailed, _echo, run_command
-from .stage_graph import ROOT, Stage, check_default, inside, load_stages, pipeline_file
+from .stage_graph import ROOT, Stage, check_default, inside, load_pipeline, pipeline_file
 
 
 def _env(parent_run_id: str | None, threads: int) -> dict:
@@ -255,11 +255,15 @@ def _run_pipeline(profile: str) -> dict:
 
     dvc_file, params_file, out_root = pipeline_file(profile)
     p = load_params(params_file)
-    stages = load_stages(dvc_file)
+    stages = load_pipeline(dvc_file)  # with the default's stages it reads from (shared general students)
     # until this machine has timed its own runs, the reference times shipped for the default profile order them
     prior = ROOT / "pipelines" / "stage_seconds.reference.json"
     seconds = json.loads(prior.read_text()) if profile == "default" and prior.is_file() else {}
     print(f"pipeline {profile}: {len(stages)} stages from {dvc_file.relative_to(ROOT)}")
+    shared = sorted(n for n, s in stages.items() if profile != "default" and ":" not in s.target)  # dvc.yaml's
+    if shared:
+        print(f"  of which {len(shared)} are the default pipeline's (same teacher, corpus and general params: its "
+              f"general students are this profile's, computed once): {', '.join(shared)}")
     tl = run_graph(stages, p, f"pipeline-{profile}", ROOT / "work" / out_root.name, seconds,
                    _STATUS_ASKED.pop(profile, None))
     report = _reports(out_root) / "report.md"
@@ -405,7 +409,8 @@ _STATUS_ASKED: dict[str, dict] = {}
 def up_to_date(profile: str) -> bool:
     """Ask DVC whether anything is stale (writes the profile's generated pipeline first)."""
     dvc_file, _, _ = pipeline_file(profile)
-    _STATUS_ASKED[profile] = DvcRecord().status(str(dvc_file.relative_to(ROOT)))
+    # --with-deps: also the default pipeline's stages that a profile sharing its general students reads from
+    _STATUS_ASKED[profile] = DvcRecord().status(str(dvc_file.relative_to(ROOT)), with_deps=True)
     return not _STATUS_ASKED[profile]
 
 

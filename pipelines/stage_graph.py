@@ -4,6 +4,11 @@ A profile (profiles/NAME.yaml) is a DVC pipeline of its own: `runs/NAME/dvc.yaml
 with every output moved under `outputs-NAME/` and every parameter read from `runs/NAME/params.yaml` (the profile
 fully resolved: `extends` followed, defaults filled in), so DVC tracks, caches and skips its stages like the default
 ones, `dvc.lock` for it lives in `runs/NAME/`, and `dvc metrics show` / `dvc params diff` list it beside the default.
+
+General students depend on the teacher, the corpus and the general params, not on the task. A profile whose values
+for those equal params.yaml's (`general_inputs`) has no teacher_mlm or general stage of its own: its stages read the
+default pipeline's outputs/teacher_mlm and outputs/general, and its flow runs the default's stages that make them
+(skipped by DVC when the default pipeline has run), so a second task with the same teacher distils nothing again.
 """
 
 from __future__ import annotations
@@ -78,6 +83,25 @@ def closure(stages: dict[str, Stage], names: set[str]) -> dict[str, Stage]:
             for n, s in stages.items() if n in keep}
 
 
+def load_pipeline(dvc_file: Path, root: Path = ROOT) -> dict[str, Stage]:
+    """A pipeline's stages and the stages of the root dvc.yaml that it reads from (a profile sharing the default's
+    general students: those stages, the teacher_mlm and prepare stages before them), linked. A root stage whose name
+    the profile uses too (prepare) is named `<name>:default` here; its DVC target is unchanged."""
+    stages = load_stages(dvc_file, root)
+    if Path(dvc_file).resolve() == (root / "dvc.yaml").resolve():
+        return stages
+    default = load_stages(root / "dvc.yaml", root)
+    need = {d.name for d in default.values() for s in stages.values()
+            if any(inside(p, o) or inside(o, p) for p in s.deps for o in d.outs)}
+    if not need:
+        return stages
+    pulled = closure(default, need)
+    merged = {}
+    for n, s in [*((f"{n}:default" if n in stages else n, s) for n, s in pulled.items()), *stages.items()]:
+        merged[n] = Stage(n, s.target, s.cmd, s.wdir, s.deps, s.outs)
+    return link_stages(merged)
+
+
 # --- per-profile pipelines -----------------------------------------------------------------------------------------
 
 def _move(path: str, out_dir: str) -> str:
@@ -150,13 +174,50 @@ def write_runtime(params_file: Path) -> Path:
     return path
 
 
-def _profile_stage(body: dict, name: str, params_rel: str, out_dir: str) -> dict:
+# what the default pipeline's teacher_mlm and general stages are, when a profile reads them (KDISTILL_GENERAL_FROM)
+GENERAL_STAGES = ("teacher_mlm", "general_distill")
+GENERAL_OUTS = ("outputs/teacher_mlm", "outputs/general")
+GENERAL_FROM = "outputs"
+
+
+def general_inputs(p) -> dict:
+    """Every value the teacher_mlm and general stages compute from: the teacher, seed and precision, the corpus and
+    how prepare packs it, the MLM head's fit and each recipe's general params (num_proc changes no byte)."""
+    d = p.model_dump(mode="json")
+    return {"base": {k: d["base"][k] for k in ("teacher", "seed", "precision")},
+            "prepare": {k: v for k, v in d["prepare"].items() if k != "num_proc"},
+            "teacher_mlm": d["teacher_mlm"], "general_distill": d["general_distill"]}
+
+
+def shares_general(params) -> bool:
+    """Whether a profile's general students are the default pipeline's (the same inputs as params.yaml)."""
+    from kdistill.config import load_params
+
+    return general_inputs(params) == general_inputs(load_params(ROOT / "params.yaml"))
+
+
+def _is_general_report(path: str) -> bool:
+    return any(path.startswith(f"reports/losses/{g}") for g in GENERAL_STAGES)
+
+
+def _is_general_out(path: str) -> bool:
+    return any(path == g or path.startswith(g + "/") for g in GENERAL_OUTS)
+
+
+def _profile_stage(body: dict, name: str, params_rel: str, out_dir: str, general_from: str | None = None) -> dict:
+    """A dvc.yaml stage for a profile: its outputs under out_dir, its params from params_rel; with general_from, the
+    teacher with its MLM head and the general students read from there (the default pipeline's)."""
     body = dict(body)
     body["wdir"] = "../.."
-    body["cmd"] = f"KDISTILL_PARAMS={params_rel} KDISTILL_OUTPUTS={out_dir} {body['cmd']}"
+    env = f"KDISTILL_GENERAL_FROM={general_from} " if general_from else ""
+    body["cmd"] = f"KDISTILL_PARAMS={params_rel} KDISTILL_OUTPUTS={out_dir} {env}{body['cmd']}"
     for key in ("deps", "outs", "metrics", "plots"):
         if key in body:
-            body[key] = _move_entries(body[key], out_dir)
+            if general_from and key == "deps":
+                body[key] = [d if isinstance(d, str) and _is_general_out(d) else _move_entries([d], out_dir)[0]
+                             for d in body[key]]
+            else:
+                body[key] = _move_entries(body[key], out_dir)
     if "params" in body:
         keys, runtime = split_params(body["params"])
         body["params"] = [{params_rel: keys}] + [{runtime_file(params_rel): v} for e in runtime for v in e.values()]
@@ -215,23 +276,32 @@ def profile_pipeline(profile: str) -> Path:
     root = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     if params.task_distill.teacher_init_controls:  # more training stages: only where a profile asks for them
         root["stages"] = with_init_controls(root["stages"], params.task_distill.teacher_init_controls)
+    general_from = GENERAL_FROM if shares_general(params) else None
     stages = {}
     for name, body in root["stages"].items():
+        if general_from and name in GENERAL_STAGES:
+            continue  # the default pipeline's stage, which this profile's flow runs (or DVC skips)
         if name == "prepare":
             body = {**body, "deps": data_deps(body["deps"], params)}
         if "foreach" in body:
-            stages[name] = {"foreach": body["foreach"], "do": _profile_stage(body["do"], name, params_rel, out_dir)}
+            stages[name] = {"foreach": body["foreach"],
+                            "do": _profile_stage(body["do"], name, params_rel, out_dir, general_from)}
         else:
-            stages[name] = _profile_stage(body, name, params_rel, out_dir)
+            stages[name] = _profile_stage(body, name, params_rel, out_dir, general_from)
     plots = []
     for entry in root.get("plots", []):
         for title, spec in entry.items():
             spec = dict(spec)
-            if isinstance(spec.get("y"), dict):
-                spec["y"] = {_move(k, out_dir): v for k, v in spec["y"].items()}
+            if isinstance(spec.get("y"), dict):  # the default's loss curves where its general stages are this one's
+                spec["y"] = {k if general_from and _is_general_report(k) else _move(k, out_dir): v
+                             for k, v in spec["y"].items()}
             plots.append({f"{profile}: {title}": spec})
     header = (f"# Generated by pipelines/stage_graph.py from dvc.yaml for profiles/{profile}.yaml: do not edit.\n"
               f"# Run with `python -m pipelines.flow --profile {profile}`; outputs in {out_dir}/.\n")
+    if general_from:
+        header += ("# Same teacher, corpus and general params as params.yaml: the teacher with its MLM head and the "
+                   "general\n# students are the default pipeline's (outputs/teacher_mlm, outputs/general; its stages "
+                   "in dvc.yaml).\n")
     pipeline = {"vars": root.get("vars", []), "stages": stages, "plots": plots}
     resolved = (f"# profiles/{profile}.yaml resolved (extends followed, defaults filled): generated, do not edit.\n"
                 + yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
@@ -272,6 +342,8 @@ def pipeline_file(profile: str) -> tuple[Path, Path, Path]:
         raise KdistillError(f"profiles/{profile}.yaml not found (profiles: default, {', '.join(names)})")
     dvc_file = profile_pipeline(profile)
     write_runtime(RUNS / profile / "params.yaml")
+    if "KDISTILL_GENERAL_FROM" in dvc_file.read_text():  # its flow also runs the default's general stages
+        write_runtime(ROOT / "params.yaml")
     return dvc_file, RUNS / profile / "params.yaml", ROOT / f"outputs-{profile}"
 
 

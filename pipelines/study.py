@@ -32,15 +32,19 @@ from .flow import exit_on_error, result_of, run_graph
 from .flow import preflight as pipeline_preflight
 from .run_lock import pipeline_lock
 from .stage_graph import (
+    GENERAL_FROM,
     ROOT,
+    _is_general_out,
     _move,
     _write_if_changed,
     closure,
     init_control_stage,
     link_stages,
+    load_pipeline,
     load_stages,
     pipeline_file,
     runtime_file,
+    shares_general,
     split_params,
     write_runtime,
 )
@@ -94,23 +98,28 @@ def _fill(value, recipe: str):
 SHARED = ("outputs/data", "outputs/teacher", "outputs/teacher_mlm", "outputs/general")
 
 
-def _place(path: str, shared_out: str, cell_out: str, general_out: str | None = None) -> str:
+def _place(path: str, shared_out: str, cell_out: str, general_out: str | None = None,
+           general_from: str | None = None) -> str:
     """A pipeline path as a cell sees it: read-only inputs in the pipeline's outputs (the general students in the
-    variant's own folder when it has one), everything else its own."""
+    variant's own folder when it has one; the teacher with its MLM head and the general students in the default
+    pipeline's when the profile shares them), everything else its own."""
     if general_out and (path == "outputs/general" or path.startswith("outputs/general/")):
         return _move(path, general_out)
+    if general_from and _is_general_out(path):
+        return _move(path, general_from)
     if any(path == s or path.startswith(s + "/") for s in SHARED):
         return _move(path, shared_out)  # unchanged for the default profile (shared_out "outputs")
     return _move(path, cell_out)
 
 
 def _cell_stage(body: dict, recipe: str, params_rel: str, shared_out: str, cell_out: str,
-                general_out: str | None = None) -> dict:
+                general_out: str | None = None, general_from: str | None = None) -> dict:
     body = _fill(dict(body), recipe)
-    place = lambda e: _place(e, shared_out, cell_out, general_out) if isinstance(e, str) else {  # noqa: E731
-        _place(k, shared_out, cell_out, general_out): v for k, v in e.items()}
+    place = lambda e: _place(e, shared_out, cell_out, general_out, general_from) if isinstance(e, str) else {  # noqa: E731
+        _place(k, shared_out, cell_out, general_out, general_from): v for k, v in e.items()}
     body["wdir"] = "../.."
     general_env = f"KDISTILL_GENERAL_OUTPUTS={general_out} " if general_out else ""
+    general_env += f"KDISTILL_GENERAL_FROM={general_from} " if general_from else ""
     body["cmd"] = (f"KDISTILL_PARAMS={params_rel} KDISTILL_OUTPUTS={cell_out} KDISTILL_SHARED_OUTPUTS={shared_out} "
                    f"{general_env}{body['cmd']}")
     for key in ("deps", "outs", "metrics", "plots"):
@@ -129,6 +138,7 @@ def study_pipeline(profile: str, study: str) -> tuple[Path, list[Cell]]:
     p = load_params(params_file)
     name = study_name(profile, study)
     shared_out = out_root.name
+    general_from = GENERAL_FROM if profile != "default" and shares_general(p) else None
     root = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     stages = {}
     the_cells = cells(study, p)
@@ -165,19 +175,21 @@ def study_pipeline(profile: str, study: str) -> tuple[Path, list[Cell]]:
             g_params = cell_params(c.general, spec.change, c.variant)
             for r in c.recipes:
                 stages[f"general_distill-{c.general}-{r}"] = _cell_stage(
-                    root["general_distill"]["do"], r, g_params, shared_out, general_out, general_out)
+                    root["general_distill"]["do"], r, g_params, shared_out, general_out, general_out, general_from)
         params_rel = cell_params(c.name, c.overrides, c.variant)
         cell_out = f"outputs-{name}/{c.name}"
-        stages[f"augment-{c.name}"] = _cell_stage(root["augment"], "", params_rel, shared_out, cell_out)
+        stages[f"augment-{c.name}"] = _cell_stage(root["augment"], "", params_rel, shared_out, cell_out,
+                                                  general_from=general_from)
         for r in c.recipes:
             stages[f"task_distill-{c.name}-{r}"] = _cell_stage(root["task_distill"]["do"], r, params_rel, shared_out,
-                                                               cell_out, general_out)
+                                                               cell_out, general_out, general_from)
             if c.baselines:
                 stages[f"baseline-{c.name}-{r}"] = _cell_stage(root["baseline"]["do"], r, params_rel, shared_out,
-                                                               cell_out)
+                                                               cell_out, general_from=general_from)
             if c.baselines and r in p.task_distill.teacher_init_controls:
                 stages[f"init_control-{c.name}-{r}"] = _cell_stage(init_control_stage(root["baseline"]["do"]), r,
-                                                                   params_rel, shared_out, cell_out)
+                                                                   params_rel, shared_out, cell_out,
+                                                                   general_from=general_from)
     header = (f"# Generated by pipelines/study.py for `{study}` on the {profile} profile: do not edit.\n"
               f"# Run with `python -m pipelines.study {study}" + ("" if profile == "default" else f" --profile {profile}")
               + f"`; outputs in outputs-{name}/.\n")
@@ -373,7 +385,7 @@ def _run_study(study: str, profile: str) -> dict:
     base_dvc, params_file, out_root = pipeline_file(profile)
     p = load_params(params_file)
     dvc_file, the_cells = study_pipeline(profile, study)
-    base = load_stages(base_dvc)
+    base = load_pipeline(base_dvc)  # with the default's general stages, when the profile reads them
     need = needed_pipeline_stages(the_cells, tuple(p.task_distill.teacher_init_controls))
     stages = {**closure(base, need), **load_stages(dvc_file)}
     for s in stages.values():  # re-link across the two files (cells read the pipeline's teacher)

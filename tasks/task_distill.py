@@ -114,6 +114,8 @@ def main(which: str) -> None:
         mlflow.log_metrics({f"dev/{k}": v for k, v in metrics.items()})
         info = {"recipe": name, "baseline": baseline, **({"control": "teacher-init"} if control == "init" else {}),
                 "task": p.base.task, "dev": metrics, "teacher": p.base.teacher,
+                # where it started: a general student (the default pipeline's when this profile shares them)
+                **({} if control == "init" else {"general_student": _project_path(general)}),
                 "steps": res.steps, "phases": {k: r.steps for k, r in res.results.items()}, "best_step": res.last.best_step,
                 "selection": res.last.selection}
         card = model_card(f"teacher-init-{name}" if control == "init" else which, p.base.task, name, p.base.teacher,
@@ -126,6 +128,13 @@ def main(which: str) -> None:
                           token_level=task.is_token_level, span=task.is_span)
         save_model_atomic(student, tok, out, extra=info, files={"README.md": card, "metrics.json": json.dumps(metrics, indent=2)})
     print(f"[{stage}] dev {metrics}")
+
+
+def _project_path(path: Path) -> str:
+    from kdistill.paths import ROOT
+
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 if __name__ == "__main__":

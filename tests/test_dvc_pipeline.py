@@ -339,3 +339,42 @@ def test_the_seeds_table_and_the_report_set_each_student_against_both_controls()
     assert "| tinybert | 0.8800 | 0.8700 | 0.8000 | +0.0100 | +0.0800 |" in lines
     assert not any(line.startswith("| minilm") for line in lines)  # no teacher-initialised control: not listed
     assert controls_md({"metric": "accuracy", "models": {k: v for k, v in models.items() if "init" not in k}}) == []
+
+
+def test_a_profile_with_the_default_teacher_corpus_and_general_params_reads_its_general_students(monkeypatch):
+    """The general stages depend on the teacher, the corpus and the general params, not on the task: a profile with
+    the same values as params.yaml (ner, squad) has no teacher_mlm or general stage of its own; its stages read the
+    default pipeline's, and its flow graph holds the default's stages that make them (DVC skips them once the
+    default pipeline has run). A profile with another teacher (mpnet) or other general params (smoke) keeps its own."""
+    from kdistill.paths import Paths
+    from pipelines.stage_graph import load_pipeline, profile_pipeline, shares_general
+
+    assert shares_general(load_params(ROOT / "profiles" / "squad.yaml"))
+    assert not shares_general(load_params(ROOT / "profiles" / "mpnet.yaml"))
+    assert not shares_general(load_params(ROOT / "profiles" / "smoke.yaml"))
+    changed = load_params(ROOT / "profiles" / "squad.yaml", overrides={"general_distill": {"minilm": {"optim": {
+        "max_steps": 7}}}})
+    assert not shares_general(changed)
+    stages = load_stages(ROOT / "runs" / "squad" / "dvc.yaml")
+    assert not any(n.startswith(("general_distill", "teacher_mlm")) for n in stages)
+    td = stages["task_distill@minilm"]
+    assert ROOT / "outputs" / "general" / "minilm" in td.deps and "KDISTILL_GENERAL_FROM=outputs " in td.cmd
+    assert ROOT / "outputs" / "teacher_mlm" in stages["augment"].deps
+    assert ROOT / "outputs-squad" / "teacher" in td.deps  # everything else is the profile's own
+    graph = load_pipeline(ROOT / "runs" / "squad" / "dvc.yaml")
+    default = {"prepare:default", "teacher_mlm", *(f"general_distill@{r}" for r in ("tinybert", "distilbert",
+                                                                                  "mobilebert", "minilm"))}
+    assert set(graph) == set(stages) | default
+    assert graph["prepare:default"].target == "prepare" and graph["prepare"].target == "runs/squad/dvc.yaml:prepare"
+    assert graph["task_distill@minilm"].upstream == {"prepare", "augment", "teacher_finetune", "general_distill@minilm"}
+    assert graph["general_distill@minilm"].upstream == {"prepare:default", "teacher_mlm"}
+    smoke = load_pipeline(ROOT / "runs" / "smoke" / "dvc.yaml")
+    assert set(smoke) == set(load_stages(ROOT / "runs" / "smoke" / "dvc.yaml"))
+    # the committed generated pipelines are what generation writes
+    for name in ("squad", "ner", "bbc-news"):
+        committed = (ROOT / "runs" / name / "dvc.yaml").read_text()
+        assert profile_pipeline(name).read_text() == committed, f"runs/{name}/dvc.yaml is stale: regenerate it"
+    monkeypatch.setenv("KDISTILL_GENERAL_FROM", "outputs")
+    paths = Paths(ROOT / "outputs-squad")
+    assert paths.general("tinybert") == ROOT / "outputs" / "general" / "tinybert"
+    assert paths.teacher_mlm == ROOT / "outputs" / "teacher_mlm" and paths.teacher == ROOT / "outputs-squad" / "teacher"

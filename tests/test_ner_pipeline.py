@@ -1,12 +1,16 @@
 """Named-entity recognition end to end: the shipped WNUT-17 CoNLL files (a few rows) through the flow (Prefect, DVC,
 MLflow): tags read and their scheme stated, every recipe and control distilled per token, entity F1 scored by
-seqeval, ONNX exported with parity, registered, and served as entities with character offsets."""
+seqeval, ONNX exported with parity, registered, and served as entities with character offsets. The profile extends
+params.yaml (here the smoke settings), so its general students are the default pipeline's, computed once."""
 
 import json
+import subprocess
 
 import mlflow
 import pytest
 import yaml
+
+from kdistill.config import load_params
 
 from .conftest import copy_project, run_flow
 from .serving import invoke, served
@@ -20,7 +24,11 @@ def ner_project(tmp_path_factory):
     # the first 60 dev sentences: every model is scored and parity-checked on them
     dev = (project / "data" / "ner" / "wnut17" / "dev.conll").read_text().split("\n\t\n")[:60]
     (project / "data" / "ner" / "dev-60.conll").write_text("\n\t\n".join(dev) + "\n")
-    profile = {"extends": "smoke.yaml",
+    # params.yaml made tiny (the smoke settings): the profile extends it with the same teacher, corpus and general
+    # params, so the flow runs the default pipeline's teacher_mlm and general stages, and this profile reads them
+    smoke = load_params(project / "profiles" / "smoke.yaml").model_dump(mode="json")  # DVC reads every key there
+    (project / "params.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
+    profile = {"extends": "../params.yaml",
                "base": {"task": "wnut17", "max_train_examples": 64, "validation_rows": 32},
                "data": {"kind": "token_classification", "train": "data/ner/wnut17/train.conll",
                         "dev": "data/ner/dev-60.conll"},
@@ -41,6 +49,21 @@ def test_conll_tags_run_through_every_stage_and_are_served_as_entities(ner_proje
     project, proc = ner_project
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     out = project / "outputs-nertest"
+    # the general students are the default pipeline's: its stages ran here, recorded in its dvc.lock, so its own run
+    # would skip them; this profile has none of its own and its students start from them
+    general = [f"general_distill@{r}" for r in RECIPES]
+    assert "of which 6 are the default pipeline's" in proc.stdout + proc.stderr
+    assert not (out / "general").exists() and not (out / "teacher_mlm").exists()
+    assert all((project / "outputs" / "general" / r / "model.safetensors").is_file() for r in RECIPES)
+    assert set(general) <= set(yaml.safe_load((project / "dvc.lock").read_text())["stages"])
+    assert not any(s.startswith("general") for s in yaml.safe_load((project / "runs" / "nertest" / "dvc.lock")
+                                                                 .read_text())["stages"])
+    status = subprocess.run([".venv/bin/dvc", "status", "--json", "teacher_mlm", *general], cwd=project,
+                            capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout or "{}") == {}
+    for model in ("students", "baselines"):
+        started = json.loads((out / model / "tinybert" / "kdistill.json").read_text())
+        assert started["general_student"] == "outputs/general/tinybert"
     task = json.loads((out / "data" / "task.json").read_text())
     assert task["kind"] == "token_classification" and task["scheme"] == "IOB2" and len(task["labels"]) == 13
     assert "IOB2 scheme (detected in train), 13 tags" in proc.stdout
