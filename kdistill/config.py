@@ -414,7 +414,9 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, mapping by mapping. An empty mapping replaces what it extends (a profile's
+    `variants: {}` means none), since merging nothing into it would silently keep the base's entries."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
     return out

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start (scripts/results_table.py writes this table) -->", "<!-- results:end -->"
-PROFILES = ("bbc-news", "squad")  # profiles whose committed reports the README quotes too
+PROFILES = ("bbc-news", "ner", "squad")  # profiles whose committed reports the README quotes too
 
 
 def markers(profile: str | None) -> tuple[str, str]:

@@ -85,6 +85,12 @@ def test_profile_extends_a_params_file(tmp_path):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "base": {"task": "mrpc"}}))
     p = load_params(tmp_path / "p.yaml")
     assert (p.base.task, p.base.seed, p.base.max_seq_len, p.augment.copies) == ("mrpc", 3, 48, 4)
+    # an empty mapping replaces the one it extends: `variants: {}` is no variant, not the base's variants kept
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump({"extends": str(ROOT / "params.yaml"),
+                                                        "studies": {"seeds": {"variants": {}}}}))
+    assert load_params(ROOT / "params.yaml").studies.seeds.variants
+    assert load_params(tmp_path / "none.yaml").studies.seeds.variants == {}
+    assert load_params(ROOT / "profiles" / "ner.yaml").studies.seeds.recipes == ["tinybert"]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "base": {"tsk": "mrpc"}}))
     with pytest.raises(ParamsError, match=r"bad.yaml: unknown key 'base.tsk'; did you mean 'base.task'\?"):
         load_params(tmp_path / "bad.yaml")

@@ -166,14 +166,14 @@ def test_near_chance_is_the_majority_rate_within_two_standard_errors():
     assert near_chance(TASK, 0.65, gold)[0] and not near_chance(TASK, 0.75, gold)[0]  # SE = sqrt(.24/100) = 0.049
 
 
-def test_the_readme_family_table_is_what_the_tests_run():
+def test_the_documented_family_table_is_what_the_tests_run():
     """Every family the engine reads has a row, and every "runs" cell is a family these tests distil with that
     recipe (test_every_recipe_distils_a_teacher_of_every_family)."""
     from kdistill.families import FAMILIES as ENGINE
 
     from .conftest import ROOT
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "design.md").read_text()
     table = text[text.index("<!-- families:start -->"):text.index("<!-- families:end -->")].splitlines()[1:]
     header = [c.strip() for c in table[0].strip("|").split("|")]
     assert header[1:] == list(recipes.RECIPES)
