@@ -340,11 +340,13 @@ def pipeline_file(profile: str) -> tuple[Path, Path, Path]:
     if not src.is_file():
         names = sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml"))
         raise KdistillError(f"profiles/{profile}.yaml not found (profiles: default, {', '.join(names)})")
-    dvc_file = profile_pipeline(profile)
-    write_runtime(RUNS / profile / "params.yaml")
-    if "KDISTILL_GENERAL_FROM" in dvc_file.read_text():  # its flow also runs the default's general stages
+    from kdistill.config import load_params
+
+    dvc_file, params_file = profile_pipeline(profile), RUNS / profile / "params.yaml"
+    write_runtime(params_file)
+    if shares_general(load_params(params_file)):  # its flow also runs the default's general stages
         write_runtime(ROOT / "params.yaml")
-    return dvc_file, RUNS / profile / "params.yaml", ROOT / f"outputs-{profile}"
+    return dvc_file, params_file, ROOT / f"outputs-{profile}"
 
 
 if __name__ == "__main__":  # `make repro`: the runtime record of the default pipeline before `dvc repro`
