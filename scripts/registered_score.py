@@ -1,5 +1,6 @@
 """The registered students of a pipeline, loaded through `mlflow.pyfunc` as a user would and scored on its dev split,
-beside the score the export report states for the variant each one serves.
+beside the score the export stage measured for that version (its metric tag, set when it was registered; an older
+champion that a later, worse run did not replace keeps its own run's score).
 
     .venv/bin/python scripts/registered_score.py --profile ner          # every recipe's @champion
     .venv/bin/python scripts/registered_score.py --profile squad --recipes tinybert --rows 200
@@ -89,7 +90,7 @@ def main() -> None:
     mlflow.set_tracking_uri(tracking_uri(p))
     client = mlflow.MlflowClient()
     print(f"{a.profile}: {len(dev)} dev rows, metric {task.metric}, CPU capability {cpu_capability()}")
-    print(f"| model | registered | variant | report {task.metric} | pyfunc {task.metric} | difference (points) |")
+    print(f"| model | registered | variant | stated {task.metric} | pyfunc {task.metric} | difference (points) |")
     print("|---|---|---|---|---|---|")
     for r in a.recipes:
         name = f"{p.tracking.registry_prefix}{p.base.task}-{r}"
@@ -97,8 +98,9 @@ def main() -> None:
         variant = version.tags.get("variant", "onnx-fp32")
         model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
         got = pyfunc_score(model, dev, task)
-        stated = deploy["models"][r][variant]["metrics"][task.metric]
-        note = "" if a.rows is None else " (report: all rows)"
+        # the score measured for this version when it was registered; a version without the tag: the report's
+        stated = float(version.tags.get(task.metric, deploy["models"][r][variant]["metrics"][task.metric]))
+        note = "" if a.rows is None else " (stated: all rows)"
         print(f"| {r} | {name} v{version.version} | {variant} | {stated:.4f}{note} | {got:.4f} | "
               f"{100 * (got - stated):+.2f} |", flush=True)
 

@@ -102,6 +102,25 @@ def copy_project(dst):
     return dst
 
 
+def tiny_offline_shaped_teacher(out: Path) -> Path:
+    """A tiny random BERT with a masked-LM head and the offline teacher's own tokenizer (its 30,522 WordPieces, so
+    real text splits into sub-tokens as it would for the default teacher): 6 layers x 96, 12 heads, which the smoke
+    profile's student shapes fit (TinyBERT-style and MiniLM-style 48 wide, 12 heads; DistilBERT-style every other
+    layer; MobileBERT-style the teacher's depth with 4 heads grouping its 12). For the end-to-end runs of the token
+    kinds, where a real teacher's minutes buy no extra coverage."""
+    from transformers import AutoTokenizer
+
+    from kdistill.models import resolve_teacher
+
+    tok = AutoTokenizer.from_pretrained(resolve_teacher("offline:all-MiniLM-L6-v2"))
+    torch.manual_seed(0)
+    cfg = tiny_config(layers=6, hidden=96, heads=12, ffn=192, vocab=len(tok))
+    cfg.max_position_embeddings = 128
+    BertForMaskedLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

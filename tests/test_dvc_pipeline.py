@@ -152,12 +152,21 @@ def _generated(run_dir, machine_free=True):
 @pytest.fixture(params=[False, True], ids=["fp32-cpu", "native-bf16-cpu"])
 def either_cpu(request):
     """Both kinds of CPU this project runs on, forced: `auto` precision resolves to fp32 (AVX2 only) or bf16
-    (AVX512-BF16/AMX), whichever machine runs the test."""
+    (AVX512-BF16/AMX), whichever machine runs the test. The project's own runtime record, which a study rewrites
+    for the default pipeline under the forced probe, is put back: it records what this machine's dvc.lock holds."""
     from kdistill.train import precision
 
+    record = ROOT / "runtime.yaml"
+    before = record.read_text() if record.is_file() else None
     precision.set_bf16_probe(lambda device: request.param)
-    yield request.param
-    precision.set_bf16_probe(None)
+    try:
+        yield request.param
+    finally:
+        precision.set_bf16_probe(None)
+        if before is None:
+            record.unlink(missing_ok=True)
+        else:
+            record.write_text(before)
 
 
 def test_a_study_is_a_dvc_pipeline_of_cells_reading_the_pipeline_outputs(either_cpu):

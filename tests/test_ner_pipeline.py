@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from kdistill.config import load_params
+from kdistill.data.task import load_task
+from scripts.registered_score import pyfunc_score
 
-from .conftest import copy_project, run_flow
+from .conftest import copy_project, run_flow, tiny_offline_shaped_teacher
 from .serving import invoke, served
 
 TEXT = "Ann Smith moved to New York with Google ."
@@ -22,11 +24,12 @@ TEXT = "Ann Smith moved to New York with Google ."
 def ner_project(tmp_path_factory):
     project = copy_project(tmp_path_factory.mktemp("ner") / "proj")
     # the first 60 dev sentences: every model is scored and parity-checked on them
-    dev = (project / "data" / "ner" / "wnut17" / "dev.conll").read_text().split("\n\t\n")[:60]
-    (project / "data" / "ner" / "dev-60.conll").write_text("\n\t\n".join(dev) + "\n")
-    # params.yaml made tiny (the smoke settings): the profile extends it with the same teacher, corpus and general
+    dev = (project / "data" / "ner" / "wnut17" / "dev.conll").read_text().split("\n\n")[:60]  # blank lines
+    (project / "data" / "ner" / "dev-60.conll").write_text("\n\n".join(dev) + "\n")
+    # params.yaml made tiny (the smoke settings, a tiny teacher with the offline one's tokenizer): the profile extends it with the same teacher, corpus and general
     # params, so the flow runs the default pipeline's teacher_mlm and general stages, and this profile reads them
     smoke = load_params(project / "profiles" / "smoke.yaml").model_dump(mode="json")  # DVC reads every key there
+    smoke["base"]["teacher"] = str(tiny_offline_shaped_teacher(project / "teachers" / "tiny").relative_to(project))
     (project / "params.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
     profile = {"extends": "../params.yaml",
                "base": {"task": "wnut17", "max_train_examples": 64, "validation_rows": 32},
@@ -69,9 +72,10 @@ def test_conll_tags_run_through_every_stage_and_are_served_as_entities(ner_proje
     assert "IOB2 scheme (detected in train), 13 tags" in proc.stdout
     stats = json.loads((out / "data" / "stats.json").read_text())
     assert stats["label_counts"]["train"]["entities person"] == 660
+    dev = load_from_disk(str(out / "data" / "dev"))
+    assert len(dev) == 60
     # the teacher's reported entity F1 is seqeval's on its own predictions, read word by word here
     summary = json.loads((out / "reports" / "summary.json").read_text())
-    dev = load_from_disk(str(out / "data" / "dev"))
     tok = AutoTokenizer.from_pretrained(out / "teacher")
     model = AutoModelForTokenClassification.from_pretrained(out / "teacher").eval()
     gold, pred = [], []
@@ -102,6 +106,11 @@ def test_conll_tags_run_through_every_stage_and_are_served_as_entities(ner_proje
     for e in got["entities"][0]:
         assert TEXT[e["start"]: e["end"]] == e["text"] and e["label"] in types and 0 <= e["score"] <= 1
     assert list(got["entities"][1]) == []
+    # the registered model's entity F1 on the dev sentences (sent as text, the words joined by spaces) is the one the
+    # export stage measured for the variant it serves
+    champion = mlflow.MlflowClient().get_model_version_by_alias("nertest-wnut17-minilm", "champion")
+    served_f1 = pyfunc_score(mlflow.pyfunc.load_model("models:/nertest-wnut17-minilm@champion"), dev, load_task(out / "data"))
+    assert served_f1 == pytest.approx(deploy["models"]["minilm"][champion.tags["variant"]]["metrics"]["entity_f1"], abs=0.005)
     with served("nertest-wnut17-minilm", uri, cwd=project) as (server, url):
         answers = invoke(url, [TEXT])
         assert len(answers) == 1 and set(answers[0]) == {"entities"}

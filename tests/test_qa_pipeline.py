@@ -8,7 +8,7 @@ import mlflow
 import pytest
 import yaml
 
-from .conftest import copy_project, run_flow
+from .conftest import copy_project, run_flow, tiny_offline_shaped_teacher
 from .serving import post, served
 
 CONTEXT = "The Eiffel Tower was built by Gustave Eiffel's company in Paris between 1887 and 1889."
@@ -22,12 +22,14 @@ def qa_project(tmp_path_factory):
     dev["data"] = [{**dev["data"][0], "paragraphs": dev["data"][0]["paragraphs"][:8]}]
     (project / "data" / "squad" / "dev-8.json").write_text(json.dumps(dev))
     profile = {"extends": "smoke.yaml",
-               "base": {"task": "squad11", "max_seq_len": 64, "max_train_examples": 64, "validation_rows": 32},
+               "base": {"task": "squad11", "max_seq_len": 64, "max_train_examples": 64, "validation_rows": 32,
+                        "teacher": "teachers/tiny"},
                "data": {"kind": "extractive_qa", "train": "data/squad/train.json", "dev": "data/squad/dev-8.json",
                         "doc_stride": 16},
                "augment": {"method": "none"},
                "evaluate": {"seq_lens": [64]}, "export": {"seq_lens": [64]},
                "tracking": {"experiment_prefix": "kdistill-qa-test", "registry_prefix": "qatest-"}}
+    tiny_offline_shaped_teacher(project / "teachers" / "tiny")  # the offline teacher's tokenizer, a tiny encoder
     (project / "profiles" / "qatest.yaml").write_text(yaml.safe_dump(profile))
     return project, run_flow(project, "--profile", "qatest")
 
