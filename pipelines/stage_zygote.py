@@ -42,7 +42,7 @@ from pathlib import Path
 # the imports that cost a stage most of its start (python -X importtime of tasks.task_distill)
 PRELOAD = ("numpy", "torch", "scipy.stats", "sklearn.metrics", "pandas", "datasets", "safetensors.torch",
            "transformers", "transformers.modeling_utils", "transformers.models.auto.modeling_auto", "mlflow",
-           "mlflow.tracking", "tqdm")
+           "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "torchmetrics.functional.text.squad", "tqdm")
 _SHELL = set("|&;<>`$(){}*?")  # a command that needs a shell never goes through the server
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _server: Zygote | None = None

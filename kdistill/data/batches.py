@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pyarrow.compute as pc
 import torch
@@ -14,6 +16,14 @@ def row_lengths(ds: Dataset, column: str = "input_ids", batch_rows: int = 65_536
     parts = [pc.list_value_length(b[column]).to_numpy(zero_copy_only=False)
              for b in ds.select_columns([column]).with_format("arrow").iter(batch_size=batch_rows)]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _fingerprint(ds: Dataset, tokenizer, *settings) -> str:
+    """The tokenized dataset's fingerprint, named here: `datasets` would otherwise pickle and hash the tokenizer in
+    the mapped function (about 0.6 s a call, most of a small stage's tokenizing). Nothing reads it back: caching is
+    off and saved datasets are stamped with their content digest (kdistill.data.store)."""
+    key = "|".join(map(str, (ds._fingerprint, type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), *settings)))
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def tokenize_task(ds: Dataset, tokenizer, max_seq_len: int, doc_stride: int | None = None) -> Dataset:
@@ -33,7 +43,8 @@ def tokenize_task(ds: Dataset, tokenizer, max_seq_len: int, doc_stride: int | No
 
     keep = {"input_ids", "token_type_ids", "labels"}
     # keep_in_memory: never write cache files next to the source dataset (it may be a DVC output)
-    ds = ds.map(enc, batched=True, desc="tokenize", keep_in_memory=True)
+    ds = ds.map(enc, batched=True, desc="tokenize", keep_in_memory=True,
+                new_fingerprint=_fingerprint(ds, tokenizer, "texts", max_seq_len, pair))
     ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
     return ds.add_column("row", list(range(len(ds))))
 
@@ -57,7 +68,8 @@ def tokenize_words(ds: Dataset, tokenizer, max_seq_len: int) -> Dataset:
         return out
 
     keep = {"input_ids", "token_type_ids", "labels", *SCORING_ONLY}
-    ds = ds.map(enc, batched=True, desc="tokenize", keep_in_memory=True)
+    ds = ds.map(enc, batched=True, desc="tokenize", keep_in_memory=True,
+                new_fingerprint=_fingerprint(ds, tokenizer, "words", max_seq_len))
     ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
     return ds.add_column("row", list(range(len(ds))))
 
@@ -70,7 +82,8 @@ def tokenize_questions(ds: Dataset, tokenizer, max_seq_len: int, doc_stride: int
     if doc_stride is None:
         raise ValueError("extractive QA windows need a doc_stride (the task's, from task.json)")
     ds = ds.map(lambda b: windows(b, tokenizer, max_seq_len, doc_stride), batched=True, desc="windows",
-                remove_columns=ds.column_names, keep_in_memory=True)
+                remove_columns=ds.column_names, keep_in_memory=True,
+                new_fingerprint=_fingerprint(ds, tokenizer, "windows", max_seq_len, doc_stride))
     return ds.add_column("row", list(range(len(ds))))
 
 
