@@ -413,10 +413,16 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
     return parse_params(raw, str(path))
 
 
+REPLACED_MAPPINGS = ("variants",)  # named cells: a profile's replace the ones it extends
+
+
 def deep_merge(base: dict, extra: dict) -> dict:
     """`extra` over `base`, mapping by mapping. An empty mapping replaces what it extends (a profile's
-    `variants: {}` means none), since merging nothing into it would silently keep the base's entries."""
+    `variants: {}` means none), since merging nothing into it would silently keep the base's entries; so does a
+    study's `variants`: a profile's levers are its own (the base's were chosen for another task, and each costs a
+    cell per seed)."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
+        merge = isinstance(v, dict) and v and isinstance(out.get(k), dict) and k not in REPLACED_MAPPINGS
+        out[k] = deep_merge(out[k], v) if merge else v
     return out

@@ -91,6 +91,10 @@ def test_profile_extends_a_params_file(tmp_path):
     assert load_params(ROOT / "params.yaml").studies.seeds.variants
     assert load_params(tmp_path / "none.yaml").studies.seeds.variants == {}
     assert load_params(ROOT / "profiles" / "ner.yaml").studies.seeds.recipes == ["tinybert"]
+    # a profile's own variants replace the base's (its levers, not the default task's)
+    ner = load_params(ROOT / "profiles" / "ner.yaml").studies.seeds.variants
+    assert set(ner) == {"pred-lr-5e-4", "temperature-2"}
+    assert ner["temperature-2"].change == {"task_distill": {"tinybert": {"temperature": 2.0}}}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "base": {"tsk": "mrpc"}}))
     with pytest.raises(ParamsError, match=r"bad.yaml: unknown key 'base.tsk'; did you mean 'base.task'\?"):
         load_params(tmp_path / "bad.yaml")
