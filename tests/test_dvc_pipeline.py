@@ -152,21 +152,23 @@ def _generated(run_dir, machine_free=True):
 @pytest.fixture(params=[False, True], ids=["fp32-cpu", "native-bf16-cpu"])
 def either_cpu(request):
     """Both kinds of CPU this project runs on, forced: `auto` precision resolves to fp32 (AVX2 only) or bf16
-    (AVX512-BF16/AMX), whichever machine runs the test. The project's own runtime record, which a study rewrites
-    for the default pipeline under the forced probe, is put back: it records what this machine's dvc.lock holds."""
+    (AVX512-BF16/AMX), whichever machine runs the test. The project's runtime records, which a study rewrites under
+    the forced probe (the default pipeline's and its cells'), are put back: they record what this machine's dvc.lock
+    files hold."""
     from kdistill.train import precision
 
-    record = ROOT / "runtime.yaml"
-    before = record.read_text() if record.is_file() else None
+    records = [ROOT / "runtime.yaml", *(ROOT / "runs").rglob("runtime.yaml")]
+    before = {f: f.read_text() for f in records if f.is_file()}
     precision.set_bf16_probe(lambda device: request.param)
     try:
         yield request.param
     finally:
         precision.set_bf16_probe(None)
-        if before is None:
-            record.unlink(missing_ok=True)
-        else:
-            record.write_text(before)
+        for f in records:
+            if f in before:
+                f.write_text(before[f])
+            else:
+                f.unlink(missing_ok=True)
 
 
 def test_a_study_is_a_dvc_pipeline_of_cells_reading_the_pipeline_outputs(either_cpu):
