@@ -3,7 +3,6 @@ on a 12-layer teacher), exercised on a tiny local model directory of the same fo
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -14,6 +13,7 @@ from transformers import BertForMaskedLM, BertModel, MobileBertForMaskedLM
 from kdistill.config import load_params
 from kdistill.distill.layer_map import resolve_layer_map
 from pipelines import stage_zygote
+from pipelines.stage_exec import run_command
 
 from .conftest import ROOT, tiny_config
 
@@ -50,21 +50,13 @@ def test_teacher_with_own_mlm_head_is_used_not_refitted(tmp_path, tiny_tokenizer
     out = tmp_path / "outputs"
     env = {**os.environ, "KDISTILL_PARAMS": str(params), "KDISTILL_OUTPUTS": str(out), "HF_HUB_OFFLINE": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    # the six stage commands forked from one stage server, as the flow runs them (one import of the libraries)
-    with stage_zygote.serving(env) as server:
+    # the six stage commands run as the flow runs them: forked from one stage server (one import of the libraries);
+    # a failing one raises StageFailed with its own error
+    with stage_zygote.serving(env):
         for args in (["prepare"], ["teacher_mlm"], ["general_distill", "distilbert"], ["general_distill", "tinybert"],
                      ["general_distill", "mobilebert"], ["general_distill", "minilm"]):
-            argv = [sys.executable, "-m", f"tasks.{args[0]}", *args[1:]]
-            started = server.start(argv, str(ROOT), env) if server else None
-            if started is None:  # no stage server on this system: a process each
-                proc = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True)
-                log, code = proc.stdout, proc.returncode
-            else:
-                stream, wait = started
-                log = stream.read()
-                code = wait()
-            assert code == 0, log[-4000:]
+            run_command("-".join(args), " ".join([sys.executable, "-m", f"tasks.{args[0]}", *args[1:]]), ROOT, env,
+                        tmp_path / "logs" / f"{'-'.join(args)}.log")
     head = json.loads((out / "teacher_mlm" / "kdistill.json").read_text())
     assert head["head"] == "pre-trained"
     saved = BertForMaskedLM.from_pretrained(out / "teacher_mlm")

@@ -26,8 +26,9 @@ def ner_project(tmp_path_factory):
     # the first 60 dev sentences: every model is scored and parity-checked on them
     dev = (project / "data" / "ner" / "wnut17" / "dev.conll").read_text().split("\n\n")[:60]  # blank lines
     (project / "data" / "ner" / "dev-60.conll").write_text("\n\n".join(dev) + "\n")
-    # params.yaml made tiny (the smoke settings, a tiny teacher with the offline one's tokenizer): the profile extends it with the same teacher, corpus and general
-    # params, so the flow runs the default pipeline's teacher_mlm and general stages, and this profile reads them
+    # params.yaml made tiny (the smoke settings, a tiny teacher with the offline one's tokenizer): the profile extends
+    # it with the same teacher, corpus and general params, so the flow runs the default pipeline's teacher_mlm and
+    # general stages, and this profile reads them
     smoke = load_params(project / "profiles" / "smoke.yaml").model_dump(mode="json")  # DVC reads every key there
     smoke["base"]["teacher"] = str(tiny_offline_shaped_teacher(project / "teachers" / "tiny").relative_to(project))
     (project / "params.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
@@ -109,8 +110,9 @@ def test_conll_tags_run_through_every_stage_and_are_served_as_entities(ner_proje
     # the registered model's entity F1 on the dev sentences (sent as text, the words joined by spaces) is the one the
     # export stage measured for the variant it serves
     champion = mlflow.MlflowClient().get_model_version_by_alias("nertest-wnut17-minilm", "champion")
-    served_f1 = pyfunc_score(mlflow.pyfunc.load_model("models:/nertest-wnut17-minilm@champion"), dev, load_task(out / "data"))
-    assert served_f1 == pytest.approx(deploy["models"]["minilm"][champion.tags["variant"]]["metrics"]["entity_f1"], abs=0.005)
+    served_model = mlflow.pyfunc.load_model("models:/nertest-wnut17-minilm@champion")
+    stated = deploy["models"]["minilm"][champion.tags["variant"]]["metrics"]["entity_f1"]
+    assert pyfunc_score(served_model, dev, load_task(out / "data")) == pytest.approx(stated, abs=0.005)
     with served("nertest-wnut17-minilm", uri, cwd=project) as (server, url):
         answers = invoke(url, [TEXT])
         assert len(answers) == 1 and set(answers[0]) == {"entities"}

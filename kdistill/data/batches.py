@@ -22,7 +22,8 @@ def _fingerprint(ds: Dataset, tokenizer, *settings) -> str:
     """The tokenized dataset's fingerprint, named here: `datasets` would otherwise pickle and hash the tokenizer in
     the mapped function (about 0.6 s a call, most of a small stage's tokenizing). Nothing reads it back: caching is
     off and saved datasets are stamped with their content digest (kdistill.data.store)."""
-    key = "|".join(map(str, (ds._fingerprint, type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), *settings)))
+    parts = (ds._fingerprint, type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), *settings)
+    key = "|".join(map(str, parts))
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
