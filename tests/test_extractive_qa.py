@@ -146,6 +146,46 @@ def test_the_exported_qa_model_has_one_logits_output_with_parity(tok, tmp_path):
     assert par.max_abs_diff < 1e-4 and par.labels_differing == 0
 
 
+
+def test_the_served_int8_model_computes_each_window_as_the_export_stage_scored_it(tok, tmp_path):
+    """Dynamic int8 quantization scales each activation tensor by the range of all a call holds (padding and the
+    other rows included), so the served model (one window per call, unpadded) and the export stage's score of the
+    variant it serves (`predict_onnx` one row per call) must batch alike: the same logits, bit for bit, per window."""
+    import importlib.util
+
+    from kdistill.deploy.onnx_export import export_onnx, load_for_export, predict_onnx, quantize_int8, session
+
+    model(1).save_pretrained(tmp_path / "m")
+    export_onnx(load_for_export(tmp_path / "m"), tmp_path / "m.onnx")
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx")
+    int8 = session(tmp_path / "m.int8.onnx", 1)
+    # windows of unequal length within a question (the last is shorter) and across questions
+    rows = [("who wrote it?", "a b c d e f ann did", "ann"), ("where is paris?", "paris is in france .", "france"),
+            ("who?", "a b c d e f g h bob did it", "bob")]
+    w = tokenize_task(questions(rows), tok, 12, doc_stride=2)
+    scored = predict_onnx(int8, w, batch_size=1)
+
+    spec = importlib.util.spec_from_file_location("served", "kdistill/deploy/serving_model.py")
+    served = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(served)
+    calls = []
+
+    class Recorded:  # the real int8 session, each call's logits kept
+        def run(self, names, feed):
+            out = int8.run(names, feed)
+            calls.append(out[0][0])
+            return out
+
+    m = served.OnnxTextClassifier()
+    m.kind, m.labels, m.max_len, m.doc_stride, m.max_answer_len = "extractive_qa", [], 12, 2, 5
+    m.tokenizer, m.session, m.inputs = tok, Recorded(), {i.name for i in int8.get_inputs()}
+    got = m.predict(None, {"question": [q for q, _, _ in rows], "context": [c for _, c, _ in rows]})
+    assert len(calls) == len(w) > len(rows)  # one call per window
+    assert len({len(c) for c in calls}) > 1  # unpadded: the windows' own lengths
+    for i, logits in enumerate(calls):
+        assert len(logits) == len(w[i]["input_ids"]) and np.array_equal(logits, scored[i, : len(logits)]), i
+    assert list(got["answer"]) == list(span_predictions(scored, w, 5))
+
 def squad_file(path, answer_start=0, question="Who?", answers=None):
     path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [
         {"context": "Ann wrote it.", "qas": [{"id": "a1", "question": question, "answers": answers if answers is not None

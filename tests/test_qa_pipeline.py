@@ -6,7 +6,10 @@ import json
 
 import mlflow
 import pytest
+import torch
 import yaml
+
+from kdistill.train.precision import autocast
 
 from .conftest import copy_project, run_flow, tiny_offline_shaped_teacher
 from .serving import post, served
@@ -61,11 +64,12 @@ def test_squad_questions_run_through_every_stage_and_are_served_as_answers(qa_pr
                   return_offsets_mapping=True, padding=True, return_tensors="pt")
         offsets = enc.pop("offset_mapping").tolist()
         enc.pop("overflow_to_sample_mapping")
-        o = model(**enc)
+        with torch.no_grad(), autocast(summary["precision"]):  # evaluate's precision (bf16 where the CPU has it)
+            o = model(**enc)
         best = None
         for w in range(len(offsets)):
             offs = [o if s == 1 else [-1, -1] for o, s in zip(offsets[w], enc.sequence_ids(w))]
-            span = best_span(o.start_logits[w].detach().numpy(), o.end_logits[w].detach().numpy(), offs, 30)
+            span = best_span(o.start_logits[w].float().numpy(), o.end_logits[w].float().numpy(), offs, 30)
             if span and (best is None or span[0] > best[0]):
                 best = span
         pred.append(c[best[1]: best[2]] if best else "")

@@ -141,7 +141,8 @@ def run_session(sess, input_ids, attention_mask, token_type_ids=None) -> np.ndar
 
 
 def predict_onnx(sess, dataset, batch_size: int = 64) -> np.ndarray:
-    """Logits for every row of a tokenised split, in row order (batched by length, like evaluation.predict)."""
+    """Logits for every row of a tokenised split, in row order (batched by length, like evaluation.predict; per token:
+    zeros past each row's own length, whatever the batch)."""
     out = None
     for idx, rows in by_length(dataset, batch_size):
         width = max(len(x) for x in rows["input_ids"])
@@ -154,10 +155,22 @@ def predict_onnx(sess, dataset, batch_size: int = 64) -> np.ndarray:
         if out is None:  # per token: padded to the longest row with zeros, as evaluation.predict does
             out = (np.zeros((len(dataset), int(row_lengths(dataset).max()), logits.shape[-1]), dtype=np.float32)
                    if logits.ndim == 3 else np.empty((len(dataset), logits.shape[-1]), dtype=np.float32))
-        if logits.ndim == 3:
-            out[idx, : logits.shape[1]] = logits
+        if logits.ndim == 3:  # each row's own tokens only: what a padded position holds depends on the batch
+            for k, i in enumerate(idx):
+                out[i, : len(rows["input_ids"][k])] = logits[k, : len(rows["input_ids"][k])]
         else:
             out[idx] = logits
+    return out
+
+
+def within_rows(logits: np.ndarray, dataset) -> np.ndarray:
+    """Per-token logits [rows, tokens, k] with every position past its row's length zeroed, as `predict_onnx` leaves
+    them (a padded position's value depends on what was batched with the row, so parity compares real tokens only)."""
+    if logits.ndim != 3:
+        return logits
+    out = logits.copy()
+    for i, n in enumerate(row_lengths(dataset)):
+        out[i, n:] = 0
     return out
 
 

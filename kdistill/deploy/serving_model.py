@@ -19,6 +19,8 @@ mappings, or a DataFrame with `question` and `context` columns; output `answer`,
 into the context) and `score` (the span's start probability times its end probability, softmaxes over the context
 tokens of its window). A long context is read in windows `doc_stride` tokens apart, as in training and in the
 reports, and the best span (end >= start, at most `max_answer_len` tokens) over all windows wins.
+Each window (and each NER text) is one call to ONNX Runtime, unpadded, as the export stage scored it: an int8
+variant's dynamic quantization ranges depend on everything in a call.
 
 Token classification: the text is split into words (runs of letters and digits, and each other non-space character
 alone, as CoNLL-style data is tokenised), each word's tag is read at its first sub-token, and the tags are grouped into
@@ -161,7 +163,11 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
                 if k in self.inputs and k in enc}
         if "token_type_ids" in self.inputs and "token_type_ids" not in feed:
             feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
-        logits = self.session.run(["logits"], feed)[0]
+        # one window per call, without padding: int8's dynamic quantization ranges then depend on the window alone,
+        # as when the export stage scored this variant (beyond a window's length: never context, never chosen)
+        logits = np.zeros((*feed["input_ids"].shape, 2), dtype=np.float32)
+        for w, keep in enumerate(np.asarray(enc["attention_mask"], dtype=bool)):
+            logits[w, keep] = self.session.run(["logits"], {k: v[w: w + 1, keep] for k, v in feed.items()})[0][0]
         best = {"answer": "", "start": 0, "end": 0, "score": 0.0}
         top = -np.inf
         for w in range(len(logits)):
