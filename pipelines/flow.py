@@ -37,7 +37,8 @@ from .stage_exec import StageFailed, _echo, run_command
 from .stage_graph import ROOT, Stage, check_default, inside, load_pipeline, pipeline_file
 
 
-def _env(parent_run_id: str | None, threads: int) -> dict:
+def stage_env(parent_run_id: str | None, threads: int) -> dict:
+    """The environment of a stage command (and of the stage server, which forks them)."""
     env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true", **os.environ}
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}"
     env["KDISTILL_THREADS"] = str(threads)
@@ -65,7 +66,7 @@ def execute_stage(stage: Stage, threads: int, parent_run_id: str | None, record:
         run_on_pool(training_pool, stage, parent_run_id, log_file)
     else:
         say("running %s with %d thread(s): %s", stage.name, threads, stage.cmd)
-        run_command(stage.name, stage.cmd, stage.wdir, _env(parent_run_id, threads), log_file)
+        run_command(stage.name, stage.cmd, stage.wdir, stage_env(parent_run_id, threads), log_file)
     t1 = time.time()
     record.commit(stage.target)
     say("%s done in %.1fs (recorded in dvc.lock)", stage.name, t1 - t0)
@@ -289,7 +290,7 @@ def run_graph(stages: dict[str, Stage], p, run_name: str, work_dir: Path, second
     """Run a linked stage graph (side by side as it allows) under one parent MLflow run; the timeline, also kept in
     work_dir with each stage's time (which orders the next run's ready stages). Raises the first stage failure.
     `status`: `dvc status` of exactly this graph, asked already under the pipeline lock held now (else asked here)."""
-    with stage_zygote.serving(_env(None, 1)):
+    with stage_zygote.serving(stage_env(None, 1)):
         return _run_graph(stages, p, run_name, work_dir, seconds, status)
 
 
@@ -427,7 +428,8 @@ def main() -> None:
                 print(f"pipeline ({args.profile}): dvc status says every stage is up to date; nothing to run "
                       f"({time.time() - t0:.1f}s)")
                 return
-            result_of(distill_pipeline(args.profile, return_state=True))
+            with stage_zygote.early(stage_env(None, 1)):
+                result_of(distill_pipeline(args.profile, return_state=True))
         print(f"pipeline ({args.profile}) finished in {time.time() - t0:.1f}s")
 
     exit_on_error(run)

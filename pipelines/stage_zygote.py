@@ -46,6 +46,7 @@ PRELOAD = ("numpy", "torch", "scipy.stats", "sklearn.metrics", "pandas", "datase
 _SHELL = set("|&;<>`$(){}*?")  # a command that needs a shell never goes through the server
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _server: Zygote | None = None
+_early: Zygote | None = None  # started by `early`, not yet taken over by `serving`
 
 
 # --- the server --------------------------------------------------------------------------------------------------
@@ -178,15 +179,20 @@ class Zygote:
         self._ready: bool | None = None
         self._lock = threading.Lock()
 
+    def spawn(self) -> None:
+        """Start the server process without waiting for it (its imports then overlap what the flow does meanwhile)."""
+        if self.proc is None:
+            self._dir = tempfile.mkdtemp(prefix="kdistill-stages-")
+            self.path = os.path.join(self._dir, "server.sock")
+            self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.stage_zygote", self.path], env=self.env,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
     def ready(self) -> bool:
-        """Started by the first stage command (a run whose stages are all skipped, or sent to a work pool, imports
-        nothing); waits for the server's first line."""
+        """Started by the first stage command unless spawned early (a run whose stages are all skipped, or sent to a
+        work pool, imports nothing); waits for the server's first line."""
         with self._lock:
             if self._ready is None:
-                self._dir = tempfile.mkdtemp(prefix="kdistill-stages-")
-                self.path = os.path.join(self._dir, "server.sock")
-                self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.stage_zygote", self.path], env=self.env,
-                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                self.spawn()
                 line = self.proc.stdout.readline().strip()
                 self._ready = line.startswith("ready")
                 print(f"stage commands fork from the stage server: {line}" if self._ready else
@@ -221,6 +227,8 @@ class Zygote:
     def close(self) -> None:
         if self.proc is None:
             return
+        if self._ready is None:  # spawned early, never used: it may still be importing
+            self.proc.kill()
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
         try:
@@ -260,19 +268,41 @@ def current() -> Zygote | None:
     return _server
 
 
+def _enabled() -> bool:
+    return os.environ.get("KDISTILL_STAGE_SERVER", "1") != "0" and hasattr(socket, "send_fds") and os.name == "posix"
+
+
+@contextlib.contextmanager
+def early(env: dict):
+    """Start the stage server now, for a run known to have stages to run here: its 10 s of imports then overlap the
+    Prefect server's start. `serving` inside takes it over; unused, it is stopped on the way out."""
+    global _early
+    _early = Zygote(env) if _enabled() else None
+    if _early is not None:
+        _early.spawn()
+    try:
+        yield
+    finally:
+        unused, _early = _early, None
+        if unused is not None:
+            unused.close()
+
+
 @contextlib.contextmanager
 def serving(env: dict):
-    """A stage server for the stage commands run meanwhile in this process (run_command uses it)."""
-    global _server
-    if os.environ.get("KDISTILL_STAGE_SERVER", "1") == "0" or not hasattr(socket, "send_fds") or os.name != "posix":
+    """A stage server for the stage commands run meanwhile in this process (run_command uses it): the one started
+    `early`, if any, else one started by the first stage command."""
+    global _server, _early
+    if not _enabled():
         yield None
         return
-    _server = Zygote(env)
+    mine, _early = _early or Zygote(env), None
+    outer, _server = _server, mine
     try:
-        yield _server
+        yield mine
     finally:
-        server, _server = _server, None
-        server.close()
+        _server = outer  # a nested run hands the outer one's server back
+        mine.close()
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from prefect.states import Failed
 
 from kdistill.errors import KdistillError
 
-from .flow import exit_on_error, result_of, run_graph
+from . import stage_zygote
+from .flow import exit_on_error, result_of, run_graph, stage_env
 from .flow import preflight as pipeline_preflight
 from .run_lock import pipeline_lock
 from .stage_graph import (
@@ -426,7 +427,8 @@ def main() -> None:
 
     def run() -> None:
         preflight(args.study, args.profile)
-        result_of(study_flow(args.study, args.profile, return_state=True))
+        with stage_zygote.early(stage_env(None, 1)):  # its imports overlap the Prefect server's start
+            result_of(study_flow(args.study, args.profile, return_state=True))
         print(f"study {args.study} ({args.profile}) finished in {time.time() - t0:.1f}s")
 
     exit_on_error(run)

@@ -92,3 +92,20 @@ def test_without_a_server_or_with_it_switched_off_stages_are_subprocesses(tmp_pa
     with stage_zygote.serving(dict(os.environ)) as s:
         assert s is None
         assert _probe(tmp_path, "0")[0]["preloaded"] is False
+
+
+def test_a_server_started_early_is_the_one_serving_and_an_unused_one_is_stopped(tmp_path):
+    """`early` spawns the server before the flow starts Prefect (its imports overlap that start); `serving` inside it
+    takes that process over rather than starting a second; one never taken over is stopped when `early` ends."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with stage_zygote.early(env):
+        spawned = stage_zygote._early.proc
+        assert spawned is not None and spawned.poll() is None
+        with stage_zygote.serving(env) as s:
+            assert s.proc is spawned and stage_zygote._early is None
+            said, _ = _probe(tmp_path, "0")
+            assert said["preloaded"] is True
+        assert spawned.wait(timeout=30) is not None  # closed with the run
+    with stage_zygote.early(env):
+        unused = stage_zygote._early.proc
+    assert unused.wait(timeout=30) is not None and stage_zygote._early is None
