@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup setup-mpnet test test-fast pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-augment bench-prepare bench-ddp bench-textbrewer profile-onnx bench-onnx-kernels bench-heads bench-mlm-head clean
+.PHONY: help setup setup-mpnet test test-fast pipeline smoke ablation seeds repro push pull ui ui-stop ui-screenshots mlflow-server mlflow-server-stop schedule worker serve loadtest bench bench-speed bench-augment bench-prepare bench-ddp bench-textbrewer profile-onnx bench-onnx-kernels bench-heads bench-mlm-head clean
 
 help:
 	@echo "make setup     create .venv, install pinned dependencies, offline teacher, GloVe, WordNet"
@@ -34,6 +34,7 @@ help:
 	@echo "make bench     CPU capability, the precision auto picks here, fp32 vs bf16 task-distillation throughput"
 	@echo "make profile-onnx   where ONNX Runtime spends its time per operator type, and each student's speedup ceiling (MODELS=\"teacher tinybert\" BATCH=1 SEQ=64 VARIANT=model.int8.onnx)"
 	@echo "make bench-onnx-kernels  ONNX Runtime's fused residual + LayerNorm kernel against Add + LayerNorm (HIDDEN=\"192 384\")"
+	@echo "make bench-speed   a profile's teacher vs its TinyBERT/MiniLM-shaped students, eager latency at fp32 (and native bf16) on this CPU, untrained (PROFILE=mpnet)"
 	@echo "make bench-heads   TinyBERT-style student's ORT speedup over the teacher per head count (HEADS=\"12 6 4 3\")"
 	@echo "make bench-mlm-head  held-out masked-token accuracy of an MLM head fitted on each teacher layer (LAYERS=\"0 3 6\")"
 	@echo "make bench-augment  augmentation sentences/s per method (wordnet, tinybert) on ROWS=300 train rows, THREADS=1"
@@ -139,6 +140,9 @@ bench-prepare:
 
 profile-onnx:
 	$(PY) benchmarks/profile_onnx.py --models $(or $(MODELS),teacher tinybert) --batch $(or $(BATCH),1) --seq $(or $(SEQ),64) --runs $(or $(RUNS),200) --variant $(or $(VARIANT),model.onnx)
+
+bench-speed:
+	$(PY) benchmarks/bench_profile_speed.py --profile $(or $(PROFILE),mpnet) --recipes $(or $(RECIPES),tinybert minilm) --seq $(or $(SEQ),64) --threads $(or $(THREADS),1 2)
 
 bench-heads:
 	$(PY) benchmarks/bench_student_heads.py --heads $(or $(HEADS),12 6 4 3) --activations $(or $(ACTS),gelu relu) --rounds $(or $(ROUNDS),100)

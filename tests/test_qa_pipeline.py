@@ -95,7 +95,9 @@ def test_squad_questions_run_through_every_stage_and_are_served_as_answers(qa_pr
     answers = served_model.predict({"question": list(dev["question"]), "context": list(dev["context"])})
     f1 = squad_metrics(list(answers["answer"]), [list(a) for a in dev["answer_texts"]])["f1"]
     variant = mlflow.MlflowClient().get_model_version_by_alias("qatest-squad11-minilm", "champion").tags["variant"]
-    assert f1 == pytest.approx(deploy["models"]["minilm"][variant]["metrics"]["f1"], abs=0.005), variant
+    # the same windows, one per call as export scored them: the same F1, int8 included (dynamic quantization scales
+    # by what a call holds)
+    assert f1 == pytest.approx(deploy["models"]["minilm"][variant]["metrics"]["f1"], abs=1e-9), variant
     with served("qatest-squad11-minilm", uri, cwd=project) as (server, url):
         body = json.dumps({"inputs": {"question": "Who built the tower?", "context": CONTEXT}}).encode()
         status, text = post(url, body)
