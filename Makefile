@@ -18,7 +18,7 @@ help:
 	@echo "make pipeline  run the six-stage pipeline (Prefect flow over DVC stages, MLflow tracking)"
 	@echo "make smoke     the same six stages on a few rows and tiny models"
 	@echo "               NPROC=2 (either): each training stage data-parallel in 2 processes (torchrun, gloo/NCCL)"
-	@echo "make test      run the test suite (19 minutes on 2 AVX512-BF16 cores, 26 on AVX2); make test-fast: without the end-to-end runs"
+	@echo "make test      run the test suite (20 minutes on 2 AVX512-BF16 cores, 26 on AVX2); make test-fast: without the end-to-end runs"
 	@echo "make ablation  task distillation with each augmentation (none/wordnet/tinybert): reports/ablation.md"
 	@echo "make seeds     task distillation and baselines over 3 seeds, mean and std: reports/seeds.md"
 	@echo "               PROFILE=smoke (either): on the smoke profile's pipeline instead of the default one"
