@@ -163,17 +163,6 @@ def predict_onnx(sess, dataset, batch_size: int = 64) -> np.ndarray:
     return out
 
 
-def within_rows(logits: np.ndarray, dataset) -> np.ndarray:
-    """Per-token logits [rows, tokens, k] with every position past its row's length zeroed, as `predict_onnx` leaves
-    them (a padded position's value depends on what was batched with the row, so parity compares real tokens only)."""
-    if logits.ndim != 3:
-        return logits
-    out = logits.copy()
-    for i, n in enumerate(row_lengths(dataset)):
-        out[i, n:] = 0
-    return out
-
-
 @dataclass
 class Parity:
     """How an exported model's logits compare with PyTorch's over a whole split."""
