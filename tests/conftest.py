@@ -225,15 +225,28 @@ def smoke_pristine(_smoke_once, smoke_run):
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """For `make test`'s two pytest-xdist workers (`--dist loadgroup`): the tests that read or change the smoke run's
-    project form one group, scheduled first (the longest chain); the tests that copy the finished run form a second
-    group, scheduled next, so that the other worker waits for the run (which has both cores meanwhile) and then
-    works beside the first chain; every other module is a group of its own (a module-scoped fixture is built once,
-    on one worker), in file order."""
+    project form one group, scheduled first (the longest chain); a few short modules next (WHILE_SMOKE_RUNS), then
+    the tests that copy the finished run, a second group, so that the other worker fills the run's idle time, waits
+    for the run and then works beside the first chain; every other module is a group of its own (a module-scoped
+    fixture is built once, on one worker), in file order."""
     def group(item) -> str:
         names = getattr(item, "fixturenames", ())
         return "smoke" if "smoke_project" in names else "smoke-copies" if "smoke_pristine" in names else ""
 
     for item in items:
         item.add_marker(pytest.mark.xdist_group(group(item) or item.module.__name__))
-    order = {"smoke": 0, "smoke-copies": 1, "": 2}
-    items.sort(key=lambda i: order[group(i)])  # stable: within each part, file order
+
+    def part(item) -> int:
+        g = group(item)
+        return {"smoke": 0, "smoke-copies": 2}.get(g, 1 if item.module.__name__ in WHILE_SMOKE_RUNS else 3)
+
+    items.sort(key=part)  # stable: within each part, file order
+
+
+# Short in-process modules (about a minute together on 2 cores) that the second worker runs before it waits for the
+# smoke run: the run leaves a third of the cores idle while its stages wait on one another (measured with vmstat).
+WHILE_SMOKE_RUNS = frozenset(f"tests.{m}" for m in (
+    "test_losses", "test_dropout", "test_docs", "test_layout", "test_attention_and_layer_map", "test_config",
+    "test_selection", "test_minilm", "test_student_init", "test_precision", "test_tracking_redaction",
+    "test_report_speed", "test_families", "test_token_classification", "test_teacher_cache", "test_general_start",
+    "test_glue_data", "test_tagged_data"))
