@@ -222,6 +222,15 @@ def smoke_pristine(_smoke_once, smoke_run):
     return _smoke_once / "pristine"
 
 
+# Short in-process modules (about 20 s together in the quiet suite) that the second worker runs before it waits for the
+# smoke run: the run leaves a third of the cores idle while its stages wait on one another (measured with vmstat).
+WHILE_SMOKE_RUNS = frozenset(f"tests.{m}" for m in (
+    "test_losses", "test_dropout", "test_docs", "test_layout", "test_attention_and_layer_map", "test_config",
+    "test_selection", "test_minilm", "test_student_init", "test_precision", "test_tracking_redaction",
+    "test_report_speed", "test_families", "test_token_classification", "test_teacher_cache", "test_general_start",
+    "test_glue_data", "test_tagged_data"))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """For `make test`'s two pytest-xdist workers (`--dist loadgroup`): the tests that read or change the smoke run's
@@ -242,11 +251,3 @@ def pytest_collection_modifyitems(config, items):
 
     items.sort(key=part)  # stable: within each part, file order
 
-
-# Short in-process modules (about a minute together on 2 cores) that the second worker runs before it waits for the
-# smoke run: the run leaves a third of the cores idle while its stages wait on one another (measured with vmstat).
-WHILE_SMOKE_RUNS = frozenset(f"tests.{m}" for m in (
-    "test_losses", "test_dropout", "test_docs", "test_layout", "test_attention_and_layer_map", "test_config",
-    "test_selection", "test_minilm", "test_student_init", "test_precision", "test_tracking_redaction",
-    "test_report_speed", "test_families", "test_token_classification", "test_teacher_cache", "test_general_start",
-    "test_glue_data", "test_tagged_data"))
