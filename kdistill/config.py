@@ -35,6 +35,8 @@ class BaseParams(_Section):
     task: str = Field("sst2", pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)
     data_dir: str = "data/glue"  # GLUE tsv root, or a `datasets` name such as "glue/sst2" (needs network)
     teacher: str = "offline:all-MiniLM-L6-v2"  # offline package, a local directory or a hub id
+    # the students to distil, one per recipe (kdistill/recipes), each with its general, task and control stages
+    recipes: list[str] = Field(default_factory=lambda: list(RECIPES), min_length=1)
     # pickle weights (pytorch_model.bin) can run code when loaded: a teacher must ship safetensors unless this is true
     allow_pickle_weights: bool = False
     max_seq_len: int = Field(64, ge=8, le=512)
@@ -54,6 +56,11 @@ class BaseParams(_Section):
     # data-parallel processes per training stage (torchrun; `make pipeline NPROC=2` overrides): same global batches,
     # gradients summed across processes. auto: one per CUDA device, else 1
     nproc: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+
+    @field_validator("recipes")
+    @classmethod
+    def _recipes_known(cls, names: list[str]) -> list[str]:
+        return _known_recipes(names)
 
 
 GLUE_PRESETS = ("sst2", "cola", "mrpc", "rte", "stsb")
@@ -326,6 +333,10 @@ class Params(_Section):
         except ValueError as exc:
             raise ValueError(f"task_distill.teacher_init_controls: {exc}") from None
         for name in names:
+            if name not in self.base.recipes:
+                raise ValueError(f"task_distill.teacher_init_controls: {name} is not among base.recipes "
+                                 f"{self.base.recipes}, so it has no student to compare with; add it there or leave "
+                                 "it out here")
             if getattr(self.general_distill, name).from_ is not None:
                 raise ValueError(f"task_distill.teacher_init_controls: {name}'s general student is given "
                                  f"(general_distill.{name}.from), not built from the teacher, so it has no "

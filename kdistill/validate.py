@@ -20,7 +20,8 @@ from kdistill.teacher_head import plan
 def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, teacher_hidden: int,
                           teacher_ffn: int | None = None) -> None:
     """Each recipe's own checks of its params against the teacher's shape (kdistill/recipes/<name>.py)."""
-    for name, recipe in RECIPES.items():
+    for name in p.base.recipes:  # a recipe left out of base.recipes builds no student: nothing to check
+        recipe = RECIPES[name]
         if getattr(p.general_distill, name).from_ is None:  # a student given with `from` has its own shape
             recipe.check_teacher(p, teacher_layers, teacher_heads, teacher_hidden, teacher_ffn)
         if name in p.task_distill.teacher_init_controls and (q := teacher_initialised(p, name)) is not p:
@@ -28,14 +29,14 @@ def check_against_teacher(p: Params, teacher_layers: int, teacher_heads: int, te
                 recipe.check_teacher(q, teacher_layers, teacher_heads, teacher_hidden, teacher_ffn)
             except ParamsError as exc:
                 raise ParamsError(f"{exc} (task_distill.teacher_init_controls builds the {name} student from the "
-                                  "teacher's weights: fit the shape to the teacher, or leave {name} out of it)") from None
+                                  f"teacher's weights: fit the shape to the teacher, or leave {name} out of it)") from None
 
 
 def check_starts(p: Params, teacher_cfg) -> None:
     """Each general student given with general_distill.<recipe>.from fits the teacher and its recipe; one that
     brings a tokenizer of its own (another vocabulary) learns from soft labels, where its recipe allows it."""
     teacher_vocab = None
-    for name in RECIPES:
+    for name in p.base.recipes:
         src = getattr(p.general_distill, name).from_
         if src is not None:
             with params_key(f"general_distill.{name}.from"):

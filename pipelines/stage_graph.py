@@ -190,10 +190,13 @@ def general_inputs(p) -> dict:
 
 
 def shares_general(params) -> bool:
-    """Whether a profile's general students are the default pipeline's (the same inputs as params.yaml)."""
+    """Whether a profile's general students are the default pipeline's: the same inputs as params.yaml, and only
+    recipes that the default pipeline distils too (its dvc.yaml has a general stage for each of base.recipes)."""
     from kdistill.config import load_params
 
-    return general_inputs(params) == general_inputs(load_params(ROOT / "params.yaml"))
+    default = load_params(ROOT / "params.yaml")
+    return (general_inputs(params) == general_inputs(default)
+            and set(params.base.recipes) <= set(default.base.recipes))
 
 
 def _is_general_report(path: str) -> bool:

@@ -412,10 +412,28 @@ def _run_study(study: str, profile: str) -> dict:
     return summary
 
 
+def check_recipes(study: str, p, source: str) -> None:
+    """A study measures the pipeline's students again: each recipe it names must be one of base.recipes."""
+    s = getattr(p.studies, study)
+    named = [("recipes", s.recipes)]
+    if study == "seeds":
+        named += [(f"variants.{v}.recipes", spec.recipes) for v, spec in s.variants.items()]
+    for key, names in named:
+        missing = [r for r in names if r not in p.base.recipes]
+        if missing:
+            raise KdistillError(f"{source}: key 'studies.{study}.{key}': {', '.join(missing)} not among base.recipes "
+                                f"{p.base.recipes} (a study measures the pipeline's students again); add it to "
+                                "base.recipes or leave it out here")
+
+
 def preflight(study: str, profile: str) -> None:
     if study not in STUDIES:
         raise KdistillError(f"unknown study {study!r}; studies: {', '.join(STUDIES)}")
     pipeline_preflight(profile)  # params valid, tracking server up
+    from kdistill.config import load_params
+
+    source = "params.yaml" if profile == "default" else f"profiles/{profile}.yaml"
+    check_recipes(study, load_params(ROOT / source), source)
 
 
 def main() -> None:

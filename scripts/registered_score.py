@@ -69,18 +69,18 @@ def main() -> None:
     from kdistill.config import load_params
     from kdistill.data.task import load_task
     from kdistill.paths import Paths
-    from kdistill.recipes import RECIPES
     from kdistill.tracking import tracking_uri
     from kdistill.train.precision import cpu_capability
     from pipelines.stage_graph import pipeline_file
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="default")
-    ap.add_argument("--recipes", nargs="*", default=list(RECIPES))
+    ap.add_argument("--recipes", nargs="*", help="default: the profile's base.recipes")
     ap.add_argument("--rows", type=int, default=None, help="the first N dev rows only (default: all)")
     a = ap.parse_args()
     _, params_file, out_root = pipeline_file(a.profile)
     p = load_params(params_file)
+    a.recipes = a.recipes or p.base.recipes
     paths = Paths(out_root)
     task = load_task(paths.data)
     dev = load_from_disk(str(paths.data / "dev"))

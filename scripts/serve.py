@@ -34,7 +34,6 @@ def main() -> int:
 
     from kdistill.config import load_params
     from kdistill.errors import KdistillError
-    from kdistill.recipes import RECIPES
     from kdistill.tracking import tracking_uri
 
     try:
@@ -44,7 +43,7 @@ def main() -> int:
         try:
             v = MlflowClient().get_model_version_by_alias(a.model, a.alias)
         except Exception as exc:  # noqa: BLE001 - MLflow raises its own RestException subclasses
-            names = ", ".join(f"{p.tracking.registry_prefix}{p.base.task}-{r}" for r in RECIPES)
+            names = ", ".join(f"{p.tracking.registry_prefix}{p.base.task}-{r}" for r in p.base.recipes)
             raise KdistillError(f"models:/{a.model}@{a.alias} not found in {uri.split('@')[-1]} ({type(exc).__name__}); "
                                 f"run `make pipeline` first, or name a registered model ({names})") from None
     except KdistillError as exc:

@@ -139,7 +139,6 @@ def _latest_run(tracking_uri: str, run_name: str):
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from kdistill.config import load_params
-    from kdistill.recipes import RECIPES
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prefect", default="http://127.0.0.1:4200")
@@ -158,7 +157,7 @@ def main() -> None:
         browser = launch(pw)
         page = browser.new_page(viewport=VIEWPORT)
         check_prefect(page, a.prefect, p.schedule.deployment, "kdistill-pipeline", p.schedule.cron, out)
-        check_mlflow_registry(page, a.mlflow, [f"{p.tracking.registry_prefix}{p.base.task}-{r}" for r in RECIPES], shot=out)
+        check_mlflow_registry(page, a.mlflow, [f"{p.tracking.registry_prefix}{p.base.task}-{r}" for r in p.base.recipes], shot=out)
         check_mlflow_run(page, a.mlflow, exp, run, a.run, comps, out)
         browser.close()
     print(f"Prefect and MLflow UIs checked; screenshots in {out}/")

@@ -27,9 +27,9 @@ PUBLISHED = [  # reference rows: published, not measured here (see data/glue and
 ]
 
 
-def models(paths, init_controls: tuple[str, ...] = ()):
+def models(paths, recipes: list[str], init_controls: tuple[str, ...] = ()):
     yield "teacher", paths.teacher
-    for r in RECIPES:
+    for r in recipes:  # base.recipes
         yield f"{r}", paths.student(r)
         yield f"baseline-{r}", paths.baseline(r)
         if r in init_controls:  # task_distill.teacher_init_controls
@@ -95,7 +95,7 @@ def main() -> None:
                "device": rt.device, "cpu_capability": rt.cpu_capability, "models": {}}
     with stage_run(p, "evaluate"):
         loaded = {}
-        for name, d in models(paths, p.task_distill.teacher_init_controls):
+        for name, d in models(paths, p.base.recipes, p.task_distill.teacher_init_controls):
             if not d.is_dir():
                 print(f"[evaluate] skipping {name}: {d} missing")
                 continue

@@ -35,7 +35,6 @@ from kdistill.deploy.onnx_fusion import fuse_bert
 from kdistill.deploy.speed import interleaved_latency, torch_runner
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_dir, write_json_atomic, write_text_atomic
-from kdistill.recipes import RECIPES
 from kdistill.train.evaluation import predict
 from kdistill.train.precision import resolve_threads
 
@@ -45,9 +44,9 @@ VARIANTS = ("onnx-fp32", "onnx-int8")
 FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
 
-def exported_models(paths) -> list[tuple[str, Path]]:
-    """The teacher (for a fair comparison) and every student; baselines are controls, not deployed."""
-    return [("teacher", paths.teacher)] + [(r, paths.student(r)) for r in RECIPES]
+def exported_models(paths, recipes: list[str]) -> list[tuple[str, Path]]:
+    """The teacher (for a fair comparison) and the student of each recipe; baselines are controls, not deployed."""
+    return [("teacher", paths.teacher)] + [(r, paths.student(r)) for r in recipes]
 
 
 def metrics_of(task: Task, logits: np.ndarray, rows) -> dict[str, float]:
@@ -302,7 +301,7 @@ def main() -> None:
     summary = json.loads(summary_file.read_text())
     threads = resolve_threads(e.threads)
     precision = precision_for(p, p.evaluate.precision)
-    todo = [(n, d) for n, d in exported_models(paths) if d.is_dir()]
+    todo = [(n, d) for n, d in exported_models(paths, p.base.recipes) if d.is_dir()]
     dev = EvalRows(load_from_disk(str(paths.data / "dev")), paths.teacher, p.base.max_seq_len, task.doc_stride)
     ref = f"bs{e.batch_sizes[0]}_seq{e.seq_lens[0]}"
     deploy = {"task": p.base.task, "metric": task.metric, "threads": threads, "cpu_capability": runtime().cpu_capability,

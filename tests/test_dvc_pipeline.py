@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from kdistill.config import load_params
+from kdistill.config import ParamsError, load_params
+from kdistill.paths import Paths
 from pipelines.stage_graph import _profile_stage, load_stages
 
 from .conftest import ROOT
@@ -112,12 +113,14 @@ def test_committed_smoke_pipeline_is_what_generation_writes(tmp_path, monkeypatc
 
 
 def test_dvc_yaml_iterates_over_exactly_the_recipe_modules():
-    """A recipe is a module in kdistill/recipes plus its name in dvc.yaml's `recipes`; the two lists must agree."""
+    """A recipe is a module in kdistill/recipes; dvc.yaml's per-recipe stages iterate over params.yaml's
+    base.recipes, which names every one of them."""
     from kdistill import recipes
 
-    listed = next(v["recipes"] for v in yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"] if "recipes" in v)
-    assert listed == list(recipes.RECIPES)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert {s["foreach"] for s in stages.values() if "foreach" in s} == {"${base.recipes}"}
     p = load_params(ROOT / "params.yaml")
+    assert p.base.recipes == list(recipes.RECIPES)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     smoke = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
     for name, mod in recipes.RECIPES.items():
@@ -389,3 +392,42 @@ def test_a_profile_with_the_default_teacher_corpus_and_general_params_reads_its_
     paths = Paths(ROOT / "outputs-squad")
     assert paths.general("tinybert") == ROOT / "outputs" / "general" / "tinybert"
     assert paths.teacher_mlm == ROOT / "outputs" / "teacher_mlm" and paths.teacher == ROOT / "outputs-squad" / "teacher"
+
+
+def test_a_profile_distils_only_the_recipes_it_names():
+    """base.recipes: each recipe named gets its general, task and control stages, the others none; a profile that
+    shares the default's general students pulls only its own recipes' general stages; evaluate and export take those
+    students; a control or a study naming another recipe is refused with its key before any work."""
+    import shutil
+
+    from kdistill.errors import KdistillError
+    from pipelines.stage_graph import RUNS, load_pipeline, profile_pipeline, shares_general
+    from pipelines.study import check_recipes
+    from tasks.evaluate import models
+    from tasks.export import exported_models
+
+    name = "recipes-subset-test"
+    src = ROOT / "profiles" / f"{name}.yaml"
+    src.write_text(yaml.safe_dump({"extends": "squad.yaml", "base": {"recipes": ["minilm", "tinybert"]}}))
+    try:
+        p = load_params(src)
+        assert p.base.recipes == ["minilm", "tinybert"] and shares_general(p)
+        per_recipe = {n for n in load_stages(profile_pipeline(name)) if "@" in n}
+        assert per_recipe == {f"{s}@{r}" for s in ("task_distill", "baseline") for r in ("minilm", "tinybert")}
+        graph = load_pipeline(RUNS / name / "dvc.yaml")
+        assert {n for n in graph if n.startswith("general")} == {"general_distill@minilm", "general_distill@tinybert"}
+        check_recipes("seeds", p, "x.yaml")  # squad's studies measure tinybert
+        with pytest.raises(KdistillError, match=r"x.yaml: key 'studies.seeds.recipes': distilbert not among "
+                                                r"base.recipes \['minilm', 'tinybert'\].*add it to base.recipes"):
+            check_recipes("seeds", load_params(src, {"studies": {"seeds": {"recipes": ["distilbert"]}}}), "x.yaml")
+        with pytest.raises(ParamsError, match=r"teacher_init_controls': mobilebert is not among base.recipes"):
+            load_params(src, {"task_distill": {"teacher_init_controls": ["mobilebert"]}})
+        with pytest.raises(ParamsError, match=r"base.recipes': unknown recipe\(s\) \['bert'\]"):
+            load_params(src, {"base": {"recipes": ["bert"]}})
+    finally:
+        src.unlink()
+        shutil.rmtree(RUNS / name, ignore_errors=True)
+    paths = Paths(ROOT / "outputs-x")
+    assert [n for n, _ in models(paths, ["tinybert"], ("tinybert",))] == ["teacher", "tinybert", "baseline-tinybert",
+                                                                           "teacher-init-tinybert"]
+    assert [n for n, _ in exported_models(paths, ["minilm"])] == ["teacher", "minilm"]

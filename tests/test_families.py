@@ -326,3 +326,55 @@ def test_a_checkpoint_without_a_masked_lm_head_is_told_apart_from_one_with(famil
     assert not checkpoint_has_mlm_head("org/bare-encoder", loaded, info["missing_keys"])
     _, full = AutoModelForMaskedLM.from_pretrained(mlm_dir, output_loading_info=True)
     assert checkpoint_has_mlm_head("org/encoder-with-head", with_head, full["missing_keys"])
+
+
+SPAN_TASKS = {
+    "token_classification": Task("toy-ner", "token_classification", ("O", "B-thing", "I-thing"), "entity_f1", False,
+                                 ("entity_f1", "entity_precision", "entity_recall"), "IOB2"),
+    "extractive_qa": Task("toy-qa", "extractive_qa", None, "f1", True, ("f1", "exact_match"), None, 2, 5),
+}
+
+
+def span_rows(kind: str, tok):
+    """A few tagged sentences (the first word an entity) or questions whose answer is a word of their context."""
+    if kind == "token_classification":
+        words = [s.split() for s in SENTENCES]
+        return tokenize_task(Dataset.from_dict({"words": words, "tags": [[1] + [0] * (len(w) - 1) for w in words]}),
+                             tok, 24)
+    contexts = [f"{SENTENCES[i]} and {SENTENCES[(i + 1) % len(SENTENCES)]}" for i in range(len(SENTENCES))]
+    answers = [c.split()[-1] for c in contexts]
+    rows = Dataset.from_dict({"idx": list(range(len(contexts))), "id": [f"q{i}" for i in range(len(contexts))],
+                              "question": ["what is it"] * len(contexts), "context": contexts,
+                              "answer_texts": [[a] for a in answers],
+                              "answer_starts": [[c.rindex(a)] for c, a in zip(contexts, answers)]})
+    return tokenize_task(rows, tok, 16, doc_stride=4)  # short windows: some questions span two
+
+
+@pytest.mark.parametrize("kind", list(SPAN_TASKS))
+@pytest.mark.parametrize("recipe", list(recipes.RECIPES))
+def test_every_recipe_distils_entities_and_answers(teachers, recipe, kind, tmp_path):
+    """The task phases of each recipe on a token classifier (soft targets on the labelled sub-tokens) and on a QA
+    model (start and end distributions per window), with its intermediate-layer losses on the same masks: the end
+    to end runs of tests/test_ner_pipeline.py and tests/test_qa_pipeline.py distil only some recipes."""
+    from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassification, AutoTokenizer
+
+    mlm_dir, _, tok_dir = teachers["bert"]
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    task = SPAN_TASKS[kind]
+    cls = AutoModelForTokenClassification if kind == "token_classification" else AutoModelForQuestionAnswering
+    p = parse_params({**SHAPES, "base": {"seed": 0}})
+    general = recipes.get(recipe).general(GeneralContext(p, str(mlm_dir), mlm_dir, tok, lambda s: "fp32"))
+    general.student.save_pretrained(tmp_path / "general")  # its start: the task phases are what differ by kind
+    tok.save_pretrained(tmp_path / "general")
+    student = cls.from_pretrained(tmp_path / "general", **task.model_config())
+    torch.manual_seed(1)
+    teacher = cls.from_pretrained(mlm_dir, **task.model_config()).eval()
+    train = span_rows(kind, tok)
+    assert kind == "token_classification" or len(train) > len(SENTENCES)  # windows
+    tctx = TaskContext(p, student, teacher, tmp_path / "general", lambda s: "fp32", lambda prec: None)
+    res = run_phases(recipes.get(recipe).task(tctx), train, tmp_path / "t", student)
+    values = [v for r in res.histories for h in r for k, v in h.items() if k != "step"]
+    assert res.steps > 0 and values and all(torch.isfinite(torch.tensor(float(v))) for v in values)
+    assert type(student).__name__.endswith("ForTokenClassification" if kind == "token_classification"
+                                           else "ForQuestionAnswering")
+    assert set(score(student, train, task)) >= set(task.reported)

@@ -1,7 +1,8 @@
 """Named-entity recognition end to end: the shipped WNUT-17 CoNLL files (a few rows) through the flow (Prefect, DVC,
 MLflow): tags read and their scheme stated, every recipe and control distilled per token, entity F1 scored by
 seqeval, ONNX exported with parity, registered, and served as entities with character offsets. The profile extends
-params.yaml (here the smoke settings), so its general students are the default pipeline's, computed once."""
+params.yaml (here the smoke settings), so its general students are the default pipeline's, computed once; it names two
+recipes (base.recipes), so the flow runs only their stages (tests/test_families.py distils every recipe per token)."""
 
 import json
 import subprocess
@@ -20,6 +21,7 @@ from .conftest import copy_project, run_flow, tiny_offline_shaped_teacher
 from .serving import invoke, served
 
 TEXT = "Ann Smith moved to New York with Google ."
+RECIPES = ("tinybert", "minilm")  # base.recipes of the profile
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def ner_project(tmp_path_factory):
     smoke["base"]["teacher"] = str(tiny_offline_shaped_teacher(project / "teachers" / "tiny").relative_to(project))
     (project / "params.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
     profile = {"extends": "../params.yaml",
-               "base": {"task": "wnut17", "max_train_examples": 64, "validation_rows": 32},
+               "base": {"task": "wnut17", "max_train_examples": 64, "validation_rows": 32, "recipes": list(RECIPES)},
                "data": {"kind": "token_classification", "train": "data/ner/wnut17/train.conll",
                         "dev": "data/ner/dev-60.conll"},
                "augment": {"method": "none"},
@@ -50,16 +52,16 @@ def test_conll_tags_run_through_every_stage_and_are_served_as_entities(ner_proje
     from seqeval.metrics import f1_score
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from kdistill.recipes import RECIPES
-
     project, proc = ner_project
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     out = project / "outputs-nertest"
-    # the general students are the default pipeline's: its stages ran here, recorded in its dvc.lock, so its own run
-    # would skip them; this profile has none of its own and its students start from them
+    # the general students are the default pipeline's: its stages ran here (those of the profile's two recipes only:
+    # prepare, teacher_mlm and two general stages), recorded in its dvc.lock, so its own run would skip them; this
+    # profile has none of its own and its students start from them
     general = [f"general_distill@{r}" for r in RECIPES]
-    assert "of which 6 are the default pipeline's" in proc.stdout + proc.stderr
+    assert "of which 4 are the default pipeline's" in proc.stdout + proc.stderr
     assert not (out / "general").exists() and not (out / "teacher_mlm").exists()
+    assert sorted(d.name for d in (project / "outputs" / "general").iterdir()) == sorted(RECIPES)
     assert all((project / "outputs" / "general" / r / "model.safetensors").is_file() for r in RECIPES)
     assert set(general) <= set(yaml.safe_load((project / "dvc.lock").read_text())["stages"])
     assert not any(s.startswith("general") for s in yaml.safe_load((project / "runs" / "nertest" / "dvc.lock")
@@ -103,6 +105,7 @@ def test_conll_tags_run_through_every_stage_and_are_served_as_entities(ner_proje
             "ForTokenClassification")
         assert deploy["models"][r]["onnx-fp32"]["labels_differing"] == 0  # parity, sub-token by sub-token
         assert "baseline-" + r in summary["models"]
+    assert set(deploy["models"]) == {"teacher", *RECIPES} and len(summary["models"]) == 1 + 2 * len(RECIPES)
     assert "pipeline_tag: token-classification" in (out / "students" / "minilm" / "README.md").read_text()
     # the registered student, loaded as a user would, and served over HTTP: entities with character offsets
     uri = f"sqlite:///{project / 'mlflow.db'}"

@@ -1,9 +1,10 @@
 """End to end on a user's own problem: a CSV with a `review` column and three string labels, and a local DeBERTa-v2
 teacher already fine-tuned for those labels, through Prefect, DVC and MLflow: the teacher is used as it is (zero
-steps); the TinyBERT- and MobileBERT-style students learn from it token by token, while the DistilBERT- and
-MiniLM-style ones are BERT-family students with a vocabulary of their own (`general_distill.<recipe>.from`) that
-learn from its soft labels (cross-vocabulary); every student is registered with the label names, exported with
-parity, and answers with the names.
+steps); the TinyBERT-style student learns from it token by token, while the MiniLM-style one is a BERT-family
+student with a vocabulary of its own (`general_distill.minilm.from`) that learns from its soft labels
+(cross-vocabulary); both are registered with the label names, exported with parity, and answer with the names. The
+profile names those two recipes (`base.recipes`): the DistilBERT-style student's `from` is left unread, and
+tests/test_families.py distils every recipe from a DeBERTa-v2 teacher.
 
 The run tracks to a shared MLflow (`make mlflow-server`: PostgreSQL store, artifacts over HTTP) through
 `tracking.mlflow_uri`: every loss component, registration and alias goes over HTTP. Where PostgreSQL cannot be had
@@ -21,7 +22,6 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from kdistill.data.batches import pad_collate, tokenize_task
 from kdistill.data.task import Task
-from kdistill.recipes import RECIPES
 from kdistill.train.evaluation import score
 
 from .conftest import copy_project, run_flow
@@ -56,7 +56,8 @@ def write_csv(path, rows):
         w.writerows(rows)
 
 
-CROSS_VOCAB = ("distilbert", "minilm")  # the recipes given a BERT student with its own vocabulary
+RECIPES = ("tinybert", "minilm")  # base.recipes of the profile: a DeBERTa-family student and a cross-vocabulary one
+CROSS_VOCAB = ("minilm",)  # the recipe given a BERT student with its own vocabulary
 
 
 def bert_with_own_vocabulary(out) -> None:
@@ -121,7 +122,7 @@ def own_project(tmp_path_factory, tracking_server):
     smoke = yaml.safe_load((project / "profiles" / "smoke.yaml").read_text())
     profile = {**smoke,
                "base": {**smoke["base"], "task": "reviews", "teacher": "teachers/reviews-deberta", "validation_rows": 30,
-                        "max_train_examples": 120},
+                        "max_train_examples": 120, "recipes": list(RECIPES)},
                "data": {"train": "data/reviews/train.csv", "dev": "data/reviews/dev.csv", "text": "review",
                         "label": "sentiment"},
                "augment": {"method": "none"},

@@ -1,6 +1,7 @@
 """Extractive QA end to end: the shipped SQuAD v1.1 subset (a few questions) through the flow (Prefect, DVC, MLflow):
 contexts cut into windows, every recipe and control distilled on start/end distributions, exact match and F1 scored
-over each question's windows, ONNX exported with parity, registered, and served as answers with character offsets."""
+over each question's windows, ONNX exported with parity, registered, and served as answers with character offsets.
+The profile names two recipes (base.recipes); tests/test_families.py distils every recipe on QA windows."""
 
 import json
 
@@ -14,6 +15,7 @@ from kdistill.train.precision import autocast
 from .conftest import copy_project, run_flow, tiny_offline_shaped_teacher
 from .serving import post, served
 
+RECIPES = ("mobilebert", "minilm")  # base.recipes of the profile: MobileBERT's own architecture, a BERT-shaped one
 CONTEXT = "The Eiffel Tower was built by Gustave Eiffel's company in Paris between 1887 and 1889."
 
 
@@ -26,7 +28,7 @@ def qa_project(tmp_path_factory):
     (project / "data" / "squad" / "dev-8.json").write_text(json.dumps(dev))
     profile = {"extends": "smoke.yaml",
                "base": {"task": "squad11", "max_seq_len": 64, "max_train_examples": 64, "validation_rows": 32,
-                        "teacher": "teachers/tiny"},
+                        "teacher": "teachers/tiny", "recipes": list(RECIPES)},
                "data": {"kind": "extractive_qa", "train": "data/squad/train.json", "dev": "data/squad/dev-8.json",
                         "doc_stride": 16},
                "augment": {"method": "none"},
@@ -44,7 +46,6 @@ def test_squad_questions_run_through_every_stage_and_are_served_as_answers(qa_pr
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     from kdistill.data.answers import best_span, squad_metrics
-    from kdistill.recipes import RECIPES
 
     project, proc = qa_project
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -82,6 +83,8 @@ def test_squad_questions_run_through_every_stage_and_are_served_as_answers(qa_pr
             "ForQuestionAnswering")
         assert deploy["models"][r]["onnx-fp32"]["labels_differing"] == 0  # each window's argmax start and end
         assert "baseline-" + r in summary["models"]
+    assert set(deploy["models"]) == {"teacher", *RECIPES} and len(summary["models"]) == 1 + 2 * len(RECIPES)
+    assert sorted(d.name for d in (out / "general").iterdir()) == sorted(RECIPES)
     assert "pipeline_tag: question-answering" in (out / "students" / "minilm" / "README.md").read_text()
     # the registered student, loaded as a user would, and served over HTTP: answers with character offsets
     uri = f"sqlite:///{project / 'mlflow.db'}"
