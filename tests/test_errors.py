@@ -23,8 +23,8 @@ def test_a_step_refuses_bad_params_in_one_line_with_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: {bad}: unknown key 'base.tacher'; did you mean 'base.teacher'? (valid keys here: seed, task, data_dir, "
-        "teacher, allow_pickle_weights, max_seq_len, max_train_examples, eval_split, validation_rows, checkpoint_rule, "
-        "precision, threads, "
+        "teacher, recipes, allow_pickle_weights, max_seq_len, max_train_examples, eval_split, validation_rows, "
+        "checkpoint_rule, precision, threads, "
         "max_parallel, "
         "nproc)"]
     assert not (tmp_path / "out").exists()  # refused before anything was written
