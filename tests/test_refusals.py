@@ -86,6 +86,8 @@ def bad_project(tmp_path_factory):
     wide = _student_shapes(smoke)["tinybert"]
     profile("wide-control", task_distill__teacher_init_controls=["tinybert"],
             general_distill__tinybert={**wide, "student": {**wide["student"], "hidden": 64, "init": "random"}})
+    # a control for a recipe the profile does not distil
+    profile("control-left-out", base__recipes=["tinybert", "minilm"], task_distill__teacher_init_controls=["distilbert"])
     return project
 
 
@@ -110,6 +112,8 @@ REFUSALS = {
                  r"not point at the answer 'Paris' in the context \(there it reads ' Pari'\)",
     "wide-control": r"profiles/wide-control.yaml: key 'general_distill\.tinybert\.student': .*hidden size.* "
                     r"\(task_distill\.teacher_init_controls builds the tinybert student from the teacher's weights",
+    "control-left-out": r"profiles/control-left-out.yaml: key 'task_distill\.teacher_init_controls': distilbert is not "
+                        r"among base\.recipes \['tinybert', 'minilm'\], so it has no student to compare with",
 }
 
 
