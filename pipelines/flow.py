@@ -360,11 +360,12 @@ def close_orphan_runs(experiment_name: str) -> int:
     return len(orphans)
 
 
-def preflight(profile: str) -> None:
+def preflight(profile: str):
     """Seconds, before any Prefect server starts: everything that can be checked without training (the params, the
     data files and every row, the labels against the teacher's head, the teacher's family against the recipes, its
     tokenizer producing tokens: kdistill.validate.check_all, which each stage runs again), the outputs writable, the
-    tracking server up. Checks that need the teacher to run stay in their stage."""
+    tracking server up. Checks that need the teacher to run stay in their stage. Returns the params file and
+    the params it loaded."""
     from kdistill.config import load_params
     from kdistill.tracking import check_tracking
     from kdistill.validate import check_all
@@ -389,6 +390,7 @@ def preflight(profile: str) -> None:
         raise KdistillError(f"{src.relative_to(ROOT)}: {str(exc).removeprefix('params.yaml: ')}") from None
     check_writable(ROOT / ("outputs" if profile == "default" else f"outputs-{profile}"))
     check_tracking(p)
+    return src, p
 
 
 def check_writable(out_root: Path) -> None:

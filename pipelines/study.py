@@ -429,11 +429,8 @@ def check_recipes(study: str, p, source: str) -> None:
 def preflight(study: str, profile: str) -> None:
     if study not in STUDIES:
         raise KdistillError(f"unknown study {study!r}; studies: {', '.join(STUDIES)}")
-    pipeline_preflight(profile)  # params valid, tracking server up
-    from kdistill.config import load_params
-
-    source = "params.yaml" if profile == "default" else f"profiles/{profile}.yaml"
-    check_recipes(study, load_params(ROOT / source), source)
+    src, p = pipeline_preflight(profile)  # params valid, tracking server up
+    check_recipes(study, p, str(src.relative_to(ROOT)))
 
 
 def main() -> None:

@@ -88,12 +88,15 @@ def bad_project(tmp_path_factory):
             general_distill__tinybert={**wide, "student": {**wide["student"], "hidden": 64, "init": "random"}})
     # a control for a recipe the profile does not distil
     profile("control-left-out", base__recipes=["tinybert", "minilm"], task_distill__teacher_init_controls=["distilbert"])
+    # a study of a recipe the profile does not distil (refused by `make seeds`, not by `make pipeline`)
+    profile("study-left-out", base__recipes=["tinybert", "minilm"], studies__seeds={"recipes": ["distilbert"]},
+            data__labels=names)  # the teacher's order: the rest of the profile passes
     return project
 
 
-def _make_pipeline(project, profile):
+def _make(project, profile, target="pipeline"):
     t0 = time.time()
-    proc = subprocess.run(["make", "--no-print-directory", "pipeline", f"PROFILE={profile}"], cwd=project,
+    proc = subprocess.run(["make", "--no-print-directory", target, f"PROFILE={profile}"], cwd=project,
                           env=flow_env(project), capture_output=True, text=True, timeout=300)
     return proc, time.time() - t0
 
@@ -117,13 +120,20 @@ REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("profile", list(REFUSALS))
-def test_make_pipeline_refuses_a_bad_profile_in_one_line_before_any_server_starts(bad_project, profile):
-    proc, seconds = _make_pipeline(bad_project, profile)
+# `make seeds PROFILE=...` refuses what only a study reads, the same way
+STUDY_REFUSALS = {
+    "study-left-out": r"profiles/study-left-out.yaml: key 'studies\.seeds\.recipes': distilbert not among base\.recipes "
+                      r"\['tinybert', 'minilm'\]",
+}
+
+
+@pytest.mark.parametrize("target,profile", [("pipeline", p) for p in REFUSALS] + [("seeds", p) for p in STUDY_REFUSALS])
+def test_make_pipeline_refuses_a_bad_profile_in_one_line_before_any_server_starts(bad_project, target, profile):
+    proc, seconds = _make(bad_project, profile, target)
     said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and not NOISE.match(line)]
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     errors = [line for line in said if line.startswith("error: ")]
-    assert len(errors) == 1 and re.search(REFUSALS[profile], errors[0]), said
+    assert len(errors) == 1 and re.search({**REFUSALS, **STUDY_REFUSALS}[profile], errors[0]), said
     # the error, make's echo of the command and make's own last line: nothing else
     assert len(said) <= 3, said
     assert "Traceback" not in proc.stdout + proc.stderr
